@@ -1,0 +1,27 @@
+"""The paper's base model on WMT 2014 English-German (Table 3, "base").
+
+N=6, d_model=512, h=8, d_ff=2048, P_drop=0.1, label smoothing 0.1, shared
+~37k-token vocabulary and shared embeddings; 100k steps of ~25k tokens.
+
+  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py \
+      --workdir=runs/wmt14_base
+  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py --mode=describe
+"""
+
+from transformer_jax import config as config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.model.variant = 'seq2seq'
+  c.model.num_layers = 6
+  c.model.d_model = 512
+  c.model.num_heads = 8
+  c.model.ffn_ratio = 4.0
+  c.model.dropout_rate = 0.1
+  c.model.vocab_size = 37000
+  c.model.share_embeddings = True
+  c.seq_len = 256
+  c.total_steps = 100_000
+  c.warmup_steps = 4000
+  return c

@@ -1,0 +1,160 @@
+"""The one config object: defaults for every field, and validation.
+
+Experiment configs in `experiments/configs/` start from `base_config()` and
+change what they need; a command-line override such as
+`--config.model.num_heads=4` changes one field. `validate` runs before anything
+is built, so a config that cannot work fails with one line naming the field and
+the fix.
+"""
+
+from ml_collections import config_dict
+
+VARIANTS = ('encoder', 'decoder', 'seq2seq')
+POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none')
+NORMS = ('post', 'pre')
+ACTIVATIONS = ('relu', 'gelu', 'swiglu')
+ENCODER_HEADS = ('mlm', 'classify')
+POOLINGS = ('mean', 'first')
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config that cannot work; the message names the field and the fix."""
+
+
+def model_config() -> config_dict.ConfigDict:
+  """Model hyper-parameters; defaults are the paper's base model."""
+  m = config_dict.ConfigDict()
+  m.variant = 'seq2seq'  # encoder (BERT-style) | decoder (GPT-style) | seq2seq
+  m.num_layers = 6  # N, used for both stacks unless overridden below.
+  m.num_encoder_layers = config_dict.placeholder(int)
+  m.num_decoder_layers = config_dict.placeholder(int)
+  m.d_model = 512
+  m.num_heads = 8  # h; d_k = d_v = d_model / h.
+  m.ffn_ratio = 4.0  # d_ff = ffn_ratio * d_model.
+  m.activation = 'relu'  # relu (paper) | gelu | swiglu
+  m.dropout_rate = 0.1  # P_drop: sublayer outputs and embedding sums.
+  m.attention_dropout_rate = 0.0  # on the attention weights.
+  m.vocab_size = 37000  # shared source/target vocabulary, as the paper's.
+  m.share_embeddings = True  # source, target and pre-softmax weights tied.
+  m.position = 'sinusoidal'  # sinusoidal (paper) | learned | rotary | none
+  m.max_len = 512  # size of the positional table / longest sequence.
+  m.norm = 'post'  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
+  m.layer_norm_epsilon = 1e-6
+  m.use_bias = True
+  m.encoder_head = 'mlm'  # encoder variant only: mlm | classify
+  m.num_classes = 2  # classify head only.
+  m.pooling = 'mean'  # classify head only: mean over real tokens | first
+  m.pad_id = 0
+  m.dtype = 'float32'  # compute dtype; parameters stay float32.
+  return m
+
+
+def data_config() -> config_dict.ConfigDict:
+  """What to read and how to batch it (transformer_jax/data)."""
+  d = config_dict.ConfigDict()
+  d.name = 'shakespeare'  # shakespeare | cmudict | tfds:<name> | text
+  d.task = 'lm'  # lm | mlm | classify | seq2seq
+  d.tokenizer = 'char'  # char | byte | sentencepiece
+  d.packing = False  # pack several short examples per row (segment ids).
+  d.overflow = 'error'  # an example longer than seq_len: drop | truncate | error
+  return d
+
+
+def optimizer_config() -> config_dict.ConfigDict:
+  """Optimiser and schedule (transformer_jax/train.py)."""
+  o = config_dict.ConfigDict()
+  o.name = 'adam'  # adam | adamw
+  o.b1 = 0.9  # the paper's Adam: beta1 0.9, beta2 0.98, eps 1e-9.
+  o.b2 = 0.98
+  o.eps = 1e-9
+  o.weight_decay = 0.0
+  o.schedule = 'rsqrt'  # rsqrt (paper) | cosine | constant
+  o.grad_clip_norm = 0.0  # 0 = off.
+  o.grad_accum_steps = 1
+  o.label_smoothing = 0.1
+  return o
+
+
+def base_config() -> config_dict.ConfigDict:
+  """Every field the code reads, with defaults."""
+  c = config_dict.ConfigDict()
+  c.model = model_config()
+  c.data = data_config()
+  c.optimizer = optimizer_config()
+  c.seq_len = 256  # context length / maximum example length.
+  c.batch_size = 64  # global, split over devices.
+  c.total_steps = 1000
+  c.learning_rate = 1.0  # multiplies the schedule (the paper's rsqrt is 1.0).
+  c.warmup_steps = 4000
+  c.seed = 0
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.parallelism = 'pmap'  # pmap | mesh; one device is the degenerate case.
+  return c
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def d_ff(m) -> int:
+  """Inner width of the position-wise FFN."""
+  return int(round(m.ffn_ratio * m.d_model))
+
+
+def encoder_layers(m) -> int:
+  return m.num_encoder_layers if m.num_encoder_layers is not None else m.num_layers
+
+
+def decoder_layers(m) -> int:
+  return m.num_decoder_layers if m.num_decoder_layers is not None else m.num_layers
+
+
+def validate_model(m):
+  """Raises ConfigError for a model config that cannot work."""
+  _check(m.variant in VARIANTS,
+         f'config.model.variant={m.variant!r} is unknown; use one of {VARIANTS}.')
+  _check(m.position in POSITIONS,
+         f'config.model.position={m.position!r} is unknown; use one of {POSITIONS}.')
+  _check(m.norm in NORMS, f'config.model.norm={m.norm!r} is unknown; use one of {NORMS}.')
+  _check(m.activation in ACTIVATIONS,
+         f'config.model.activation={m.activation!r} is unknown; use one of {ACTIVATIONS}.')
+  _check(m.dtype in DTYPES, f'config.model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.')
+  _check(m.encoder_head in ENCODER_HEADS,
+         f'config.model.encoder_head={m.encoder_head!r} is unknown; use one of {ENCODER_HEADS}.')
+  _check(m.pooling in POOLINGS,
+         f'config.model.pooling={m.pooling!r} is unknown; use one of {POOLINGS}.')
+  for name in ('d_model', 'num_heads', 'vocab_size', 'max_len', 'num_layers'):
+    _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+  _check(m.d_model % m.num_heads == 0,
+         f'config.model.d_model={m.d_model} is not divisible by config.model.num_heads='
+         f'{m.num_heads}; pick num_heads among the divisors of d_model.')
+  head_dim = m.d_model // m.num_heads
+  _check(m.position != 'rotary' or head_dim % 2 == 0,
+         f'config.model.position=rotary needs an even head dim, got d_model/num_heads={head_dim};'
+         ' change num_heads or d_model.')
+  _check(m.position != 'sinusoidal' or m.d_model % 2 == 0,
+         f'config.model.position=sinusoidal needs an even d_model, got {m.d_model}.')
+  ff = m.ffn_ratio * m.d_model
+  _check(m.ffn_ratio > 0 and abs(ff - round(ff)) < 1e-9,
+         f'config.model.ffn_ratio={m.ffn_ratio} times d_model={m.d_model} is {ff}, not a '
+         'positive integer d_ff; pick a ratio that makes it whole.')
+  for name in ('dropout_rate', 'attention_dropout_rate'):
+    _check(0.0 <= m[name] < 1.0, f'config.model.{name}={m[name]} must be in [0, 1).')
+  _check(0 <= m.pad_id < m.vocab_size,
+         f'config.model.pad_id={m.pad_id} must be a token id below vocab_size={m.vocab_size}.')
+  if m.variant == 'encoder' and m.encoder_head == 'classify':
+    _check(m.num_classes >= 2, f'config.model.num_classes={m.num_classes} must be at least 2.')
+  for name in ('num_encoder_layers', 'num_decoder_layers'):
+    _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+
+
+def validate(c):
+  """Raises ConfigError for a run config that cannot work."""
+  validate_model(c.model)
+  _check(c.seq_len > 0, f'config.seq_len={c.seq_len} must be positive.')
+  _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
+         f'config.seq_len={c.seq_len} is longer than the positional table '
+         f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')

@@ -1,0 +1,222 @@
+"""The Transformer's components, one concept each, named as the paper names them.
+
+Shapes: b = batch, l = query length, s = key/value length, h = heads,
+d = d_model, k = head dim (d_k = d_v = d / h).
+
+Every module takes the model config `cfg` (the `config.model` ConfigDict), so an
+ablation is a config override, never a code change.
+"""
+
+import functools
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_jax import config as config_lib
+
+NEG_INF = -1e9  # large finite negative: fully-masked rows stay finite.
+
+
+def compute_dtype(cfg):
+  return jnp.bfloat16 if cfg.dtype == 'bfloat16' else jnp.float32
+
+
+class TokenEmbedding(nn.Module):
+  """Token embedding multiplied by sqrt(d_model) (paper section 3.4).
+
+  `attend` reuses the same matrix as the pre-softmax linear transformation when
+  embeddings are shared.
+  """
+  vocab_size: int
+  d_model: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param('embedding', nn.initializers.normal(self.d_model**-0.5),
+                                (self.vocab_size, self.d_model), jnp.float32)
+
+  def __call__(self, ids):  # [b, l] -> [b, l, d]
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
+
+  def attend(self, x):  # [b, l, d] -> [b, l, vocab]
+    return jnp.einsum('bld,vd->blv', x, self.embedding.astype(self.dtype))
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+  pos = np.arange(max_len, dtype=np.float64)[:, None]
+  div = np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
+  table = np.zeros((max_len, d_model), dtype=np.float32)
+  table[:, 0::2] = np.sin(pos / div)
+  table[:, 1::2] = np.cos(pos / div)
+  return table
+
+
+class PositionalEncoding(nn.Module):
+  """Adds position information to embeddings: the paper's sinusoids, or learned.
+
+  `positions` [b, l] gives each token's index in its own example, so packed
+  examples each start at 0 and a cached decoder step knows where it is.
+  Rotary positions are applied inside attention instead (see `apply_rotary`).
+  """
+  cfg: config_lib.config_dict.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, positions):  # x [b, l, d], positions [b, l]
+    cfg = self.cfg
+    if cfg.position == 'sinusoidal':
+      table = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model))
+    elif cfg.position == 'learned':
+      table = self.param('table', nn.initializers.normal(0.02), (cfg.max_len, cfg.d_model))
+    else:
+      return x
+    return x + jnp.take(table, positions, axis=0).astype(x.dtype)
+
+
+def apply_rotary(x, positions, base: float = 10000.0):
+  """Rotary position embedding (RoFormer) on [b, l, h, k] at positions [b, l]."""
+  half = x.shape[-1] // 2
+  freqs = 1.0 / (base**(jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions[..., None].astype(jnp.float32) * freqs  # [b, l, k/2]
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
+  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
+
+  query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
+  (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
+  """
+  logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhls,bshk->blhk', weights, value), weights
+
+
+class MultiHeadAttention(nn.Module):
+  """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+  Self-attention when `inputs_kv` is `inputs_q`; encoder-decoder attention when
+  `inputs_kv` is the encoder output (Q from the decoder, K/V from the encoder).
+  With `decode=True` (self-attention only) keys and values are kept in the
+  'cache' collection, so generating token t costs O(t): the new tokens' keys
+  are written at the cache index and the queries attend to everything before.
+  The attention weights are sown into 'intermediates' for visualisation.
+  """
+  cfg: config_lib.config_dict.ConfigDict
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, positions_q=None, positions_kv=None,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    head_dim = cfg.d_model // cfg.num_heads
+    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, head_dim),
+                              use_bias=cfg.use_bias, dtype=dtype)
+    query = dense(name='query')(inputs_q)  # [b, l, h, k]
+    key = dense(name='key')(inputs_kv)  # [b, s, h, k]
+    value = dense(name='value')(inputs_kv)
+    if cfg.position == 'rotary':
+      query = apply_rotary(query, positions_q)
+      key = apply_rotary(key, positions_kv)
+
+    if decode:
+      key, value, mask = self._update_cache(key, value, mask)
+
+    dropout = None
+    if cfg.attention_dropout_rate > 0 and not deterministic:
+      dropout = functools.partial(nn.Dropout(cfg.attention_dropout_rate), deterministic=False)
+    out, weights = scaled_dot_product_attention(query, key, value, mask, dropout)
+    self.sow('intermediates', 'attention_weights', weights)
+    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
+                           dtype=dtype, name='out')(out)  # [b, l, d]
+
+  def _update_cache(self, key, value, mask):
+    """Writes the new keys/values at the cache index; returns the full cache and its mask.
+
+    The first (initialising) call only allocates a cache as long as its input.
+    """
+    initialised = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+      return key, value, mask
+    new = key.shape[1]
+    start = index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
+    index.value = start + new
+    # New token i (at absolute position start + i) sees cache slots <= start + i.
+    slots = jnp.arange(cached_key.value.shape[1])
+    causal = slots[None, :] <= (start + jnp.arange(new))[:, None]  # [l, s]
+    cache_mask = causal[None, None]
+    if mask is not None:
+      cache_mask = jnp.logical_and(cache_mask, mask)
+    return cached_key.value, cached_value.value, cache_mask
+
+
+class FeedForward(nn.Module):
+  """FFN(x) = max(0, x W1 + b1) W2 + b2, with d_ff = ffn_ratio * d_model (paper eq. 2).
+
+  GELU swaps the activation; SwiGLU gates it: (Swish(x W) * x V) W2.
+  """
+  cfg: config_lib.config_dict.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):  # [b, l, d] -> [b, l, d]
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    d_ff = config_lib.d_ff(cfg)
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype)
+    h = dense(d_ff, name='expand')(x)  # [b, l, d_ff]
+    if cfg.activation == 'relu':
+      h = nn.relu(h)
+    elif cfg.activation == 'gelu':
+      h = nn.gelu(h, approximate=False)
+    else:
+      h = nn.silu(h) * dense(d_ff, name='gate')(x)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return dense(cfg.d_model, name='compress')(h)
+
+
+class AddNorm(nn.Module):
+  """Residual connection and layer normalisation around one sublayer.
+
+  post (paper): LayerNorm(x + Dropout(Sublayer(x)))
+  pre:          x + Dropout(Sublayer(LayerNorm(x)))
+  """
+  cfg: config_lib.config_dict.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, sublayer: Callable, deterministic: bool = True):
+    cfg = self.cfg
+    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg), name='norm')
+    drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    if cfg.norm == 'pre':
+      return x + drop(sublayer(norm(x)))
+    return norm(x + drop(sublayer(x)))
+
+
+def attention_mask(segment_q, segment_kv, causal: bool):
+  """Boolean [b, 1, l, s] mask: same segment, not padding (segment 0), causal if asked.
+
+  Segment ids number the examples packed into a row (1, 2, ...), 0 is padding;
+  an unpacked row is segment 1 where tokens are real.
+  """
+  mask = (segment_q[:, :, None] == segment_kv[:, None, :]) & (segment_kv[:, None, :] > 0)
+  if causal:
+    l, s = segment_q.shape[1], segment_kv.shape[1]
+    mask = mask & (jnp.arange(l)[:, None] >= jnp.arange(s)[None, :])
+  return mask[:, None]

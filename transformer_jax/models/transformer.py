@@ -1,0 +1,260 @@
+"""Encoder and decoder stacks, and the three variants composed from them.
+
+- `EncoderOnly` (BERT-style): Encoder + masked-LM or classification head.
+- `DecoderOnly` (GPT-style): Decoder without cross-attention + LM head.
+- `Transformer` (seq2seq, the paper's model): Encoder + Decoder + LM head.
+
+Batches carry `segment_ids` (0 = padding, 1.. = example number in a packed row)
+and `positions` (index of each token within its own example). When they are
+absent, segments come from `tokens != pad_id` and positions from 0..l-1.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from transformer_jax import config as config_lib
+from transformer_jax.models.layers import (AddNorm, FeedForward, MultiHeadAttention,
+                                           PositionalEncoding, TokenEmbedding, attention_mask,
+                                           compute_dtype)
+
+
+def default_segments(tokens, pad_id, segment_ids=None, positions=None):
+  """Fills in segment ids [b, l] and positions [b, l] for unpacked rows."""
+  if segment_ids is None:
+    segment_ids = (tokens != pad_id).astype(jnp.int32)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return segment_ids, positions
+
+
+def shift_right(targets, segment_ids):
+  """Decoder input: targets moved one step right, 0 at the start of every example."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  starts = segment_ids != jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(starts, 0, shifted)
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention then FFN, each wrapped in AddNorm."""
+  cfg: config_lib.config_dict.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, mask, positions, deterministic: bool = True):
+    attention = MultiHeadAttention(self.cfg, name='self_attention')
+    x = AddNorm(self.cfg, name='self_attention_add_norm')(
+        x, lambda h: attention(h, h, mask, positions_q=positions, positions_kv=positions,
+                               deterministic=deterministic), deterministic)
+    ffn = FeedForward(self.cfg, name='feed_forward')
+    return AddNorm(self.cfg, name='feed_forward_add_norm')(
+        x, lambda h: ffn(h, deterministic), deterministic)
+
+
+class DecoderLayer(nn.Module):
+  """Masked self-attention, encoder-decoder attention (seq2seq only), then FFN.
+
+  Without `encoded` (decoder-only models) the cross-attention sublayer is absent.
+  """
+  cfg: config_lib.config_dict.ConfigDict
+  cross_attention: bool = True
+
+  @nn.compact
+  def __call__(self, x, self_mask, positions, encoded=None, cross_mask=None,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.cfg
+    attention = MultiHeadAttention(cfg, name='self_attention')
+    x = AddNorm(cfg, name='self_attention_add_norm')(
+        x, lambda h: attention(h, h, self_mask, positions_q=positions, positions_kv=positions,
+                               deterministic=deterministic, decode=decode), deterministic)
+    if self.cross_attention:
+      # Q from the decoder, K/V from the encoder; no positions are rotated here.
+      cross = MultiHeadAttention(cfg, name='cross_attention')
+      x = AddNorm(cfg, name='cross_attention_add_norm')(
+          x, lambda h: cross(h, encoded, cross_mask, positions_q=positions,
+                             positions_kv=None, deterministic=deterministic), deterministic)
+    ffn = FeedForward(cfg, name='feed_forward')
+    return AddNorm(cfg, name='feed_forward_add_norm')(
+        x, lambda h: ffn(h, deterministic), deterministic)
+
+
+class Embedder(nn.Module):
+  """Scaled token embedding + positional encoding + dropout."""
+  cfg: config_lib.config_dict.ConfigDict
+  embedding: Optional[TokenEmbedding] = None
+
+  @nn.compact
+  def __call__(self, tokens, positions, deterministic: bool = True):
+    cfg = self.cfg
+    embed = self.embedding or TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg),
+                                             name='token_embedding')
+    x = PositionalEncoding(cfg, name='positional_encoding')(embed(tokens), positions)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  """Embedding, then N EncoderLayers (and a final LayerNorm for pre-LN)."""
+  cfg: config_lib.config_dict.ConfigDict
+  embedding: Optional[TokenEmbedding] = None
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True):
+    cfg = self.cfg
+    segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
+    x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
+    mask = attention_mask(segment_ids, segment_ids, causal=False)
+    for i in range(config_lib.encoder_layers(cfg)):
+      x = EncoderLayer(cfg, name=f'layer_{i}')(x, mask, positions, deterministic)
+    if cfg.norm == 'pre':
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                       name='final_norm')(x)
+    return x  # [b, l, d]
+
+
+class Decoder(nn.Module):
+  """Embedding, then N DecoderLayers with masked self-attention (+ final LN for pre-LN).
+
+  `decode=True` runs on the KV cache: `tokens` are the next token(s), whose
+  positions continue from the cache's own counter.
+  """
+  cfg: config_lib.config_dict.ConfigDict
+  cross_attention: bool = True
+  embedding: Optional[TokenEmbedding] = None
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, encoded=None,
+               encoder_segment_ids=None, deterministic: bool = True, decode: bool = False):
+    cfg = self.cfg
+    if decode:
+      positions = self._decode_positions(tokens)
+      segment_ids = jnp.ones_like(tokens)
+      self_mask = None  # the cache builds its own causal mask.
+    else:
+      segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
+      self_mask = attention_mask(segment_ids, segment_ids, causal=True)
+    cross_mask = None
+    if self.cross_attention:
+      cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
+    x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
+    for i in range(config_lib.decoder_layers(cfg)):
+      x = DecoderLayer(cfg, self.cross_attention, name=f'layer_{i}')(
+          x, self_mask, positions, encoded, cross_mask, deterministic, decode)
+    if cfg.norm == 'pre':
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                       name='final_norm')(x)
+    return x  # [b, l, d]
+
+  def _decode_positions(self, tokens):
+    initialised = self.has_variable('cache', 'position')
+    position = self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
+    new = tokens.shape[1]
+    positions = position.value + jnp.broadcast_to(jnp.arange(new), tokens.shape)
+    if initialised:
+      position.value = position.value + new
+    return positions
+
+
+class OutputProjection(nn.Module):
+  """The pre-softmax linear transformation: tied to the embedding, or its own."""
+  cfg: config_lib.config_dict.ConfigDict
+  num_outputs: int
+  embedding: Optional[TokenEmbedding] = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.embedding is not None:
+      return self.embedding.attend(x).astype(jnp.float32)
+    return nn.Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
+                    name='logits')(x).astype(jnp.float32)
+
+
+class DecoderOnly(nn.Module):
+  """GPT-style causal language model. `__call__(inputs) -> logits [b, l, vocab]`."""
+  cfg: config_lib.config_dict.ConfigDict
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg))
+    self.decoder = Decoder(cfg, cross_attention=False, embedding=self.embedding)
+    self.project = OutputProjection(cfg, cfg.vocab_size,
+                                    self.embedding if cfg.share_embeddings else None)
+
+  def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True,
+               decode: bool = False):
+    x = self.decoder(inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
+    return self.project(x)
+
+
+class EncoderOnly(nn.Module):
+  """BERT-style encoder with a masked-LM head (logits [b, l, vocab]) or a
+  sequence-classification head over pooled outputs (logits [b, num_classes])."""
+  cfg: config_lib.config_dict.ConfigDict
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg))
+    self.encoder = Encoder(cfg, embedding=self.embedding)
+    if cfg.encoder_head == 'mlm':
+      self.project = OutputProjection(cfg, cfg.vocab_size,
+                                      self.embedding if cfg.share_embeddings else None)
+    else:
+      self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
+
+  def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
+    segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
+    x = self.encoder(inputs, segment_ids, positions, deterministic)
+    if self.cfg.encoder_head == 'mlm':
+      return self.project(x)
+    if self.cfg.pooling == 'first':
+      pooled = x[:, 0]
+    else:
+      real = (segment_ids > 0)[..., None].astype(x.dtype)
+      pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1)
+    return self.project(pooled).astype(jnp.float32)  # [b, num_classes]
+
+
+class Transformer(nn.Module):
+  """The paper's encoder-decoder model. Inputs are source tokens, targets the
+  target tokens; the decoder sees targets shifted right."""
+  cfg: config_lib.config_dict.ConfigDict
+
+  def setup(self):
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    self.shared_embedding = (TokenEmbedding(cfg.vocab_size, cfg.d_model, dtype)
+                             if cfg.share_embeddings else None)
+    self.encoder = Encoder(cfg, embedding=self.shared_embedding)
+    self.decoder = Decoder(cfg, cross_attention=True, embedding=self.shared_embedding)
+    self.project = OutputProjection(cfg, cfg.vocab_size, self.shared_embedding)
+
+  def encode(self, inputs, inputs_segment_ids=None, inputs_positions=None,
+             deterministic: bool = True):
+    return self.encoder(inputs, inputs_segment_ids, inputs_positions, deterministic)
+
+  def decode(self, encoded, inputs_segment_ids, decoder_inputs, targets_segment_ids=None,
+             targets_positions=None, deterministic: bool = True, decode: bool = False):
+    """Logits for `decoder_inputs` (already shifted) given the encoder output."""
+    x = self.decoder(decoder_inputs, targets_segment_ids, targets_positions, encoded,
+                     inputs_segment_ids, deterministic, decode)
+    return self.project(x)
+
+  def __call__(self, inputs, targets, inputs_segment_ids=None, inputs_positions=None,
+               targets_segment_ids=None, targets_positions=None, deterministic: bool = True):
+    cfg = self.cfg
+    inputs_segment_ids, inputs_positions = default_segments(
+        inputs, cfg.pad_id, inputs_segment_ids, inputs_positions)
+    targets_segment_ids, targets_positions = default_segments(
+        targets, cfg.pad_id, targets_segment_ids, targets_positions)
+    encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
+    decoder_inputs = shift_right(targets, targets_segment_ids)
+    return self.decode(encoded, inputs_segment_ids, decoder_inputs, targets_segment_ids,
+                       targets_positions, deterministic)  # [b, l, vocab]
+
+
+VARIANTS = {'encoder': EncoderOnly, 'decoder': DecoderOnly, 'seq2seq': Transformer}
+
+
+def build_model(cfg) -> nn.Module:
+  """The model the config's `variant` names, validated first."""
+  config_lib.validate_model(cfg)
+  return VARIANTS[cfg.variant](cfg)
