@@ -58,6 +58,11 @@ def data_config() -> config_dict.ConfigDict:
   d.tokenizer = 'char'  # char | byte | sentencepiece
   d.packing = False  # pack several short examples per row (segment ids).
   d.overflow = 'error'  # an example longer than seq_len: drop | truncate | error
+  d.uneven_batch = 'error'  # batch_size not divisible by the device count: drop | error
+  d.vocab_size = 8000  # sentencepiece only: pieces to learn (model.vocab_size must hold them).
+  d.spm_model_type = 'unigram'  # sentencepiece only: unigram | bpe
+  d.num_threads = 2  # grain reader threads.
+  d.prefetch = 4  # batches prepared ahead of the train step.
   return d
 
 
@@ -73,6 +78,7 @@ def optimizer_config() -> config_dict.ConfigDict:
   o.grad_clip_norm = 0.0  # 0 = off.
   o.grad_accum_steps = 1
   o.label_smoothing = 0.1
+  o.end_learning_rate = 0.0  # cosine only: the rate reached at total_steps.
   return o
 
 
@@ -91,6 +97,18 @@ def base_config() -> config_dict.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.parallelism = 'pmap'  # pmap | mesh; one device is the degenerate case.
+  c.fsdp = 1  # mesh only: devices on the 'fsdp' axis (parameters sharded); the rest on 'data'.
+  c.distributed = False  # multi-host: call jax.distributed.initialize() first.
+  c.log_every = 50  # steps per train record (stdout, TensorBoard, metrics.jsonl).
+  c.eval_steps = 0  # batches per evaluation; 0 = the full eval split.
+  c.keep_checkpoints = 3  # the latest N checkpoints are kept ...
+  c.keep_best_checkpoints = 1  # ... plus the N best by eval loss.
+  c.async_checkpointing = True  # write checkpoints in the background.
+  c.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = known accelerators only.
+  c.num_samples = 0  # decoder LM: texts sampled and printed after training.
+  c.sample_length = 200  # tokens per sample.
+  c.sample_prompt = ''  # text each sample starts from ('' = a newline).
+  c.sample_temperature = 0.8
   return c
 
 
@@ -151,9 +169,38 @@ def validate_model(m):
     _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
 
 
+OPTIMIZERS = ('adam', 'adamw')
+SCHEDULES = ('rsqrt', 'cosine', 'constant')
+PARALLELISMS = ('pmap', 'mesh')
+
+
+def validate_training(c):
+  """Raises ConfigError for optimiser and run fields that cannot work."""
+  o = c.optimizer
+  _check(o.name in OPTIMIZERS, f'config.optimizer.name={o.name!r} is unknown; use one of {OPTIMIZERS}.')
+  _check(o.schedule in SCHEDULES,
+         f'config.optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
+  _check(c.parallelism in PARALLELISMS,
+         f'config.parallelism={c.parallelism!r} is unknown; use one of {PARALLELISMS}.')
+  for name in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
+               'keep_checkpoints', 'fsdp'):
+    _check(c[name] > 0, f'config.{name}={c[name]} must be positive.')
+  _check(c.learning_rate > 0, f'config.learning_rate={c.learning_rate} must be positive.')
+  _check(c.warmup_steps >= 0, f'config.warmup_steps={c.warmup_steps} must be >= 0.')
+  _check(o.schedule != 'rsqrt' or c.warmup_steps > 0,
+         'config.optimizer.schedule=rsqrt needs config.warmup_steps > 0.')
+  _check(0.0 <= o.label_smoothing < 1.0,
+         f'config.optimizer.label_smoothing={o.label_smoothing} must be in [0, 1).')
+  _check(o.grad_clip_norm >= 0, f'config.optimizer.grad_clip_norm={o.grad_clip_norm} must be >= 0.')
+  _check(o.grad_accum_steps > 0 and c.batch_size % o.grad_accum_steps == 0,
+         f'config.optimizer.grad_accum_steps={o.grad_accum_steps} must be positive and divide '
+         f'config.batch_size={c.batch_size}.')
+
+
 def validate(c):
   """Raises ConfigError for a run config that cannot work."""
   validate_model(c.model)
+  validate_training(c)
   _check(c.seq_len > 0, f'config.seq_len={c.seq_len} must be positive.')
   _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
          f'config.seq_len={c.seq_len} is longer than the positional table '

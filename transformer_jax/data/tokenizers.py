@@ -1,0 +1,212 @@
+"""Tokenizers behind one interface: character, byte and SentencePiece.
+
+Every tokenizer reserves the same special ids so that the models and the
+pipeline never need to ask which one they got:
+
+  0 <pad>   padding; the models derive segment ids from `token != 0`.
+  1 <unk>   a symbol the vocabulary does not hold.
+  2 <eos>   end of an example (and the start symbol of line-based LM rows).
+  3 <mask>  the masked-LM corruption token.
+
+`encode(str) -> list[int]` and `decode(list[int]) -> str` never add or strip
+<eos>; the pipeline decides where examples end. `decode` drops <pad>, <eos>
+and <mask>.
+"""
+
+import hashlib
+import os
+import tempfile
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
+SPECIALS = ('<pad>', '<unk>', '<eos>', '<mask>')
+NUM_SPECIALS = len(SPECIALS)
+
+
+class Tokenizer:
+  """The interface the pipeline, decoding and notebooks rely on."""
+  name = 'base'
+  pad_id, unk_id, eos_id, mask_id = PAD_ID, UNK_ID, EOS_ID, MASK_ID
+
+  @property
+  def vocab_size(self) -> int:
+    raise NotImplementedError
+
+  def encode(self, text: str) -> list:
+    raise NotImplementedError
+
+  def decode(self, ids: Sequence[int]) -> str:
+    raise NotImplementedError
+
+  def encode_array(self, text: str) -> np.ndarray:
+    """encode() as an int32 array [n]."""
+    return np.asarray(self.encode(text), dtype=np.int32)
+
+  def _strip(self, ids):
+    """Ids without <pad>, <eos>, <mask> (as plain ints)."""
+    return [int(i) for i in ids if int(i) not in (PAD_ID, EOS_ID, MASK_ID)]
+
+
+class CharTokenizer(Tokenizer):
+  """One id per character; the vocabulary is the sorted characters of a text.
+
+  Characters outside the vocabulary map to <unk> (decoded as U+FFFD), so a
+  validation split with a character unseen in training still encodes.
+  """
+  name = 'char'
+
+  def __init__(self, chars: Iterable[str]):
+    self.chars = sorted(set(chars))
+    self._id = {c: i + NUM_SPECIALS for i, c in enumerate(self.chars)}
+    # Lookup table for the whole Basic Multilingual Plane: encoding 5M
+    # characters is one numpy gather instead of a Python loop.
+    self._table = np.full(0x10000, UNK_ID, dtype=np.int32)
+    for c, i in self._id.items():
+      if ord(c) < 0x10000:
+        self._table[ord(c)] = i
+
+  @classmethod
+  def from_text(cls, text: str) -> 'CharTokenizer':
+    return cls(set(text))
+
+  @property
+  def vocab_size(self) -> int:
+    return NUM_SPECIALS + len(self.chars)
+
+  def encode(self, text: str) -> list:
+    return self.encode_array(text).tolist()
+
+  def encode_array(self, text: str) -> np.ndarray:
+    if text.isascii():
+      codes = np.frombuffer(text.encode('ascii'), dtype=np.uint8).astype(np.int32)
+      return self._table[codes]
+    return np.asarray([self._id.get(c, UNK_ID) for c in text], dtype=np.int32)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return ''.join('\ufffd' if i == UNK_ID else self.chars[i - NUM_SPECIALS]
+                   for i in self._strip(ids) if i < self.vocab_size)
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes, id = byte + 4: any text encodes, nothing is unknown."""
+  name = 'byte'
+
+  @property
+  def vocab_size(self) -> int:
+    return NUM_SPECIALS + 256
+
+  def encode(self, text: str) -> list:
+    return self.encode_array(text).tolist()
+
+  def encode_array(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.int32) + NUM_SPECIALS
+
+  def decode(self, ids: Sequence[int]) -> str:
+    data = bytes(i - NUM_SPECIALS for i in self._strip(ids)
+                 if NUM_SPECIALS <= i < self.vocab_size)
+    return data.decode('utf-8', errors='replace')
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model, with newlines kept as their own piece.
+
+  SentencePiece works on single lines, so `encode` splits the text on '\\n',
+  encodes each line and joins them with the <nl> id; the model is trained with
+  identity normalisation and without whitespace folding so that
+  decode(encode(text)) == text for any text made of the training characters.
+  """
+  name = 'sentencepiece'
+
+  def __init__(self, model_path: str):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    self.model_path = model_path
+    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.newline_id = self._sp.piece_to_id('<nl>')
+    assert self._sp.pad_id() == PAD_ID and self._sp.unk_id() == UNK_ID
+    assert self._sp.eos_id() == EOS_ID and self._sp.piece_to_id('<mask>') == MASK_ID
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list:
+    ids = []
+    for n, line in enumerate(text.split('\n')):
+      if n:
+        ids.append(self.newline_id)
+      if line:
+        ids.extend(self._sp.encode(line))
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    lines, line = [], []
+    for i in self._strip(ids):
+      if i == self.newline_id:
+        lines.append(line)
+        line = []
+      else:
+        line.append(i)
+    lines.append(line)
+    return '\n'.join(self._sp.decode(l) for l in lines)
+
+
+def train_sentencepiece(lines: Iterable[str], model_path: str, vocab_size: int,
+                        model_type: str = 'unigram', max_chars: int = 10**7) -> str:
+  """Trains a SentencePiece model on `lines` and writes `model_path`.model.
+
+  At most `max_chars` characters are used (the Flax WMT example does the
+  same): enough for a stable vocabulary, and training stays within a minute.
+  The file is written to a temporary name and renamed, so a concurrent reader
+  never sees half a model.
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  def limited():
+    used = 0
+    for line in lines:
+      if not line.strip():
+        continue
+      if used + len(line) > max_chars:
+        return
+      used += len(line)
+      yield line
+
+  directory = os.path.dirname(model_path) or '.'
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    prefix = os.path.join(tmp, 'spm')
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=limited(), model_prefix=prefix, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=1.0,
+        normalization_rule_name='identity', remove_extra_whitespaces=False,
+        split_by_whitespace=True, max_sentence_length=1 << 16,
+        pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
+        user_defined_symbols=['<mask>', '<nl>'], hard_vocab_limit=False,
+        minloglevel=2, num_threads=2)
+    os.replace(prefix + '.model', model_path)
+  return model_path
+
+
+def load_or_train_sentencepiece(lines_fn, cache_dir: str, key: str, vocab_size: int,
+                                model_type: str = 'unigram') -> SentencePieceTokenizer:
+  """The SentencePiece model for `key`, trained once and cached in `cache_dir`.
+
+  `lines_fn()` returns the training lines; it is only called when no cached
+  model exists. The file name carries the key and the vocabulary size, so a
+  changed config never silently reuses a stale model.
+  """
+  digest = hashlib.sha1(f'{key}|{vocab_size}|{model_type}'.encode()).hexdigest()[:10]
+  path = os.path.join(cache_dir, f'spm_{vocab_size}_{digest}.model')
+  if not os.path.exists(path):
+    train_sentencepiece(lines_fn(), path, vocab_size, model_type)
+  return SentencePieceTokenizer(path)
+
+
+def unigram_entropy(ids: np.ndarray, vocab_size: Optional[int] = None) -> float:
+  """Entropy (nats/token) of the token frequencies: the loss of a model that
+  ignores context, the baseline an LM must beat."""
+  counts = np.bincount(np.asarray(ids).ravel(), minlength=vocab_size or 0)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
