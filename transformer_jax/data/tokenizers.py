@@ -1,4 +1,5 @@
-"""Tokenizers behind one interface: character, byte and SentencePiece.
+"""Tokenizers behind one interface: character, byte, SentencePiece (and the
+grapheme/phoneme vocabulary of the G2P task).
 
 Every tokenizer reserves the same special ids so that the models and the
 pipeline never need to ask which one they got:
@@ -150,6 +151,48 @@ class SentencePieceTokenizer(Tokenizer):
         line.append(i)
     lines.append(line)
     return '\n'.join(self._sp.decode(l) for l in lines)
+
+
+class G2PTokenizer(Tokenizer):
+  """Graphemes and phonemes in one vocabulary, for grapheme-to-phoneme.
+
+  A whitespace-separated piece of the text that is a phoneme ('HH', 'AH0')
+  becomes that phoneme's id; any other piece is split into graphemes
+  (characters). So encode('hello') spells the word and encode('HH AH L OW')
+  gives four phonemes; decode writes graphemes together and phonemes apart.
+  CMUdict's graphemes are lower case and its phonemes upper case, so the two
+  never collide.
+  """
+  name = 'g2p'
+
+  def __init__(self, graphemes: Iterable[str], phonemes: Iterable[str]):
+    self.symbols = sorted(set(graphemes)) + sorted(set(phonemes))
+    self._id = {s: i + NUM_SPECIALS for i, s in enumerate(self.symbols)}
+    self._phonemes = set(phonemes)
+
+  @property
+  def vocab_size(self) -> int:
+    return NUM_SPECIALS + len(self.symbols)
+
+  def encode(self, text: str) -> list:
+    ids = []
+    for piece in text.split():
+      if piece in self._phonemes:
+        ids.append(self._id[piece])
+      else:
+        ids.extend(self._id.get(c, UNK_ID) for c in piece)
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    pieces, word = [], ''
+    for i in self._strip(ids):
+      symbol = '\ufffd' if i == UNK_ID or i >= self.vocab_size else self.symbols[i - NUM_SPECIALS]
+      if symbol in self._phonemes:
+        pieces.extend([word, symbol] if word else [symbol])
+        word = ''
+      else:
+        word += symbol
+    return ' '.join(pieces + [word] if word else pieces)
 
 
 def train_sentencepiece(lines: Iterable[str], model_path: str, vocab_size: int,
