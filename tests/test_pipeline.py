@@ -244,3 +244,133 @@ def test_g2p_iterators_resume_exactly(data):
     got = next(resumed)
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+# ---------------------------------------------------------------------------
+# Packing: a packed example's logits equal its logits alone.
+
+
+def tiny_model(variant, vocab_size):
+  import jax  # pylint: disable=g-import-not-at-top
+  from transformer_jax.models import transformer  # pylint: disable=g-import-not-at-top
+  m = config_lib.model_config()
+  m.update(variant=variant, num_layers=2, d_model=32, num_heads=4, vocab_size=vocab_size,
+           max_len=64, dropout_rate=0.0)
+  model = transformer.build_model(m)
+  ones = np.ones((1, 8), np.int32)
+  params = model.init(jax.random.PRNGKey(0), *([ones] * (2 if variant == 'seq2seq' else 1)))
+  return model, params
+
+
+def alone(tokens, length):
+  row = np.zeros((1, length), np.int32)
+  row[0, :len(tokens)] = tokens
+  return row
+
+
+def test_packed_lm_logits_equal_unpacked(tmp_path):
+  lines = [f'line {i}: ' + 'to be or not to be '[:(i * 7) % 19] for i in range(60)]
+  path = tmp_path / 'lines.txt'
+  path.write_text('\n'.join(lines) + '\n')
+  config = small_config(name='text', train_files=str(path), packing=True)
+  config.seq_len = 48
+  ds = pipeline.create_datasets(config, None)
+  batch = next(ds.train)
+  assert set(batch) == {'inputs', 'targets', 'weights', 'segment_ids', 'positions'}
+  row = int(np.argmax(batch['segment_ids'].max(1)))
+  seg = batch['segment_ids'][row]
+  assert seg.max() >= 2
+  model, params = tiny_model('decoder', ds.tokenizer.vocab_size)
+  packed = model.apply(params, batch['inputs'][row:row + 1], segment_ids=seg[None],
+                       positions=batch['positions'][row:row + 1])[0]
+  for s in range(1, seg.max() + 1):
+    tokens = batch['inputs'][row][seg == s]
+    assert ds.tokenizer.decode(batch['targets'][row][seg == s]) in lines
+    single = model.apply(params, alone(tokens, 48))[0, :len(tokens)]
+    np.testing.assert_allclose(packed[seg == s], single, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_seq2seq_logits_equal_unpacked():
+  ds = pipeline.create_datasets(cmudict_config(packing=True), None)
+  batch = next(ds.train)
+  model, params = tiny_model('seq2seq', ds.tokenizer.vocab_size)
+  r = slice(0, 1)
+  packed = model.apply(params, batch['inputs'][r], batch['targets'][r],
+                       inputs_segment_ids=batch['inputs_segment_ids'][r],
+                       inputs_positions=batch['inputs_positions'][r],
+                       targets_segment_ids=batch['targets_segment_ids'][r],
+                       targets_positions=batch['targets_positions'][r])[0]
+  in_seg, t_seg = batch['inputs_segment_ids'][0], batch['targets_segment_ids'][0]
+  assert in_seg.max() >= 2
+  for s in range(1, in_seg.max() + 1):
+    source, target = batch['inputs'][0][in_seg == s], batch['targets'][0][t_seg == s]
+    single = model.apply(params, alone(source, 24), alone(target, 24))[0, :len(target)]
+    np.testing.assert_allclose(packed[t_seg == s], single, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Local files: overflow policy and config errors.
+
+
+@pytest.fixture
+def lines_file(tmp_path):
+  path = tmp_path / 'train.txt'
+  path.write_text('\n'.join(['short line'] * 30 + ['x' * 40] + ['another one'] * 9) + '\n')
+  return str(path)
+
+
+def text_config(path, **data):
+  config = small_config(name='text', train_files=path, **data)
+  config.seq_len = 20
+  return config
+
+
+def test_overflow_error_names_the_example_and_the_fix(lines_file):
+  with pytest.raises(ValueError, match=r'train example 30: example has 41 tokens, more than '
+                                       r'config.seq_len=20; raise seq_len or set '
+                                       r'config.data.overflow=truncate or drop'):
+    pipeline.create_datasets(text_config(lines_file), None)
+
+
+def test_overflow_drop_and_truncate_are_counted(lines_file):
+  dropped = pipeline.create_datasets(text_config(lines_file, overflow='drop'), None)
+  assert dropped.info['train_dropped'] == 1 and dropped.info['train_examples'] == 35
+  assert dropped.info['eval_examples'] == 4  # the last 10% of the lines.
+  cut = pipeline.create_datasets(text_config(lines_file, overflow='truncate'), None)
+  assert cut.info['train_truncated'] == 1 and cut.info['train_examples'] == 36
+  for batch in cut.eval():
+    assert batch['inputs'].shape == (4, 20)
+  # Line LM rows: <eos> starts the inputs and ends the targets.
+  batch = next(cut.train)
+  assert (batch['inputs'][:, 0] == 2).all()
+  real = batch['weights'][:, 1:]
+  np.testing.assert_array_equal(batch['inputs'][:, 1:] * real, batch['targets'][:, :-1] * real)
+
+
+def test_text_classification_from_tsv(tmp_path):
+  train, test = tmp_path / 'train.tsv', tmp_path / 'test.tsv'
+  train.write_text(''.join(f'{"good" if i % 2 else "bad"} film {i}\t{"pos" if i % 2 else "neg"}\n'
+                           for i in range(20)))
+  test.write_text('good one\tpos\nbad one\tneg\nmeh\tneg\n')
+  config = small_config('encoder', name='text', task='classify', format='tsv',
+                        train_files=str(train), eval_files=str(test))
+  config.model.encoder_head = 'classify'
+  ds = pipeline.create_datasets(config, None)
+  assert ds.info['classes'] == ('neg', 'pos')
+  batches = list(ds.eval())
+  assert len(batches) == 1
+  np.testing.assert_array_equal(batches[0]['targets'], [1, 0, 0, 0])
+  np.testing.assert_array_equal(batches[0]['weights'], [1, 1, 1, 0])
+
+
+@pytest.mark.parametrize('data, message', [
+    (dict(name='text'), r'config.data.name=text needs config.data.train_files'),
+    (dict(name='text', train_files='/nonexistent/x.txt'), r'/nonexistent/x.txt: no such file'),
+    (dict(name='text', train_files='x', format='tsv'), r'set config.data.format=lines'),
+    (dict(tokenizer='words'), r"config.data.tokenizer='words' is unknown"),
+    (dict(name='tfds:imdb'), r"config.data.name='tfds:imdb' is not supported; use one of"),
+])
+def test_config_errors_are_one_line(data, message):
+  with pytest.raises(ValueError, match=message) as e:
+    pipeline.create_datasets(small_config(**data), None)
+  assert '\n' not in str(e.value)

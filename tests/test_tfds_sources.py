@@ -1,0 +1,70 @@
+"""The TFDS datasets end to end under tfds.testing.mock_data (random strings)."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from transformer_jax import config as config_lib
+from transformer_jax.data import pipeline
+from transformer_jax.data import sources
+
+
+def tfds_config(name, variant, task, **data):
+  c = config_lib.base_config()
+  c.model.variant = variant
+  c.model.vocab_size = 300
+  c.batch_size = 4
+  c.seq_len = 32
+  c.data.update({'name': f'tfds:{name}', 'task': task, 'tokenizer': 'byte',
+                 'overflow': 'truncate', **data})
+  return c
+
+
+@pytest.mark.parametrize('name', ['wmt14_translate/de-en', 'wmt17_translate/de-en'])
+def test_translation(name):
+  with tfds.testing.mock_data(num_examples=12):
+    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq'), None)
+  assert ds.info['train_examples'] == 12 and ds.info['eval_examples'] == 12
+  batch = next(ds.train)
+  assert {'inputs', 'targets', 'weights'} <= set(batch)
+  assert batch['targets'].shape == batch['weights'].shape and batch['inputs'].shape[0] == 4
+  assert sum(int((b['weights'].sum(1) > 0).sum()) for b in ds.eval()) == 12
+
+
+def test_translation_direction_and_sentencepiece(tmp_path):
+  with tfds.testing.mock_data(num_examples=12):
+    raw = sources.tfds_examples('wmt14_translate/de-en', 'train')
+    config = tfds_config('wmt14_translate/de-en', 'seq2seq', 'seq2seq', packing=True,
+                         tokenizer='sentencepiece', vocab_size=40)
+    ds = pipeline.create_datasets(config, str(tmp_path))
+  assert list(tmp_path.glob('spm_40_*.model'))
+  batch = next(ds.train)
+  assert 'inputs_segment_ids' in batch and 'targets_positions' in batch
+  # config.data.source_language=en: inputs are the English side.
+  first = batch['inputs'][0][batch['inputs_segment_ids'][0] == 1]
+  assert ds.tokenizer.decode(first) in [en for en, _ in raw]
+
+
+def test_lm1b():
+  with tfds.testing.mock_data(num_examples=10):
+    ds = pipeline.create_datasets(tfds_config('lm1b', 'decoder', 'lm'), None)
+  batch = next(ds.train)
+  assert batch['inputs'].shape == batch['targets'].shape == (4, 32)
+  assert 'unigram_entropy' in ds.info and ds.info['eval_examples'] == 10
+
+
+def test_sst2():
+  with tfds.testing.mock_data(num_examples=9):
+    config = tfds_config('glue/sst2', 'encoder', 'classify')
+    config.model.encoder_head = 'classify'
+    ds = pipeline.create_datasets(config, None)
+  batch = next(ds.train)
+  assert batch['targets'].shape == batch['weights'].shape == (4,)
+  assert set(np.unique(batch['targets'])) <= {0, 1}
+  eval_batches = list(ds.eval())
+  assert len(eval_batches) == 3 and eval_batches[-1]['weights'].sum() == 1
+
+
+def test_wrong_task_for_a_tfds_dataset():
+  with pytest.raises(config_lib.ConfigError, match='not available for tfds:lm1b; use lm or mlm'):
+    pipeline.create_datasets(tfds_config('lm1b', 'seq2seq', 'seq2seq'), None)
