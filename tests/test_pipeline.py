@@ -69,6 +69,15 @@ def test_train_order_is_seeded():
   assert not np.array_equal(first(small_config()), first(other_seed))
 
 
+def test_shuffled_batches_cover_each_item_once_per_epoch():
+  batches = pipeline.ShuffledBatches(num_items=10, batch_size=3, seed=0)
+  epoch0 = np.concatenate([batches[i] for i in range(3)])
+  epoch1 = np.concatenate([batches[i] for i in range(3, 6)])
+  assert len(set(epoch0)) == len(set(epoch1)) == 9
+  assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(batches[4], pipeline.ShuffledBatches(10, 3, 0)[4])
+
+
 def test_orbax_checkpoint_resumes_at_the_next_batch(tmp_path):
   config = small_config()
   train = pipeline.create_datasets(config, None).train

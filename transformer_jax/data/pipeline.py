@@ -154,6 +154,45 @@ def _mlm_transform(seed: int, vocab_size: int, rate: float):
 
 
 # ----------------------------------------------------------------------------
+# Seeded epochs of index batches.
+
+
+class ShuffledBatches(grain.MapDataset):
+  """Element i: the i-th batch of item indices [batch_size] of an endless
+  sequence of epochs, each a fresh permutation seeded by (seed, epoch).
+
+  Whole batches are cut from one numpy permutation per epoch, which is ~10x
+  faster than shuffling and batching element by element; the items left over
+  at the end of an epoch differ from epoch to epoch, so none is always
+  skipped. The iterator state is the batch index alone, so resume is exact.
+  """
+
+  def __init__(self, num_items: int, batch_size: int, seed: int):
+    super().__init__()
+    self._num_items, self._batch_size, self._seed = num_items, batch_size, seed
+    self._per_epoch = num_items // batch_size
+    self._cache = {}
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __str__(self):
+    return f'ShuffledBatches(num_items={self._num_items}, batch_size={self._batch_size})'
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      rng = np.random.default_rng([self._seed, epoch])
+      self._cache = {epoch: rng.permutation(self._num_items).astype(np.int32)}
+    return self._cache[epoch]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = divmod(index, self._per_epoch)
+    return self._permutation(epoch)[i * self._batch_size:(i + 1) * self._batch_size]
+
+
+# ----------------------------------------------------------------------------
 # One long token stream (Shakespeare): nanoGPT-style windows.
 
 
@@ -172,19 +211,14 @@ def _windows(offsets, tokens, seq_len, shift):
 
 def stream_train(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
                  read_options=None, shift: bool = True, transform=None) -> grain.IterDataset:
-  """Random windows of the training stream, each start offset once per epoch.
-
-  The offsets are shuffled lazily (grain's index shuffle, reseeded every
-  epoch), so the iterator state is one integer and resume is exact.
-  """
+  """Random windows of the training stream, each start offset once per epoch."""
   num_windows = len(tokens) - seq_len - shift + 1
   if num_windows < batch_size:
     raise ConfigError(f'The training split has {len(tokens)} tokens, too few for '
                       f'{batch_size} windows of config.seq_len={seq_len}; lower them.')
   rows = _host_rows(batch_size)
-  ds = (grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat()
-        .batch(batch_size, drop_remainder=True)
-        .map(lambda offsets: _windows(offsets[rows], tokens, seq_len, shift)))
+  ds = ShuffledBatches(num_windows, batch_size, seed).map(
+      lambda offsets: _windows(offsets[rows], tokens, seq_len, shift))
   if transform:
     ds = ds.map_with_index(transform)
   return ds.to_iter_dataset(read_options)
@@ -309,9 +343,8 @@ def array_train(rows: dict, batch_size: int, seed: int, read_options=None,
     raise ConfigError(f'The training split has {num} examples, fewer than '
                       f'config.batch_size={batch_size}; lower the batch size.')
   host = _host_rows(batch_size)
-  ds = (grain.MapDataset.range(num).shuffle(seed=seed).repeat()
-        .batch(batch_size, drop_remainder=True)
-        .map(lambda idx: {k: v[idx[host]] for k, v in rows.items()}))
+  ds = ShuffledBatches(num, batch_size, seed).map(
+      lambda idx: {k: v[idx[host]] for k, v in rows.items()})
   if transform:
     ds = ds.map_with_index(transform)
   return ds.to_iter_dataset(read_options)
