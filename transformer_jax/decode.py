@@ -20,13 +20,13 @@ public entry point is one `jax.jit`-compiled call.
 The pad token is never generated (its logit is masked), so in every output the
 tokens after a row's end are pad (0).
 
-Beam search keeps `beam_size` live hypotheses and `beam_size` finished ones per
-row and ranks finished hypotheses by log P(Y|X) / lp(Y) with GNMT's length
-penalty lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al. 2016; the paper uses alpha =
-0.6 and beam 4). |Y| counts the generated tokens, EOS included. It stops a row
-when no live hypothesis can still beat its worst finished one. With beam 1 and
-alpha = 0 it returns exactly the greedy sequence; with alpha > 0 it may prefer
-a longer hypothesis than greedy's, which is the point of the penalty.
+Beam search keeps `beam_size` live hypotheses per row and ranks finished ones
+by log P(Y|X) / lp(Y) with GNMT's length penalty lp(Y) = ((5 + |Y|) / 6)^alpha
+(Wu et al. 2016; the paper uses alpha = 0.6 and beam 4); |Y| counts the
+generated tokens, EOS included. As in fairseq, an extension ending in EOS
+finishes a hypothesis only when it ranks among the step's `beam_size` best
+candidates, and a row stops once it has `beam_size` finished hypotheses; so beam
+1 is exactly greedy decoding, for any alpha.
 """
 
 import functools
@@ -187,8 +187,7 @@ def _sample_loop(step, carry, buffer, prompt_lengths, prefill, rng, temperature,
     forced = p + 1 < prompt_lengths
     token = jnp.where(forced, _token_at(buffer, p + 1), jnp.where(done, pad_id, token))
     buffer = jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], p + 1, axis=1)
-    if eos_id is not None:
-      done = done | (~forced & (token == eos_id))
+    done = done | (~forced & (token == eos_id))
     return p + 1, buffer, carry, done
 
   done = jnp.zeros(buffer.shape[:1], bool)
@@ -227,15 +226,10 @@ def _beam_loop(step, carry, buffer, prompt_lengths, prefill, beam_size, alpha, e
   finished = alive
   finished_scores = jnp.full((b, k), NEG_INF)
   finished_flags = jnp.zeros((b, k), bool)
-  max_penalty = length_penalty(length - prompt_lengths, alpha)  # [b]
 
   def cond(state):
-    p, _, alive_lp, _, finished_scores, finished_flags, _ = state
-    # log-probabilities only fall and the penalty only grows (alpha >= 0), so this
-    # bounds the final score of every live hypothesis.
-    best_alive = alive_lp[:, 0] / max_penalty
-    worst_finished = jnp.where(finished_flags.all(1), finished_scores.min(1), NEG_INF)
-    return (p + 1 < length) & ~jnp.all(worst_finished > best_alive)
+    p, _, _, _, _, finished_flags, _ = state
+    return (p + 1 < length) & ~jnp.all(finished_flags.all(1))
 
   def body(state):
     p, alive, alive_lp, finished, finished_scores, finished_flags, carry = state
@@ -250,16 +244,15 @@ def _beam_loop(step, carry, buffer, prompt_lengths, prefill, beam_size, alpha, e
 
     # The 2k best extensions: even if k of them end in EOS, k stay live.
     candidates = (alive_lp[..., None] + log_probs).reshape(b, k * vocab)
-    top_lp, top_index = jax.lax.top_k(candidates, 2 * k)  # [b, 2k]
+    top_lp, top_index = jax.lax.top_k(candidates, 2 * k)  # [b, 2k], best first
     top_beam, top_token = top_index // vocab, top_index % vocab
     top_seqs = jnp.take_along_axis(alive, top_beam[..., None], axis=1)  # [b, 2k, length]
     top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[..., None], p + 1, axis=2)
-    if eos_id is None:
-      ends = jnp.zeros_like(top_token, bool)
-    else:
-      ends = (top_token == eos_id) & ~forced[:, None] & (top_lp > NEG_INF / 2)
+    eos = (top_token == eos_id) & ~forced[:, None]
+    settled = finished_flags.all(1, keepdims=True)  # rows that already have k finished.
+    ends = eos & (jnp.arange(2 * k) < k) & (top_lp > NEG_INF / 2) & ~settled
 
-    alive_lp, chosen = jax.lax.top_k(jnp.where(ends, NEG_INF, top_lp), k)
+    alive_lp, chosen = jax.lax.top_k(jnp.where(eos, NEG_INF, top_lp), k)
     alive = jnp.take_along_axis(top_seqs, chosen[..., None], axis=1)
     carry = _gather_beams(carry, jnp.take_along_axis(top_beam, chosen, axis=1), b, k)
 
@@ -275,6 +268,7 @@ def _beam_loop(step, carry, buffer, prompt_lengths, prefill, beam_size, alpha, e
   _, alive, alive_lp, finished, finished_scores, finished_flags, _ = jax.lax.while_loop(
       cond, body, state)
   # Finished hypotheses first, best first; live ones (cut at `length`) fill the rest.
+  max_penalty = length_penalty(length - prompt_lengths, alpha)  # [b]
   scores = jnp.concatenate([finished_scores, alive_lp / max_penalty[:, None]], 1)  # [b, 2k]
   flags = jnp.concatenate([finished_flags, jnp.zeros_like(finished_flags)], 1)
   order = jnp.lexsort((-scores, ~flags), axis=1)[:, :k]
@@ -304,6 +298,11 @@ def _check_length(model, length: int, what: str):
                      'decode fewer tokens or raise max_len.')
 
 
+def _eos(eos_id: Optional[int]):
+  """EOS as a traced scalar (one compilation for any id); -1 matches no token."""
+  return jnp.int32(-1 if eos_id is None else eos_id)
+
+
 def _buffer(prompts, length: int):
   prompts = jnp.asarray(prompts, jnp.int32)
   if prompts.shape[1] > length:
@@ -311,9 +310,9 @@ def _buffer(prompts, length: int):
   return jnp.pad(prompts, ((0, 0), (0, length - prompts.shape[1])))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'prefill', 'eos_id', 'cached'))
-def _decoder_sample(model, params, buffer, prompt_lengths, rng, temperature, top_k, top_p, *,
-                    prefill, eos_id, cached):
+@functools.partial(jax.jit, static_argnames=('model', 'prefill', 'cached'))
+def _decoder_sample(model, params, buffer, prompt_lengths, rng, temperature, top_k, top_p, eos_id,
+                    *, prefill, cached):
   step, carry, _ = _decoder_stepper(model, params, buffer, prefill, cached)
   return _sample_loop(step, carry, buffer, prompt_lengths, prefill, rng, temperature, top_k,
                       top_p, eos_id, model.cfg.pad_id)
@@ -333,13 +332,12 @@ def sample_decoder(model, params, prompts, length: int, *, prompt_lengths=None,
   rng = jax.random.key(0) if rng is None else rng
   return _decoder_sample(model, params, _buffer(prompts, length), prompt_lengths, rng,
                          jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
-                         prefill=prefill, eos_id=eos_id, cached=cached)
+                         _eos(eos_id), prefill=prefill, cached=cached)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('model', 'prefill', 'beam_size', 'alpha', 'eos_id', 'cached'))
-def _decoder_beam_search(model, params, buffer, prompt_lengths, *, prefill, beam_size, alpha,
-                         eos_id, cached):
+@functools.partial(jax.jit, static_argnames=('model', 'prefill', 'beam_size', 'cached'))
+def _decoder_beam_search(model, params, buffer, prompt_lengths, alpha, eos_id, *, prefill,
+                         beam_size, cached):
   step, carry, _ = _decoder_stepper(model, params, jnp.repeat(buffer, beam_size, axis=0), prefill,
                                     cached)
   return _beam_loop(step, carry, buffer, prompt_lengths, prefill, beam_size, alpha, eos_id,
@@ -358,8 +356,8 @@ def beam_search_decoder(model, params, prompts, length: int, *, prompt_lengths=N
   _check_beam(model, beam_size)
   prompt_lengths, prefill = _prompt_lengths(prompts, prompt_lengths, model.cfg.pad_id)
   return _decoder_beam_search(model, params, _buffer(prompts, length), prompt_lengths,
-                              prefill=prefill, beam_size=beam_size, alpha=float(alpha),
-                              eos_id=eos_id, cached=cached)
+                              jnp.float32(alpha), _eos(eos_id), prefill=prefill,
+                              beam_size=beam_size, cached=cached)
 
 
 def _check_beam(model, beam_size: int):
@@ -373,9 +371,9 @@ def _seq2seq_buffer(inputs, max_decode_len: int):
   return jnp.zeros((inputs.shape[0], max_decode_len + 1), jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'cached'))
-def _seq2seq_sample(model, params, inputs, rng, temperature, top_k, top_p, *, max_decode_len,
-                    eos_id, cached):
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'cached'))
+def _seq2seq_sample(model, params, inputs, rng, temperature, top_k, top_p, eos_id, *,
+                    max_decode_len, cached):
   buffer = _seq2seq_buffer(inputs, max_decode_len)
   step, carry = _seq2seq_stepper(model, params, inputs, buffer, cached)
   ones = jnp.ones(inputs.shape[:1], jnp.int32)
@@ -397,12 +395,11 @@ def sample_seq2seq(model, params, inputs, max_decode_len: int, *, temperature: f
   rng = jax.random.key(0) if rng is None else rng
   return _seq2seq_sample(model, params, jnp.asarray(inputs, jnp.int32), rng,
                          jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
-                         max_decode_len=max_decode_len, eos_id=eos_id, cached=cached)
+                         _eos(eos_id), max_decode_len=max_decode_len, cached=cached)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'beam_size', 'alpha',
-                                             'eos_id', 'cached'))
-def _seq2seq_beam_search(model, params, inputs, *, max_decode_len, beam_size, alpha, eos_id,
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'beam_size', 'cached'))
+def _seq2seq_beam_search(model, params, inputs, alpha, eos_id, *, max_decode_len, beam_size,
                          cached):
   buffer = _seq2seq_buffer(inputs, max_decode_len)
   step, carry = _seq2seq_stepper(model, params, jnp.repeat(inputs, beam_size, axis=0),
@@ -423,9 +420,9 @@ def beam_search_seq2seq(model, params, inputs, max_decode_len: int, *, beam_size
   _check_length(model, max_decode_len, 'max_decode_len')
   _check_length(model, np.shape(inputs)[1], 'the source length')
   _check_beam(model, beam_size)
-  return _seq2seq_beam_search(model, params, jnp.asarray(inputs, jnp.int32),
-                              max_decode_len=max_decode_len, beam_size=beam_size,
-                              alpha=float(alpha), eos_id=eos_id, cached=cached)
+  return _seq2seq_beam_search(model, params, jnp.asarray(inputs, jnp.int32), jnp.float32(alpha),
+                              _eos(eos_id), max_decode_len=max_decode_len, beam_size=beam_size,
+                              cached=cached)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'prefill', 'cached'))

@@ -1,0 +1,350 @@
+"""Decoding on the KV cache: agreement with the full forward pass, the greedy /
+sampling / beam search relations, EOS handling, and text in, text out.
+
+The models are tiny and random (untied output projections, so their greedy
+outputs vary by row and position and sometimes end in EOS). Shapes are shared
+between tests so that each decoder compiles once.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from transformer_jax import config as config_lib
+from transformer_jax import decode
+from transformer_jax.models import transformer
+
+EOS = 1
+VOCAB = 13
+PROMPTS = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10], [11, 2, 0, 0, 0]])
+PROMPT_LENGTHS = [3, 5, 2]
+LENGTH = 16  # decoder-only: prompt + continuation.
+SOURCES = np.array([[3, 4, 5, 0, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12, 2],
+                    [11, 12, 0, 0, 0, 0, 0, 0], [2, 3, 5, 7, 11, 0, 0, 0]])
+DECODE_LEN = 12  # seq2seq outputs.
+
+
+def tiny_model(variant, **overrides):
+  """A small model with a frozen (hashable) config, so tests can jit it as static."""
+  m = config_lib.model_config()
+  m.update(variant=variant, num_layers=1, d_model=16, num_heads=2, vocab_size=VOCAB, max_len=32,
+           dropout_rate=0.0, share_embeddings=False)
+  m.update(overrides)
+  return transformer.build_model(ml_collections.FrozenConfigDict(m))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init(model, seed, *args):
+  return model.init(jax.random.key(seed), *args)['params']
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def full_logits(model, params, tokens, inputs=None):
+  """The full forward pass with every position real (segment 1). For seq2seq,
+  `tokens` are the targets and the model shifts them right itself."""
+  ones = jnp.ones_like(tokens)
+  if inputs is None:
+    return model.apply({'params': params}, tokens, segment_ids=ones)
+  return model.apply({'params': params}, inputs, tokens, targets_segment_ids=ones)
+
+
+@pytest.fixture(scope='module')
+def lm():
+  model = tiny_model('decoder')
+  return model, init(model, 2, jnp.ones((2, 8), jnp.int32))
+
+
+@pytest.fixture(scope='module')
+def seq2seq():
+  model = tiny_model('seq2seq')
+  return model, init(model, 1, jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32))
+
+
+def gnmt_scores(model, params, outputs, inputs=None, starts=None, alpha=0.6):
+  """log P(Y) / ((5 + |Y|) / 6)^alpha of outputs[row, start:] through the first EOS,
+  from the full forward pass. Decoder-only rows start after their prompt."""
+  outputs = np.asarray(outputs)
+  log_probs = np.asarray(jax.nn.log_softmax(full_logits(model, params, outputs, inputs)))
+  if inputs is None:  # logits at t - 1 predict token t.
+    log_probs = np.pad(log_probs[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  starts = [0] * len(outputs) if starts is None else starts
+  scores = []
+  for row, lps, start in zip(outputs, log_probs, starts):
+    generated = row[start:]
+    ends = np.nonzero(generated == EOS)[0]
+    n = ends[0] + 1 if len(ends) else len(generated)
+    total = lps[np.arange(start, start + n), generated[:n]].sum()
+    scores.append(total / ((5 + n) / 6)**alpha)
+  return np.array(scores)
+
+
+# --- The cache equals the full forward pass. ---------------------------------
+
+
+def test_decoder_step_logits_equal_full_forward(lm):
+  model, params = lm
+  tokens = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  cached = decode.step_logits(model, params, tokens, prefill=4)  # 3 in one call, then steps.
+  np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
+
+
+def test_two_layer_rotary_pre_ln_step_logits_equal_full_forward():
+  model = tiny_model('decoder', num_layers=2, position='rotary', norm='pre')
+  tokens = jnp.asarray(np.random.RandomState(0).randint(1, VOCAB, (3, LENGTH)))
+  params = init(model, 3, tokens)
+  cached = decode.step_logits(model, params, tokens, prefill=4)
+  np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
+
+
+def test_seq2seq_step_logits_equal_full_forward(seq2seq):
+  model, params = seq2seq
+  targets = jnp.asarray(np.random.RandomState(1).randint(1, VOCAB, (4, DECODE_LEN)))
+  decoder_inputs = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # 0 first, as shift_right does.
+  cached = decode.step_logits(model, params, decoder_inputs, SOURCES)
+  np.testing.assert_allclose(cached, full_logits(model, params, targets, SOURCES), atol=1e-5)
+
+
+def test_decoder_cached_greedy_equals_uncached(lm):
+  model, params = lm
+  cached = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  uncached = decode.sample_decoder(model, params, PROMPTS, LENGTH, cached=False)
+  np.testing.assert_array_equal(cached, uncached)
+  for row, n in enumerate(PROMPT_LENGTHS):
+    np.testing.assert_array_equal(cached[row, :n], PROMPTS[row, :n])
+
+
+def test_seq2seq_cached_greedy_equals_uncached(seq2seq):
+  model, params = seq2seq
+  cached = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN)
+  uncached = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, cached=False)
+  np.testing.assert_array_equal(cached, uncached)
+
+
+def test_greedy_picks_the_argmax_of_the_full_forward(lm, seq2seq):
+  model, params = lm
+  out = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH))
+  logits = np.array(full_logits(model, params, out))
+  logits[..., 0] = -np.inf  # pad is never generated.
+  for row, n in enumerate(PROMPT_LENGTHS):
+    np.testing.assert_array_equal(out[row, n:], logits[row, n - 1:-1].argmax(-1))
+  model, params = seq2seq
+  out = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN))
+  logits = np.array(full_logits(model, params, out, SOURCES))
+  logits[..., 0] = -np.inf
+  np.testing.assert_array_equal(out, logits.argmax(-1))
+
+
+def test_a_prompt_decodes_as_if_alone(lm):
+  # Row 0 (3 tokens) went through the step loop after a 2-token prefill; alone
+  # (3 copies, so the shapes match) its whole prompt is prefilled.
+  model, params = lm
+  together = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  alone = decode.sample_decoder(model, params, np.tile(PROMPTS[0, :3], (3, 1)), LENGTH)
+  np.testing.assert_array_equal(together[0], alone[0])
+
+
+# --- Sampling. -----------------------------------------------------------------
+
+
+def test_filter_logits():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
+  kept = lambda k, p: np.isfinite(decode.filter_logits(logits, k, p))[0].tolist()
+  assert kept(0, 1.0) == [True, True, True]
+  assert kept(2, 1.0) == [True, True, False]
+  assert kept(0, 0.7) == [True, True, False]  # 0.5 < 0.7; 0.5 + 0.3 reaches it.
+  assert kept(0, 0.5) == [True, False, False]
+  assert kept(0, 1e-9) == [True, False, False]  # the top token always stays.
+  assert kept(1, 1.0) == [True, False, False]
+
+
+def test_sample_logits_draws_only_from_the_nucleus():
+  logits = jnp.tile(jnp.log(jnp.array([0.4, 0.3, 0.2, 0.1])), (4000, 1))
+  draws = np.asarray(jax.jit(decode.sample_logits)(jax.random.key(0), logits, 1.0, 0, 0.65))
+  assert set(draws.tolist()) == {0, 1}
+  np.testing.assert_allclose((draws == 0).mean(), 0.4 / 0.7, atol=0.03)
+
+
+def test_top_k_1_top_p_0_and_temperature_0_equal_greedy(lm, seq2seq):
+  model, params = lm
+  greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  for kwargs in ({'top_k': 1}, {'top_p': 1e-6}, {'temperature': 1e-5}):
+    sampled = decode.sample_decoder(model, params, PROMPTS, LENGTH, **{
+        'temperature': 1.0, **kwargs
+    }, rng=jax.random.key(7))
+    np.testing.assert_array_equal(sampled, greedy, err_msg=str(kwargs))
+  model, params = seq2seq
+  greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN)
+  sampled = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, temperature=1e-5,
+                                  rng=jax.random.key(7))
+  np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_sampling_is_seeded(lm, seq2seq):
+  model, params = lm
+  draw = lambda seed: np.asarray(
+      decode.sample_decoder(model, params, PROMPTS, LENGTH, temperature=1.0,
+                            rng=jax.random.key(seed)))
+  np.testing.assert_array_equal(draw(0), draw(0))
+  assert not np.array_equal(draw(0), draw(1))
+  model, params = seq2seq
+  draw = lambda seed: np.asarray(
+      decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, temperature=1.0,
+                            rng=jax.random.key(seed)))
+  np.testing.assert_array_equal(draw(3), draw(3))
+  assert not np.array_equal(draw(3), draw(4))
+
+
+# --- EOS. ----------------------------------------------------------------------
+
+
+def assert_stops_at_eos(free, out, starts, eos):
+  """`out` equals `free` (decoded without EOS) up to each row's first generated
+  EOS, and is pad after it."""
+  stopped = 0
+  for row, start in enumerate(starts):
+    hits = np.nonzero(free[row, start:] == eos)[0]
+    end = start + hits[0] if len(hits) else free.shape[1]
+    np.testing.assert_array_equal(out[row, :end + 1], free[row, :end + 1])
+    assert (out[row, end + 1:] == 0).all()
+    stopped += end + 1 < free.shape[1]
+  return stopped
+
+
+def test_eos_stops_a_row_and_pads_after_it(lm, seq2seq):
+  model, params = lm
+  free = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH))
+  for eos in {EOS, int(free[0, 3])}:
+    out = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=eos))
+    assert assert_stops_at_eos(free, out, PROMPT_LENGTHS, eos) >= 1
+  model, params = seq2seq
+  free = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN))
+  out = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS))
+  assert assert_stops_at_eos(free, out, [0] * 4, EOS) >= 2
+
+
+def test_a_prompt_token_equal_to_eos_does_not_stop_the_row(lm):
+  model, params = lm
+  free = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  out = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=int(PROMPTS[1, 1]))
+  np.testing.assert_array_equal(out[1, :6], free[1, :6])
+
+
+# --- Beam search. --------------------------------------------------------------
+
+
+def test_beam_1_equals_greedy(lm, seq2seq):
+  model, params = lm
+  for eos in (None, EOS):
+    greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=eos)
+    beam, _ = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=1, eos_id=eos)
+    np.testing.assert_array_equal(beam[:, 0], greedy)
+  model, params = seq2seq
+  for eos in (None, EOS):
+    greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=eos)
+    beam, _ = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, beam_size=1,
+                                         eos_id=eos)
+    np.testing.assert_array_equal(beam[:, 0], greedy)
+
+
+def test_seq2seq_beam_scores_are_the_models_and_beat_greedy(seq2seq):
+  model, params = seq2seq
+  beams, scores = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, beam_size=4,
+                                             alpha=0.6, eos_id=EOS)
+  beams, scores = np.asarray(beams), np.asarray(scores)
+  for k in range(4):  # each reported score is the model's GNMT score of that hypothesis.
+    np.testing.assert_allclose(gnmt_scores(model, params, beams[:, k], SOURCES), scores[:, k],
+                               rtol=1e-4)
+    for row in beams[:, k]:  # pad after EOS.
+      ends = np.nonzero(row == EOS)[0]
+      assert not len(ends) or (row[ends[0] + 1:] == 0).all()
+  greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
+  greedy_scores = gnmt_scores(model, params, greedy, SOURCES)
+  assert (scores[:, 0] >= greedy_scores - 1e-5).all()
+  assert (scores[:, 0] > greedy_scores + 1e-3).any()  # and it does search.
+
+
+def test_decoder_beam_search_with_prompts(lm):
+  model, params = lm
+  beams, scores = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=4,
+                                             eos_id=EOS)
+  beams, scores = np.asarray(beams), np.asarray(scores)
+  for row, n in enumerate(PROMPT_LENGTHS):
+    np.testing.assert_array_equal(beams[row, :, :n], np.tile(PROMPTS[row, :n], (4, 1)))
+  best = gnmt_scores(model, params, beams[:, 0], starts=PROMPT_LENGTHS)
+  np.testing.assert_allclose(best, scores[:, 0], rtol=1e-4)
+  greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)
+  assert (best >= gnmt_scores(model, params, greedy, starts=PROMPT_LENGTHS) - 1e-5).all()
+
+
+def test_length_and_beam_checks(lm):
+  model, params = lm
+  with pytest.raises(ValueError, match='max_len=32'):
+    decode.sample_decoder(model, params, PROMPTS, 40)
+  with pytest.raises(ValueError, match='beam_size=7'):
+    decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=7)
+  with pytest.raises(ValueError, match='prompt is empty'):
+    decode.sample_decoder(model, params, np.zeros((1, 3), np.int32), LENGTH)
+
+
+# --- Text in, text out. -----------------------------------------------------------
+
+
+class CharTokenizer:
+  """pad 0, EOS 1, then 'a', 'b', ... as 2, 3, ..."""
+  pad_id = 0
+  eos_id = EOS
+
+  def encode(self, text):
+    return [ord(c) - ord('a') + 2 for c in text]
+
+  def decode(self, ids):
+    return ''.join(chr(i - 2 + ord('a')) for i in ids)
+
+
+def text_until_eos(tokenizer, ids):
+  ids = [int(t) for t in ids]
+  ids = ids[:ids.index(EOS)] if EOS in ids else ids
+  return tokenizer.decode([t for t in ids if t != 0])
+
+
+def test_generate_text(lm):
+  model, params = lm
+  tokenizer = CharTokenizer()
+  prompts = ['bcd', 'efghi', 'ja']  # PROMPTS
+  for method in ('greedy', 'beam'):
+    texts = decode.generate_text(model, params, tokenizer, prompts, method=method,
+                                 max_new_tokens=LENGTH - 5)
+    if method == 'greedy':
+      ids = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)
+    else:
+      ids = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)[0][:, 0]
+    ids = np.asarray(ids)
+    assert texts == [
+        text_until_eos(tokenizer, row[n:n + LENGTH - 5]) for row, n in zip(ids, PROMPT_LENGTHS)
+    ]
+  with pytest.raises(ValueError, match='method'):
+    decode.generate_text(model, params, tokenizer, prompts, method='nucleus')
+  with pytest.raises(ValueError, match='no tokens'):
+    decode.generate_text(model, params, tokenizer, [''])
+
+
+def test_translate(seq2seq):
+  model, params = seq2seq
+  tokenizer = CharTokenizer()
+  sources = [tokenizer.decode([t for t in row if t]) for row in SOURCES]
+  texts = {}
+  for method in ('greedy', 'beam'):
+    texts[method] = decode.translate(model, params, (tokenizer, tokenizer), sources,
+                                     method=method, batch_size=4, max_decode_len=DECODE_LEN)
+    if method == 'greedy':
+      ids = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
+    else:
+      ids = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)[0][:, 0]
+    assert texts[method] == [text_until_eos(tokenizer, row) for row in np.asarray(ids)]
+  # Batches of 2, the last one filled up with a copy of its first row: same outputs.
+  assert decode.translate(model, params, tokenizer, sources[:3], method='greedy', batch_size=2,
+                          max_decode_len=DECODE_LEN) == texts['greedy'][:3]
