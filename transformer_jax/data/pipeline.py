@@ -415,37 +415,140 @@ def bucketed_train(examples: list, seq_len: int, batch_size: int, seed: int,
   return ds.to_iter_dataset(read_options)
 
 
-PACKED_NAMES = {
-    'lm': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights',
-           'inputs_segment_ids': 'segment_ids', 'inputs_positions': 'positions'},
-    'mlm': {'inputs': 'inputs', 'inputs_segment_ids': 'segment_ids',
-            'inputs_positions': 'positions'},
-    'seq2seq': {k: k for k in ('inputs', 'targets', 'weights', 'inputs_segment_ids',
-                               'inputs_positions', 'targets_segment_ids',
-                               'targets_positions')},
+# task -> {side: features laid out along it}; each side gets its own segment
+# ids and positions (named as in the batch contract).
+PACKED_SIDES = {
+    'lm': {'inputs': ('inputs', 'targets', 'weights')},
+    'mlm': {'inputs': ('inputs',)},
+    'seq2seq': {'inputs': ('inputs',), 'targets': ('targets', 'weights')},
 }
+
+
+def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list:
+  """Bins of item indices: items placed longest first into the bin with the
+  least room that still holds them; within a few % of the fewest bins for
+  the short examples packing is for. Bins are kept by their room, so each
+  placement costs a few Python steps, not a scan of the bins."""
+  lengths = lengths.tolist()
+  by_room = [[] for _ in range(capacity + 1)]
+  bins = []
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    need = lengths[i]
+    for room in range(need, capacity + 1):
+      if by_room[room]:
+        b = by_room[room].pop()
+        break
+    else:
+      b, room = len(bins), capacity
+      bins.append([])
+    bins[b].append(i)
+    by_room[room - need].append(b)
+  return bins
+
+
+class PackedBatches(grain.MapDataset):
+  """Element i: the i-th batch of packed rows [batch_size, seq_len] of an
+  endless sequence of epochs.
+
+  Each epoch permutes the examples (seeded by (seed, epoch)), packs every
+  chunk of `chunk` consecutive examples with best-fit-decreasing (a seq2seq
+  example takes the longer of its two sides on both), and shuffles the rows.
+  Rows carry segment ids (1, 2, ... per example, 0 = padding) and positions
+  restarting at 0 per example. Epochs differ in row count, so the batches per
+  epoch are counted as epochs are first reached; the state is still the
+  batch index alone.
+  """
+
+  def __init__(self, examples: list, task: str, seq_len: int, batch_size: int, seed: int,
+               chunk: int = 4096):
+    super().__init__()
+    self._seq_len, self._batch_size, self._seed, self._chunk = seq_len, batch_size, seed, chunk
+    self._sides = PACKED_SIDES[task]
+    # Every feature of all examples end to end, and where each example starts.
+    self._flat = {k: np.concatenate([ex[k] for ex in examples])
+                  for features in self._sides.values() for k in features}
+    self._lengths, self._starts = {}, {}
+    for side in self._sides:
+      self._lengths[side] = np.asarray([len(ex[side]) for ex in examples])
+      self._starts[side] = np.cumsum(self._lengths[side]) - self._lengths[side]
+    self._size = np.max(list(self._lengths.values()), axis=0)
+    self._batch_starts = [0]  # first batch index of every epoch counted so far.
+    self._cache = {}
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __str__(self):
+    return f'PackedBatches(examples={len(self._size)}, seq_len={self._seq_len})'
+
+  def _rows(self, epoch: int) -> list:
+    if epoch not in self._cache:
+      rng = np.random.default_rng([self._seed, epoch])
+      order = rng.permutation(len(self._size))
+      rows = []
+      for start in range(0, len(order), self._chunk):
+        members = order[start:start + self._chunk]
+        rows += [members[b] for b in best_fit_decreasing(self._size[members], self._seq_len)]
+      self._cache = {epoch: [rows[k] for k in rng.permutation(len(rows))]}
+    return self._cache[epoch]
+
+  def _locate(self, index: int) -> tuple:
+    """(epoch, batch within it) of batch `index`."""
+    while self._batch_starts[-1] <= index:
+      epoch = len(self._batch_starts) - 1
+      per_epoch = len(self._rows(epoch)) // self._batch_size
+      if not per_epoch:
+        raise ConfigError(f'An epoch packs into fewer than config.batch_size='
+                          f'{self._batch_size} rows; lower the batch size.')
+      self._batch_starts.append(self._batch_starts[-1] + per_epoch)
+    epoch = int(np.searchsorted(self._batch_starts, index, side='right')) - 1
+    return epoch, index - self._batch_starts[epoch]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = self._locate(index)
+    return self._assemble(self._rows(epoch)[i * self._batch_size:(i + 1) * self._batch_size])
+
+  def _assemble(self, rows: list) -> dict:
+    """Rows of example indices -> the packed batch, with numpy gathers only."""
+    counts = np.asarray([len(r) for r in rows])
+    members = np.concatenate(rows)  # [m] examples in row order.
+    row_of = np.repeat(np.arange(len(rows)), counts)  # [m]
+    first = np.cumsum(counts) - counts  # [rows] each row's first member.
+    segment = np.arange(len(members)) - first[row_of] + 1  # [m] 1, 2, ... within a row.
+    shape = (len(rows), self._seq_len)
+    batch = {}
+    for side, features in self._sides.items():
+      lengths = self._lengths[side][members]  # [m]
+      start = np.cumsum(lengths) - lengths  # [m] where each member starts, end to end.
+      column_start = start - start[first][row_of]  # [m] ... and within its row.
+      token_member = np.repeat(np.arange(len(members)), lengths)  # [t]
+      position = np.arange(lengths.sum()) - start[token_member]  # [t]
+      row = row_of[token_member]
+      column = column_start[token_member] + position
+      source = self._starts[side][members][token_member] + position
+      for k in features:
+        batch[k] = np.zeros(shape, self._flat[k].dtype)
+        batch[k][row, column] = self._flat[k][source]
+      prefix = '' if len(self._sides) == 1 else side + '_'
+      batch[prefix + 'segment_ids'] = np.zeros(shape, np.int32)
+      batch[prefix + 'segment_ids'][row, column] = segment[token_member]
+      batch[prefix + 'positions'] = np.zeros(shape, np.int32)
+      batch[prefix + 'positions'][row, column] = position
+    return batch
 
 
 def packed_train(examples: list, task: str, seq_len: int, batch_size: int, seed: int,
                  read_options=None, transform=None) -> grain.IterDataset:
-  """Several shuffled examples per row (first-fit packing), with segment ids
-  (1, 2, ... per example, 0 = padding) and positions restarting per example.
-
-  Each host packs its own shard of the examples into its rows.
-  """
+  """Several shuffled examples per row (PackedBatches); each host packs its
+  own shard of the examples into its own rows."""
   host = _host_rows(batch_size)
-  per_host = host.stop - host.start
-  shard = grain.MapDataset.source(examples)[jax.process_index()::jax.process_count()]
-  names = PACKED_NAMES[task]
-  ds = shard.shuffle(seed=seed).repeat().to_iter_dataset(read_options)
-  ds = grain.experimental.FirstFitPackIterDataset(
-      ds, length_struct={k: seq_len for k in examples[0]}, num_packing_bins=per_host,
-      seed=seed, shuffle_bins=True)
-  ds = ds.map(lambda row: {new: row[old] for old, new in names.items()})
-  ds = ds.batch(per_host, drop_remainder=True)
+  shard = examples[jax.process_index()::jax.process_count()]
+  ds = PackedBatches(shard, task, seq_len, host.stop - host.start, seed)
   if transform:
     ds = ds.map_with_index(transform)
-  return ds
+  return ds.to_iter_dataset(read_options)
 
 
 class ArrayEval:
@@ -627,6 +730,9 @@ def _cmudict(config, batch_size):
   splits = sources.cmudict_g2p(config.data.keep_stress)
   pairs = lambda split: [(w, p) for w, prons in splits[split] for p in prons]
   train_raw, eval_raw = pairs('train'), pairs(config.data.eval_split or 'dev')
+  if config.data.max_examples:
+    train_raw = train_raw[:config.data.max_examples]
+    eval_raw = eval_raw[:config.data.max_examples]
   tokenizer = tok_lib.G2PTokenizer({c for w, _ in splits['train'] for c in w},
                                    {s for _, p in train_raw for s in p.split()})
   _check_vocab(config, tokenizer)
