@@ -32,14 +32,21 @@ flags.DEFINE_string('workdir', None, 'Where a SentencePiece model is cached.')
 FLAGS = flags.FLAGS
 
 
+def count_examples(batch) -> int:
+  """Examples in a batch: rows, or packed segments when rows are packed."""
+  segments = batch.get('segment_ids', batch.get('inputs_segment_ids'))
+  return len(batch['inputs']) if segments is None else int(segments.max(1).sum())
+
+
 def time_pipeline(train, batches: int):
-  """(seconds, examples, real tokens) for `batches` batches after a warm-up one."""
+  """(seconds, examples, real tokens, a batch) for `batches` batches after a
+  warm-up one."""
   first = next(train)
   examples = tokens = 0
   start = time.perf_counter()
   for _ in range(batches):
     batch = next(train)
-    examples += len(batch['inputs'])
+    examples += count_examples(batch)
     tokens += int(np.count_nonzero(batch['inputs']))
   return time.perf_counter() - start, examples, tokens, first
 
@@ -94,7 +101,7 @@ def main(argv):
         f'{config.data.num_threads} reader threads)')
   if FLAGS.step_batches:
     per_step = time_train_step(config, batch, FLAGS.step_batches)
-    consumed = len(batch['inputs']) / per_step
+    consumed = count_examples(batch) / per_step
     print(f'train step: {per_step * 1e3:.1f} ms/step, consumes {consumed:,.0f} examples/s; '
           f'pipeline headroom {examples / seconds / consumed:,.0f}x')
 

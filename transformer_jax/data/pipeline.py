@@ -450,19 +450,20 @@ class PackedBatches(grain.MapDataset):
   """Element i: the i-th batch of packed rows [batch_size, seq_len] of an
   endless sequence of epochs.
 
-  Each epoch permutes the examples (seeded by (seed, epoch)), packs every
-  chunk of `chunk` consecutive examples with best-fit-decreasing (a seq2seq
-  example takes the longer of its two sides on both), and shuffles the rows.
-  Rows carry segment ids (1, 2, ... per example, 0 = padding) and positions
-  restarting at 0 per example. Epochs differ in row count, so the batches per
-  epoch are counted as epochs are first reached; the state is still the
-  batch index alone.
+  Batch i takes the i-th group of `per_batch` examples of a seeded per-epoch
+  permutation (ShuffledBatches) and packs them into the rows with
+  best-fit-decreasing (a seq2seq example takes the longer of its two sides on
+  both). Rows carry segment ids (1, 2, ... per example, 0 = padding) and
+  positions restarting at 0 per example. Every batch is packed on its own, so
+  the cost is even across steps and resume is O(1). `per_batch` is the
+  largest count that fills ~90% of the rows and fits in sampled batches; an
+  example that still does not fit is left out of that batch (it is back, in
+  another group, next epoch) and logged.
   """
 
-  def __init__(self, examples: list, task: str, seq_len: int, batch_size: int, seed: int,
-               chunk: int = 4096):
+  def __init__(self, examples: list, task: str, seq_len: int, batch_size: int, seed: int):
     super().__init__()
-    self._seq_len, self._batch_size, self._seed, self._chunk = seq_len, batch_size, seed, chunk
+    self._seq_len, self._batch_size = seq_len, batch_size
     self._sides = PACKED_SIDES[task]
     # Every feature of all examples end to end, and where each example starts.
     self._flat = {k: np.concatenate([ex[k] for ex in examples])
@@ -472,43 +473,42 @@ class PackedBatches(grain.MapDataset):
       self._lengths[side] = np.asarray([len(ex[side]) for ex in examples])
       self._starts[side] = np.cumsum(self._lengths[side]) - self._lengths[side]
     self._size = np.max(list(self._lengths.values()), axis=0)
-    self._batch_starts = [0]  # first batch index of every epoch counted so far.
-    self._cache = {}
+    self.per_batch = self._examples_per_batch(seed)
+    self._groups = ShuffledBatches(len(examples), self.per_batch, seed)
+
+  def _examples_per_batch(self, seed: int) -> int:
+    num, rows = len(self._size), self._batch_size
+    if num < rows:
+      raise ConfigError(f'The training split has {num} examples, fewer than '
+                        f'config.batch_size={rows}; lower the batch size.')
+    per_batch = min(num, max(rows, int(0.9 * rows * self._seq_len / self._size.mean())))
+    rng = np.random.default_rng(seed)
+    while per_batch > rows:
+      samples = [rng.choice(num, per_batch, replace=False) for _ in range(8)]
+      if all(len(best_fit_decreasing(self._size[s], self._seq_len)) <= rows for s in samples):
+        break
+      per_batch = max(rows, int(per_batch * 0.95))
+    return per_batch
 
   def __len__(self):
     return sys.maxsize
 
   def __str__(self):
-    return f'PackedBatches(examples={len(self._size)}, seq_len={self._seq_len})'
-
-  def _rows(self, epoch: int) -> list:
-    if epoch not in self._cache:
-      rng = np.random.default_rng([self._seed, epoch])
-      order = rng.permutation(len(self._size))
-      rows = []
-      for start in range(0, len(order), self._chunk):
-        members = order[start:start + self._chunk]
-        rows += [members[b] for b in best_fit_decreasing(self._size[members], self._seq_len)]
-      self._cache = {epoch: [rows[k] for k in rng.permutation(len(rows))]}
-    return self._cache[epoch]
-
-  def _locate(self, index: int) -> tuple:
-    """(epoch, batch within it) of batch `index`."""
-    while self._batch_starts[-1] <= index:
-      epoch = len(self._batch_starts) - 1
-      per_epoch = len(self._rows(epoch)) // self._batch_size
-      if not per_epoch:
-        raise ConfigError(f'An epoch packs into fewer than config.batch_size='
-                          f'{self._batch_size} rows; lower the batch size.')
-      self._batch_starts.append(self._batch_starts[-1] + per_epoch)
-    epoch = int(np.searchsorted(self._batch_starts, index, side='right')) - 1
-    return epoch, index - self._batch_starts[epoch]
+    return f'PackedBatches(examples={len(self._size)}, per_batch={self.per_batch})'
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    epoch, i = self._locate(index)
-    return self._assemble(self._rows(epoch)[i * self._batch_size:(i + 1) * self._batch_size])
+    members = self._groups[index]
+    rows = [members[b] for b in best_fit_decreasing(self._size[members], self._seq_len)]
+    if len(rows) > self._batch_size:
+      left_out = sum(len(r) for r in rows[self._batch_size:])
+      logging.log_every_n_seconds(
+          logging.WARNING, 'Packing: %d of %d examples did not fit batch %d; they are in '
+          'another batch next epoch.', 60, left_out, len(members), index)
+      rows = rows[:self._batch_size]
+    empty = np.zeros(0, members.dtype)
+    return self._assemble(rows + [empty] * (self._batch_size - len(rows)))
 
   def _assemble(self, rows: list) -> dict:
     """Rows of example indices -> the packed batch, with numpy gathers only."""
@@ -522,7 +522,7 @@ class PackedBatches(grain.MapDataset):
     for side, features in self._sides.items():
       lengths = self._lengths[side][members]  # [m]
       start = np.cumsum(lengths) - lengths  # [m] where each member starts, end to end.
-      column_start = start - start[first][row_of]  # [m] ... and within its row.
+      column_start = start - start[first[row_of]]  # [m] ... and within its row.
       token_member = np.repeat(np.arange(len(members)), lengths)  # [t]
       position = np.arange(lengths.sum()) - start[token_member]  # [t]
       row = row_of[token_member]
