@@ -1,14 +1,24 @@
 """Command-line entry point: flags only; the work lives in importable modules.
 
+  python -m transformer_jax.main                     # the default experiment
+  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py \
+      --workdir=runs/char --config.model.num_heads=8
   python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py --mode=describe
-  python -m transformer_jax.main --config=... --config.model.num_heads=4 --mode=describe
 
 Modes:
+  train     (default) train, or resume the run in --workdir from its latest
+            checkpoint; SIGTERM / Ctrl-C save a checkpoint before exiting.
+  eval      evaluate the latest checkpoint in --workdir on the full eval split.
   describe  print the model's shape, parameter count and FLOPs per token as one
             JSON object on the last line of stdout, without training.
+
+Without --config the default experiment runs (experiments/configs/shakespeare_char.py);
+without --workdir the run lives in runs/<config name>. A config error (a typo in an
+override, a value that cannot work) exits with one line before anything is compiled.
 """
 
 import json
+import os
 import sys
 
 from absl import app
@@ -17,9 +27,30 @@ from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config()).',
-                                          lock_config=True)
-_MODE = flags.DEFINE_enum('mode', 'describe', ['describe'], 'What to do.')
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPOSITORY, 'experiments', 'configs', 'shakespeare_char.py')
+
+CONFIG_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+
+def _config_error(e: Exception) -> str:
+  """One line from ml_collections' multi-line, quoted override errors."""
+  message = str(e.args[0] if len(e.args) == 1 else e).strip('\'"').replace('\\n', ' ')
+  message = ' '.join(message.replace('\\"', '"').replace("\\'", "'").split())
+  overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config'))
+  return f'Config error: {message} (in {overrides})'
+
+
+try:  # with a default file, config_flags applies the overrides in sys.argv right here.
+  _CONFIG = config_flags.DEFINE_config_file('config', DEFAULT_CONFIG,
+                                            'Experiment config file (get_config()).',
+                                            lock_config=True)
+except CONFIG_ERRORS as e:
+  sys.exit(_config_error(e))
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Run directory: checkpoints, metrics.jsonl, TensorBoard, '
+                               'config.json. Default: runs/<config file name>.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'describe'], 'What to do.')
 
 
 def describe(config) -> dict:
@@ -27,19 +58,53 @@ def describe(config) -> dict:
   return accounting.describe(config.model, config.seq_len)
 
 
+def parse_flags(argv):
+  """absl flag parsing, with config errors (e.g. --config.model.num_head=4) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'Flag error: {e}')
+  except CONFIG_ERRORS as e:
+    sys.exit(_config_error(e))
+
+
+def _workdir() -> str:
+  if _WORKDIR.value:
+    return _WORKDIR.value
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
+  return os.path.join('runs', name)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=experiments/configs/wmt14_ende_base.py')
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     sys.exit(f'Config error: {e}')
+  except OSError as e:  # the config file could not be loaded.
+    sys.exit(f'Config error: {" ".join(str(e).split())}')
   if _MODE.value == 'describe':
     print(json.dumps(describe(config)))
+    return
+  if config.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  from transformer_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = _workdir()
+  try:
+    if _MODE.value == 'eval':
+      result = train.evaluate_checkpoint(config, workdir)
+    else:
+      result = train.train(config, workdir)
+  except (config_lib.ConfigError, train.TrainingDiverged) as e:
+    sys.exit(f'{type(e).__name__}: {e}')
+  if result.get('interrupted'):
+    sys.exit(128 + result['interrupted'])
+  print(json.dumps(result))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,50 @@
+"""Character-level language model on Shakespeare: the default experiment.
+
+A decoder-only Transformer (the paper's blocks without cross-attention) at
+nanoGPT's CPU recipe shape: 4 layers, 4 heads, d_model 128 (d_ff 512),
+context 64, batch 12, no dropout, 2000 steps. Trains in a few minutes on a
+2-core CPU, evaluates on the full validation split (the last 10% of the
+corpus) and prints a few samples.
+
+  python -m transformer_jax.main                              # this config, runs/shakespeare_char
+  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py \
+      --workdir=runs/char --config.model.num_heads=8
+  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py:quick \
+      --workdir=/tmp/char_quick                               # 300 steps, a smoke run
+"""
+
+from transformer_jax import config as config_lib
+
+
+def get_config(arg: str = ''):
+  """arg: '' (the full run) or 'quick' (a short smoke run)."""
+  c = config_lib.base_config()
+  c.model.variant = 'decoder'
+  c.model.num_layers = 4
+  c.model.d_model = 128
+  c.model.num_heads = 4
+  c.model.ffn_ratio = 4.0
+  c.model.dropout_rate = 0.0
+  c.model.vocab_size = 96  # 88 characters in the training split, padding and unknown included.
+  c.model.max_len = 256  # positions for samples longer than the training context.
+  c.data.name = 'shakespeare'
+  c.data.task = 'lm'
+  c.data.tokenizer = 'char'
+  c.seq_len = 64
+  c.batch_size = 12
+  c.total_steps = 2000
+  c.optimizer.label_smoothing = 0.0
+  c.learning_rate = 1.0
+  c.warmup_steps = 200
+  c.log_every = 100
+  c.eval_every = 1000  # on the full validation split (659 batches).
+  c.checkpoint_every = 500
+  c.num_samples = 3
+  c.sample_length = 200
+  if arg == 'quick':
+    c.total_steps = 300
+    c.eval_every = 300
+    c.eval_steps = 100
+  elif arg:
+    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
+  return c

@@ -1,0 +1,157 @@
+"""The train step, the optimiser, determinism, the default experiment and the command line."""
+
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from conftest import REPOSITORY, override
+from transformer_jax import metrics as metrics_lib
+from transformer_jax import train
+from transformer_jax.models.transformer import build_model
+
+
+def _state_and_batch(config, batch_size=8, seed=0, tx=None):
+  model = build_model(config.model)
+  tx = tx or train.create_optimizer(config, train.learning_rate_schedule(config))
+  state = jax.jit(train.init_fn(config, model, tx))(jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  shape = (batch_size, config.seq_len)
+  batch = {'inputs': rng.integers(1, config.model.vocab_size, shape, dtype=np.int32),
+           'targets': rng.integers(1, config.model.vocab_size, shape, dtype=np.int32),
+           'weights': (rng.random(shape) < 0.8).astype(np.float32)}
+  return state, batch
+
+
+def test_rsqrt_schedule_is_the_papers(char_config):
+  config = override(char_config, {'learning_rate': 2.0, 'warmup_steps': 100})
+  lr = train.learning_rate_schedule(config)
+  for step in (1, 50, 100, 101, 1000):
+    expected = 2.0 * 128**-0.5 * min(step**-0.5, step * 100**-1.5)
+    np.testing.assert_allclose(lr(step - 1), expected, rtol=1e-6)
+
+
+def test_cosine_and_constant_schedules(char_config):
+  config = override(char_config, {'optimizer.schedule': 'cosine', 'learning_rate': 1e-3,
+                                  'warmup_steps': 10, 'total_steps': 110,
+                                  'optimizer.end_learning_rate': 1e-4})
+  lr = train.learning_rate_schedule(config)
+  np.testing.assert_allclose([lr(4), lr(9), lr(59), lr(109)], [5e-4, 1e-3, 5.5e-4, 1e-4],
+                             rtol=1e-5)
+  lr = train.learning_rate_schedule(override(config, {'optimizer.schedule': 'constant'}))
+  np.testing.assert_allclose([lr(4), lr(9), lr(500)], [5e-4, 1e-3, 1e-3], rtol=1e-6)
+
+
+def test_label_smoothing_matches_optax():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (3, 5)))
+  weights = jnp.asarray(rng.random((3, 5)) < 0.7, jnp.float32)
+  objective, sums = train.cross_entropy(logits, targets, weights, label_smoothing=0.1)
+  soft = optax.smooth_labels(jax.nn.one_hot(targets, 11), 0.1)
+  expected = (optax.softmax_cross_entropy(logits, soft) * weights).sum()
+  np.testing.assert_allclose(objective, expected, rtol=1e-6)
+  nll = (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
+  np.testing.assert_allclose(sums['nll'], nll, rtol=1e-6)
+  assert sums['weight'] == weights.sum()
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_config):
+  """Compared under SGD, where the parameter change is the gradient itself (Adam's
+  first update, lr * sign(g), would turn float noise in the key bias's gradient,
+  zero in exact arithmetic, into +-lr)."""
+  config = tiny_config(model__dropout_rate=0.0)
+  state, batch = _state_and_batch(config, tx=optax.sgd(1.0))
+  one, _ = train.make_steps(config)
+  four, _ = train.make_steps(override(config, {'optimizer.grad_accum_steps': 4}))
+  rng = jax.random.PRNGKey(1)
+  state_1, m1 = jax.jit(one)(state, batch, rng)
+  state_4, m4 = jax.jit(four)(state, batch, rng)
+  for a, b in zip(jax.tree.leaves(state_1.params), jax.tree.leaves(state_4.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  np.testing.assert_allclose(m1['nll'], m4['nll'], rtol=1e-5)
+  np.testing.assert_allclose(m1['grad_norm'], m4['grad_norm'], rtol=1e-5)
+  assert m1['weight'] == m4['weight'] == batch['weights'].sum()
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_config):
+  config = tiny_config(model__dtype='bfloat16')
+  state, batch = _state_and_batch(config)
+  step, _ = train.make_steps(config)
+  state, metrics = jax.jit(step)(state, batch, jax.random.PRNGKey(1))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype('float32')}
+  assert np.isfinite(metrics['nll'])
+
+
+def test_dropout_differs_per_step_and_is_off_in_eval(tiny_config):
+  config = tiny_config(model__dropout_rate=0.5, optimizer__grad_clip_norm=0.0)
+  state, batch = _state_and_batch(config)
+  step, _ = train.make_steps(config)
+  step = jax.jit(step)
+  _, a = step(state, batch, jax.random.PRNGKey(1))
+  _, b = step(state.replace(step=state.step + 1), batch, jax.random.PRNGKey(1))
+  _, c = step(state, batch, jax.random.PRNGKey(1))
+  assert a['nll'] != b['nll'] and a['nll'] == c['nll']
+  e1, e2 = train.eval_step(state, batch), train.eval_step(state, batch)
+  assert e1['nll'] == e2['nll']
+
+
+def _train_records(workdir):
+  drop = ('tokens_per_sec', 'data_wait_fraction', 'mfu')
+  return [{k: v for k, v in r.items() if k not in drop} for r in metrics_lib.read_jsonl(workdir)]
+
+
+def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path):
+  config = tiny_config(total_steps=4, eval_steps=1)
+  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+    train.train(override(config, {'seed': seed}), str(tmp_path / name))
+  a, b, c = (_train_records(tmp_path / name) for name in 'abc')
+  assert a == b
+  assert [r['loss'] for r in a] != [r['loss'] for r in c]
+
+
+def test_default_experiment_beats_unigram_baseline(char_config, tmp_path):
+  """The default experiment, shortened to 150 steps and a 40-batch eval (the
+  full 2000-step run is in README)."""
+  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = override(char_config, {'total_steps': 150, 'eval_steps': 40, 'num_samples': 1,
+                                  'sample_length': 20})
+  result = train.train(config, str(tmp_path))
+  unigram = pipeline.create_datasets(config).info['unigram_entropy']
+  assert result['loss'] < unigram - 0.5, (result, unigram)
+
+
+def _main(*args, timeout=60):
+  return subprocess.run([sys.executable, '-m', 'transformer_jax.main', *args], cwd=REPOSITORY,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_typo_fails_in_one_line_before_compiling(tmp_path):
+  start = time.time()
+  done = _main(f'--workdir={tmp_path}/w', '--config.model.num_head=4')
+  assert done.returncode != 0
+  assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+  assert 'num_head' in done.stderr and 'num_heads' in done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not os.path.exists(tmp_path / 'w')
+  assert time.time() - start < 30
+
+
+def test_bad_value_fails_in_one_line(tmp_path):
+  done = _main(f'--workdir={tmp_path}/w', '--config.optimizer.schedule=linear')
+  assert done.returncode != 0 and 'Traceback' not in done.stderr
+  assert done.stderr.strip().splitlines() == [
+      "Config error: config.optimizer.schedule='linear' is unknown; use one of "
+      "('rsqrt', 'cosine', 'constant')."]
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_describe_runs_without_a_config():
+  done = _main('--mode=describe')
+  assert done.returncode == 0, done.stderr
+  assert '"variant": "decoder"' in done.stdout.strip().splitlines()[-1]
