@@ -40,6 +40,7 @@ def execute(nb, cwd: str, quick: bool, budget_s: float):
   deadline = time.monotonic() + budget_s
   client = nbclient.NotebookClient(
       nb, kernel_name='python3', record_timing=False, resources={'metadata': {'path': cwd}},
+      extra_arguments=['--InteractiveShell.colors=NoColor'],  # readable tracebacks in CI logs
       timeout_func=lambda cell: max(1, int(deadline - time.monotonic())))
   client.execute(env=env)
   return nb
@@ -58,23 +59,34 @@ def test_notebook_runs_in_quick_mode(path, tmp_path):
   assert all(cell.execution_count for cell in code_cells(nb))
 
 
+def test_execute_fails_on_a_failing_cell_and_past_the_budget(tmp_path):
+  cells = [nbformat.v4.new_code_cell(source)
+           for source in ('import os', 'assert os.environ["TJ_QUICK"] == "1"', '1 / 0')]
+  with pytest.raises(nbclient.exceptions.CellExecutionError, match='ZeroDivisionError'):
+    execute(nbformat.v4.new_notebook(cells=cells), str(tmp_path), quick=True, budget_s=60)
+  slow = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('import time; time.sleep(30)')])
+  with pytest.raises(nbclient.exceptions.CellTimeoutError):
+    execute(slow, str(tmp_path), quick=True, budget_s=2)
+
+
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
 def test_committed_notebook_shows_its_results(path):
   """What issue 6 asks of every notebook, on the copy a reader sees on GitHub."""
   name = os.path.basename(path)
   nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
-  assert COLAB + name in nb.cells[0].source, f'{name}: the first cell needs the Colab link {COLAB + name}'
-  parameters = [cell for cell in code_cells(nb) if 'parameters' in cell.metadata.get('tags', [])]
-  assert len(parameters) == 1 and 'QUICK' in parameters[0].source and 'TJ_QUICK' in parameters[0].source, (
+  assert COLAB + name in nb.cells[0].source, f'{name}: the first cell needs the link {COLAB + name}'
+  parameters = [cell.source for cell in code_cells(nb)
+                if 'parameters' in cell.metadata.get('tags', [])]
+  assert len(parameters) == 1 and 'QUICK' in parameters[0] and 'TJ_QUICK' in parameters[0], (
       f"{name}: needs one code cell tagged 'parameters' setting QUICK from the TJ_QUICK variable")
   counts = [cell.execution_count for cell in code_cells(nb)]
   assert counts == list(range(1, len(counts) + 1)), (
-      f'{name}: outputs are not from one top-to-bottom run (execution counts {counts}); refresh them '
-      f'with python tests/test_notebooks.py notebooks/{name}')
+      f'{name}: outputs are not from one top-to-bottom run (execution counts {counts}); '
+      f'refresh them with python tests/test_notebooks.py notebooks/{name}')
   outputs = [output for cell in code_cells(nb) for output in cell.outputs]
   assert not [o for o in outputs if o.output_type == 'error'], f'{name}: committed with an error'
-  assert any('image/png' in o.get('data', {}) for o in outputs), f'{name}: no rendered plot committed'
+  assert any('image/png' in o.get('data', {}) for o in outputs), f'{name}: committed without a plot'
 
 
 def main(paths):
