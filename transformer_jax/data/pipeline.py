@@ -157,6 +157,24 @@ def _mlm_transform(seed: int, vocab_size: int, rate: float):
 # Seeded epochs of index batches.
 
 
+class _EpochCache:
+  """epoch -> compute(epoch), keeping the last two epochs; safe to share
+  between reader threads (the dict is replaced, never changed in place), and
+  threads straddling an epoch boundary do not recompute each other's epoch."""
+
+  def __init__(self, compute: Callable):
+    self._compute, self._items = compute, {}
+
+  def __call__(self, epoch: int):
+    value = self._items.get(epoch)
+    if value is None:
+      value = self._compute(epoch)
+      items = {e: v for e, v in dict(self._items).items() if e >= epoch - 1}
+      items[epoch] = value
+      self._items = items
+    return value
+
+
 class ShuffledBatches(grain.MapDataset):
   """Element i: the i-th batch of item indices [batch_size] of an endless
   sequence of epochs, each a fresh permutation seeded by (seed, epoch).
@@ -169,21 +187,16 @@ class ShuffledBatches(grain.MapDataset):
 
   def __init__(self, num_items: int, batch_size: int, seed: int):
     super().__init__()
-    self._num_items, self._batch_size, self._seed = num_items, batch_size, seed
+    self._num_items, self._batch_size = num_items, batch_size
     self._per_epoch = num_items // batch_size
-    self._cache = {}
+    self._permutation = _EpochCache(
+        lambda epoch: np.random.default_rng([seed, epoch]).permutation(num_items).astype(np.int32))
 
   def __len__(self):
     return sys.maxsize
 
   def __str__(self):
     return f'ShuffledBatches(num_items={self._num_items}, batch_size={self._batch_size})'
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._cache:
-      rng = np.random.default_rng([self._seed, epoch])
-      self._cache = {epoch: rng.permutation(self._num_items).astype(np.int32)}
-    return self._cache[epoch]
 
   def __getitem__(self, index):
     if isinstance(index, slice):
@@ -379,7 +392,7 @@ class BucketBatches(grain.MapDataset):
     if not self._per_epoch:
       raise ConfigError(f'No length bucket holds config.batch_size={batch_size} examples; '
                         'lower the batch size or set config.data.bucketing=False.')
-    self._cache = {}
+    self._epoch = _EpochCache(self._batches)
 
   def __len__(self):
     return sys.maxsize
@@ -387,16 +400,14 @@ class BucketBatches(grain.MapDataset):
   def __str__(self):
     return f'BucketBatches(boundaries={self._boundaries})'
 
-  def _epoch(self, epoch: int) -> list:
-    if epoch not in self._cache:
-      rng = np.random.default_rng([self._seed, epoch])
-      batches = []
-      for length, members in zip(self._boundaries, self._buckets):
-        members = rng.permutation(members)
-        for j in range(len(members) // self._batch_size):
-          batches.append((length, members[j * self._batch_size:(j + 1) * self._batch_size]))
-      self._cache = {epoch: [batches[k] for k in rng.permutation(len(batches))]}
-    return self._cache[epoch]
+  def _batches(self, epoch: int) -> list:
+    rng = np.random.default_rng([self._seed, epoch])
+    batches = []
+    for length, members in zip(self._boundaries, self._buckets):
+      members = rng.permutation(members)
+      for j in range(len(members) // self._batch_size):
+        batches.append((length, members[j * self._batch_size:(j + 1) * self._batch_size]))
+    return [batches[k] for k in rng.permutation(len(batches))]
 
   def __getitem__(self, index):
     if isinstance(index, slice):
