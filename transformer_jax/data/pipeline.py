@@ -71,7 +71,8 @@ def check_config(config):
                       f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""};'
                       ' change the task or the model.')
   for field, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOW),
-                         ('uneven_batch', ('drop', 'error')), ('format', FORMATS)):
+                         ('uneven_batch', ('drop', 'error')), ('format', FORMATS),
+                         ('spm_model_type', ('unigram', 'bpe'))):
     if d[field] not in allowed:
       raise ConfigError(f'config.data.{field}={d[field]!r} is unknown; use one of {allowed}.')
   if d.packing and d.task == 'classify':
@@ -759,7 +760,7 @@ def _tfds(config, workdir, batch_size):
   if name not in sources.TFDS:
     raise ConfigError(f'config.data.name={d.name!r} is not supported; use one of '
                       f'{", ".join("tfds:" + n for n in sources.TFDS)}.')
-  kind, _ = sources.TFDS[name]
+  kind = sources.TFDS[name]
   wanted = {'translation': 'seq2seq', 'lm': ('lm', 'mlm'), 'classify': 'classify'}[kind]
   if d.task not in wanted:
     raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use '

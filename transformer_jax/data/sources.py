@@ -119,12 +119,12 @@ def cmudict_g2p(keep_stress: bool = False) -> dict:
 # ----------------------------------------------------------------------------
 # TensorFlow Datasets.
 
-# name -> (text fields: sources first, target last for translation; label field)
+# name -> kind of examples: translation (source, target), lm text, classify (text, label).
 TFDS = {
-    'wmt14_translate/de-en': ('translation', None),
-    'wmt17_translate/de-en': ('translation', None),
-    'lm1b': ('lm', None),
-    'glue/sst2': ('classify', 'label'),
+    'wmt14_translate/de-en': 'translation',
+    'wmt17_translate/de-en': 'translation',
+    'lm1b': 'lm',
+    'glue/sst2': 'classify',
 }
 TFDS_EVAL_SPLIT = {'wmt14_translate/de-en': 'test', 'wmt17_translate/de-en': 'test',
                    'lm1b': 'test', 'glue/sst2': 'validation'}
@@ -149,7 +149,7 @@ def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
                      f'{", ".join("tfds:" + n for n in TFDS)}.')
   _hide_gpus_from_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  kind, _ = TFDS[name]
+  kind = TFDS[name]
   if max_examples:
     split = f'{split}[:{max_examples}]'
   ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
