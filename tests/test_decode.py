@@ -23,8 +23,9 @@ VOCAB = 13
 PROMPTS = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10], [11, 2, 0, 0, 0]])
 PROMPT_LENGTHS = [3, 5, 2]
 LENGTH = 16  # decoder-only: prompt + continuation.
-SOURCES = np.array([[3, 4, 5, 0, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12, 2],
-                    [11, 12, 0, 0, 0, 0, 0, 0], [2, 3, 5, 7, 11, 0, 0, 0]])
+# Sources as the data pipeline makes them: EOS ends every source.
+SOURCES = np.array([[3, 4, 5, EOS, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12, EOS],
+                    [11, 12, EOS, 0, 0, 0, 0, 0], [2, 3, 5, 7, 11, EOS, 0, 0]])
 DECODE_LEN = 12  # seq2seq outputs.
 
 
@@ -54,8 +55,9 @@ def full_logits(model, params, tokens, inputs=None):
 
 @pytest.fixture(scope='module')
 def lm():
-  model = tiny_model('decoder')
-  return model, init(model, 2, jnp.ones((2, 8), jnp.int32))
+  """Two layers, rotary positions and pre-LN: the decoder-only LM users train today."""
+  model = tiny_model('decoder', num_layers=2, position='rotary', norm='pre')
+  return model, init(model, 4, jnp.ones((2, 8), jnp.int32))
 
 
 @pytest.fixture(scope='module')
@@ -89,14 +91,6 @@ def test_decoder_step_logits_equal_full_forward(lm):
   model, params = lm
   tokens = decode.sample_decoder(model, params, PROMPTS, LENGTH)
   cached = decode.step_logits(model, params, tokens, prefill=4)  # 3 in one call, then steps.
-  np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
-
-
-def test_two_layer_rotary_pre_ln_step_logits_equal_full_forward():
-  model = tiny_model('decoder', num_layers=2, position='rotary', norm='pre')
-  tokens = jnp.asarray(np.random.RandomState(0).randint(1, VOCAB, (3, LENGTH)))
-  params = init(model, 3, tokens)
-  cached = decode.step_logits(model, params, tokens, prefill=4)
   np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
 
 
@@ -280,14 +274,17 @@ def test_decoder_beam_search_with_prompts(lm):
   assert (best >= gnmt_scores(model, params, greedy, starts=PROMPT_LENGTHS) - 1e-5).all()
 
 
-def test_length_and_beam_checks(lm):
+def test_length_and_beam_checks(lm, seq2seq):
+  model, params = seq2seq  # sinusoidal positions: a table of max_len rows.
+  with pytest.raises(ValueError, match='max_decode_len is 40, longer than .*max_len=32'):
+    decode.sample_seq2seq(model, params, SOURCES, 40)
   model, params = lm
-  with pytest.raises(ValueError, match='max_len=32'):
-    decode.sample_decoder(model, params, PROMPTS, 40)
   with pytest.raises(ValueError, match='beam_size=7'):
     decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=7)
   with pytest.raises(ValueError, match='prompt is empty'):
     decode.sample_decoder(model, params, np.zeros((1, 3), np.int32), LENGTH)
+  with pytest.raises(ValueError, match="variant='seq2seq' models, got 'decoder'; use sample_dec"):
+    decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN)
 
 
 # --- Text in, text out. -----------------------------------------------------------
@@ -335,7 +332,7 @@ def test_generate_text(lm):
 def test_translate(seq2seq):
   model, params = seq2seq
   tokenizer = CharTokenizer()
-  sources = [tokenizer.decode([t for t in row if t]) for row in SOURCES]
+  sources = [tokenizer.decode([t for t in row if t > EOS]) for row in SOURCES]
   texts = {}
   for method in ('greedy', 'beam'):
     texts[method] = decode.translate(model, params, (tokenizer, tokenizer), sources,

@@ -12,7 +12,8 @@ A *step* function maps `(carry, buffer, p) -> (logits [n, vocab], carry)`:
   before the shortest prompt's end go through the cache in one prefill call,
   then each step feeds the one token at `p`, so token t costs O(t);
 - uncached (`cached=False`, the reference for tests and benchmarks): `carry` is
-  empty and each step runs the full forward pass on the buffer.
+  empty and each step runs the full decoder pass over the whole buffer (the
+  seq2seq encoder still runs once).
 The loops (`jax.lax.while_loop` over a fixed length, stopping early once every
 row has emitted `eos_id`) are written once against that interface, and each
 public entry point is one `jax.jit`-compiled call.
@@ -42,7 +43,7 @@ NEG_INF = -1.0e7  # log-probability of impossible hypotheses; finite so sums sta
 
 
 class Tokenizer(Protocol):
-  """What decoding needs from a tokenizer; `eos_id` / `bos_id` are optional attributes."""
+  """What decoding needs from a tokenizer; `eos_id` is an optional attribute."""
   pad_id: int
 
   def encode(self, text: str) -> list[int]:
@@ -57,8 +58,19 @@ def length_penalty(length, alpha: float):
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0)**alpha
 
 
-def _static(model: nn.Module) -> nn.Module:
-  """The same model with a frozen (hashable) config, so `jax.jit` can take it as static."""
+_FOR_VARIANT = {
+    'decoder': 'use sample_decoder, beam_search_decoder or generate_text',
+    'seq2seq': 'use sample_seq2seq, beam_search_seq2seq or translate',
+    'encoder': 'encoder-only models do not generate text',
+}
+
+
+def _static(model: nn.Module, variant: str) -> nn.Module:
+  """The same model with a frozen (hashable) config, so `jax.jit` can take it as
+  static; checks that it is the variant the caller decodes."""
+  if model.cfg.variant != variant:
+    raise ValueError(f'this function decodes config.model.variant={variant!r} models, got '
+                     f'{model.cfg.variant!r}; {_FOR_VARIANT[model.cfg.variant]}.')
   if isinstance(model.cfg, ml_collections.FrozenConfigDict):
     return model
   return type(model)(ml_collections.FrozenConfigDict(model.cfg))
@@ -326,7 +338,7 @@ def sample_decoder(model, params, prompts, length: int, *, prompt_lengths=None,
   temperature 0 is greedy decoding. Returns tokens [b, length]: the prompt, the
   continuation, and pad after EOS.
   """
-  model = _static(model)
+  model = _static(model, 'decoder')
   _check_length(model, length - 1, 'the last position fed to the model')
   prompt_lengths, prefill = _prompt_lengths(prompts, prompt_lengths, model.cfg.pad_id)
   rng = jax.random.key(0) if rng is None else rng
@@ -351,7 +363,7 @@ def beam_search_decoder(model, params, prompts, length: int, *, prompt_lengths=N
 
   Returns (sequences [b, beam_size, length] including the prompt, scores [b, beam_size]).
   """
-  model = _static(model)
+  model = _static(model, 'decoder')
   _check_length(model, length - 1, 'the last position fed to the model')
   _check_beam(model, beam_size)
   prompt_lengths, prefill = _prompt_lengths(prompts, prompt_lengths, model.cfg.pad_id)
@@ -389,7 +401,7 @@ def sample_seq2seq(model, params, inputs, max_decode_len: int, *, temperature: f
 
   temperature 0 is greedy decoding. Returns output tokens [b, max_decode_len], pad after EOS.
   """
-  model = _static(model)
+  model = _static(model, 'seq2seq')
   _check_length(model, max_decode_len, 'max_decode_len')
   _check_length(model, np.shape(inputs)[1], 'the source length')
   rng = jax.random.key(0) if rng is None else rng
@@ -416,7 +428,7 @@ def beam_search_seq2seq(model, params, inputs, max_decode_len: int, *, beam_size
 
   Returns (sequences [b, beam_size, max_decode_len], scores [b, beam_size]), best first.
   """
-  model = _static(model)
+  model = _static(model, 'seq2seq')
   _check_length(model, max_decode_len, 'max_decode_len')
   _check_length(model, np.shape(inputs)[1], 'the source length')
   _check_beam(model, beam_size)
@@ -448,7 +460,8 @@ def step_logits(model, params, tokens, inputs=None, *, prefill: int = 1, cached:
   the very step functions decoding uses (prefill of `prefill - 1` tokens, then one
   token per step). `inputs` [n, ls] makes it seq2seq, where `tokens` are decoder
   inputs (0 first). Equal to the full forward pass; the tests check that."""
-  model = _static(model)
+  model = _static(model, 'decoder' if inputs is None else 'seq2seq')
+  _check_length(model, np.shape(tokens)[1], 'the token length')
   inputs = None if inputs is None else jnp.asarray(inputs, jnp.int32)
   return _step_logits(model, params, jnp.asarray(tokens, jnp.int32), inputs, prefill=prefill,
                       cached=cached)
@@ -477,24 +490,25 @@ def _bucket(width: int) -> int:
 def generate_text(model, params, tokenizer: Tokenizer, prompts: Sequence[str], *,
                   max_new_tokens: int = 200, method: str = 'sample', temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, beam_size: int = 4, alpha: float = 0.6,
-                  seed: int = 0, eos_id: Optional[int] = None) -> list[str]:
+                  seed: int = 0, eos_id: Optional[int] = None,
+                  start_id: Optional[int] = None) -> list[str]:
   """Continuations (without the prompt) of each prompt, from a DecoderOnly model.
 
   method: 'greedy' | 'sample' (temperature, top_k, top_p) | 'beam' (beam_size,
-  alpha). eos_id defaults to `tokenizer.eos_id` when it has one; an empty prompt
-  starts from `tokenizer.bos_id` when it has one.
+  alpha). eos_id defaults to `tokenizer.eos_id` when it has one. `start_id`, when
+  given, begins every prompt, as training examples begin: the data pipeline
+  starts line-by-line LM examples (lm1b, text files) with <eos>, while windows of
+  the Shakespeare stream start with no special token.
   """
   _check_method(method)
   pad_id = model.cfg.pad_id
   eos_id = getattr(tokenizer, 'eos_id', None) if eos_id is None else eos_id
-  bos_id = getattr(tokenizer, 'bos_id', None)
-  encoded = []
-  for prompt in prompts:
-    ids = list(tokenizer.encode(prompt))
-    if not ids and bos_id is None:
-      raise ValueError(f'prompt {prompt!r} encodes to no tokens and the tokenizer has no '
-                       'bos_id; give a non-empty prompt.')
-    encoded.append(ids or [bos_id])
+  start = [] if start_id is None else [start_id]
+  encoded = [start + list(tokenizer.encode(prompt)) for prompt in prompts]
+  for prompt, ids in zip(prompts, encoded):
+    if not ids:
+      raise ValueError(f'prompt {prompt!r} encodes to no tokens; give a non-empty prompt or '
+                       'a start_id.')
   lengths = np.array([len(ids) for ids in encoded], np.int32)
   width = int(lengths.max())
   tokens = np.full((len(encoded), width), pad_id, np.int32)
@@ -525,12 +539,12 @@ def translate(model, params, tokenizer: Union[Tokenizer, tuple[Tokenizer, Tokeni
               sources: Sequence[str], *, method: str = 'beam', beam_size: int = 4,
               alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
               seed: int = 0, max_decode_len: Optional[int] = None, batch_size: int = 64,
-              eos_id: Optional[int] = None, append_eos: bool = False) -> list[str]:
+              eos_id: Optional[int] = None, append_eos: bool = True) -> list[str]:
   """Outputs of a seq2seq Transformer for each source string.
 
   `tokenizer` is one shared tokenizer or a (source, target) pair. eos_id defaults
   to the target tokenizer's `eos_id`; `append_eos` ends each source with it, as
-  training inputs do when the data pipeline appends EOS. Sources are decoded in
+  the data pipeline ends every training source. Sources are decoded in
   batches of `batch_size`, padded to a power-of-two width; max_decode_len
   defaults to min(config.model.max_len, 2 * width + 8).
   """
@@ -539,7 +553,8 @@ def translate(model, params, tokenizer: Union[Tokenizer, tuple[Tokenizer, Tokeni
   pad_id = model.cfg.pad_id
   eos_id = getattr(target_tok, 'eos_id', None) if eos_id is None else eos_id
   if append_eos and eos_id is None:
-    raise ValueError('append_eos=True needs an eos_id; pass eos_id or a tokenizer with eos_id.')
+    raise ValueError('append_eos=True needs an eos_id; pass eos_id, a tokenizer with eos_id, '
+                     'or append_eos=False.')
   encoded = [list(source_tok.encode(s)) + ([eos_id] if append_eos else []) for s in sources]
   outputs = []
   for start in range(0, len(encoded), batch_size):
