@@ -21,7 +21,19 @@ def get_config():
   c.model.dropout_rate = 0.1
   c.model.vocab_size = 37000
   c.model.share_embeddings = True
+  c.data.name = 'tfds:wmt14_translate/de-en'
+  c.data.task = 'seq2seq'
+  c.data.source_language = 'en'
+  c.data.target_language = 'de'
+  c.data.tokenizer = 'sentencepiece'  # shared source-target vocabulary, as the paper's BPE.
+  c.data.spm_model_type = 'bpe'
+  c.data.vocab_size = 37000
+  c.data.packing = True
+  c.data.overflow = 'drop'  # counted and reported in the run's data info.
   c.seq_len = 256
   c.total_steps = 100_000
   c.warmup_steps = 4000
+  c.batch_size = 96  # ~25k source + ~25k target tokens per step at 256 packed tokens a row.
+  c.eval_every = 5000
+  c.checkpoint_every = 5000
   return c
