@@ -1,6 +1,8 @@
 """The train step, the optimiser, determinism, the default experiment and the command line."""
 
+import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -97,30 +99,62 @@ def test_dropout_differs_per_step_and_is_off_in_eval(tiny_config):
   _, b = step(state.replace(step=state.step + 1), batch, jax.random.PRNGKey(1))
   _, c = step(state, batch, jax.random.PRNGKey(1))
   assert a['nll'] != b['nll'] and a['nll'] == c['nll']
-  e1, e2 = train.eval_step(state, batch), train.eval_step(state, batch)
-  assert e1['nll'] == e2['nll']
+  evaluate = jax.jit(train.eval_step)
+  assert evaluate(state, batch)['nll'] == evaluate(state, batch)['nll']
 
 
-def _train_records(workdir):
+def _records(workdir):
   drop = ('tokens_per_sec', 'data_wait_fraction', 'mfu')
   return [{k: v for k, v in r.items() if k not in drop} for r in metrics_lib.read_jsonl(workdir)]
 
 
-def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path):
-  config = tiny_config(total_steps=4, eval_steps=1)
+def _tensorboard_scalars(workdir) -> dict:
+  """{(step, tag): value} from the TFRecord event files, read without TensorFlow."""
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for name in os.listdir(os.path.join(workdir, 'tensorboard')):
+    with open(os.path.join(workdir, 'tensorboard', name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars[(event.step, value.tag)] = value.simple_value
+  return scalars
+
+
+def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, capsys):
+  config = tiny_config(total_steps=4, eval_steps=1, num_samples=2, sample_length=40)
+  samples = []
   for name, seed in (('a', 0), ('b', 0), ('c', 1)):
     train.train(override(config, {'seed': seed}), str(tmp_path / name))
-  a, b, c = (_train_records(tmp_path / name) for name in 'abc')
+    out = capsys.readouterr().out
+    samples.append(out[out.index('--- sample 1 ---'):])
+  assert samples[0] == samples[1] != samples[2]
+  assert '--- sample 2 ---' in samples[0]
+  a, b, c = (_records(tmp_path / name) for name in 'abc')
   assert a == b
   assert [r['loss'] for r in a] != [r['loss'] for r in c]
+  assert [(r['step'], r['split']) for r in a] == [
+      (1, 'train'), (2, 'train'), (3, 'train'), (4, 'train'), (4, 'eval')]
+  scalars = _tensorboard_scalars(tmp_path / 'a')
+  for record in a:
+    np.testing.assert_allclose(scalars[(record['step'], f'{record["split"]}/loss')],
+                               record['loss'], rtol=1e-6)
+  with open(tmp_path / 'a' / 'environment.json') as f:
+    environment = json.load(f)
+  assert environment['packages']['jax'] == jax.__version__ and 'git_commit' in environment
+  with open(tmp_path / 'a' / 'config.json') as f:
+    assert json.load(f)['seed'] == 0
 
 
 def test_default_experiment_beats_unigram_baseline(char_config, tmp_path):
   """The default experiment, shortened to 150 steps and a 40-batch eval (the
-  full 2000-step run is in README)."""
+  full 2000-step run and its samples are in README)."""
   from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = override(char_config, {'total_steps': 150, 'eval_steps': 40, 'num_samples': 1,
-                                  'sample_length': 20})
+  config = override(char_config, {'total_steps': 150, 'eval_steps': 40, 'num_samples': 0})
   result = train.train(config, str(tmp_path))
   unigram = pipeline.create_datasets(config).info['unigram_entropy']
   assert result['loss'] < unigram - 0.5, (result, unigram)

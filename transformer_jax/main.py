@@ -23,6 +23,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
@@ -89,6 +90,8 @@ def main(argv):
   if _MODE.value == 'describe':
     print(json.dumps(describe(config)))
     return
+  if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
+    logging.set_verbosity(logging.WARNING)
   if config.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
@@ -99,8 +102,10 @@ def main(argv):
       result = train.evaluate_checkpoint(config, workdir)
     else:
       result = train.train(config, workdir)
-  except (config_lib.ConfigError, train.TrainingDiverged) as e:
-    sys.exit(f'{type(e).__name__}: {e}')
+  except config_lib.ConfigError as e:
+    sys.exit(f'Config error: {e}')
+  except (train.TrainingDiverged, FileNotFoundError) as e:
+    sys.exit(str(e))
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])
   print(json.dumps(result))

@@ -166,18 +166,17 @@ def train_step(state: TrainState, batch: dict, rng, *, learning_rate_fn: Callabl
   """One optimizer update. Returns (state, metrics) with metrics summed over the
   global batch: nll, correct, weight, plus grad_norm and learning_rate.
 
-  `rng` is the run's dropout key; the step number (and under pmap the device
-  index) is folded in, so every step and device drops differently and a resumed
+  `rng` is the run's dropout key; the step number (and under pmap over several
+  devices the device index) is folded in, so every step and device drops differently and a resumed
   run drops exactly as the uninterrupted one. Under pmap (`axis_name` set) the
   batch is this device's share and gradients are averaged with `lax.pmean`.
   With `grad_accum_steps` > 1 the batch is split into micro-batches whose
   gradients are summed in a `lax.scan` before the one update.
   """
   rng = jax.random.fold_in(rng, state.step)
-  num_shards = 1
-  if axis_name is not None:
+  num_shards = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  if num_shards > 1:  # one device draws as jit does, so it is the degenerate case.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    num_shards = jax.lax.psum(1, axis_name)
   total_weight = _psum(batch['weights'].astype(jnp.float32).sum(), axis_name)
   # pmean of (local sum * shards / global weight) = global sum / global weight.
   scale = num_shards / jnp.where(total_weight > 0, total_weight, 1.0)
@@ -390,26 +389,42 @@ def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
   interval.steps, interval.metrics = [], []
 
 
-def print_samples(config, model, params, tokenizer):
-  """Prints config.num_samples texts sampled from a decoder-only model."""
+def sample_texts(config, model, params, tokenizer) -> list:
+  """config.num_samples continuations of config.sample_prompt ('' = a newline).
+
+  The model only saw positions below seq_len in training, so longer samples are
+  made in windows: each continues the last seq_len / 2 tokens of the text so far.
+  """
   from transformer_jax import decode  # pylint: disable=g-import-not-at-top
-  prompt = config.sample_prompt or '\n'
-  texts = decode.generate_text(model, params, tokenizer, [prompt] * config.num_samples,
-                               max_new_tokens=config.sample_length, method='sample',
-                               temperature=config.sample_temperature, seed=config.seed)
-  for i, text in enumerate(texts):
-    print(f'--- sample {i + 1} ---\n{prompt.strip()}{text}', flush=True)
+  texts = [config.sample_prompt or '\n'] * config.num_samples
+  keep, remaining, window = config.seq_len // 2, config.sample_length, 0
+  while remaining > 0:
+    contexts = [tokenizer.decode(tokenizer.encode(text)[-keep:]) for text in texts]
+    width = max(len(tokenizer.encode(c)) for c in contexts)
+    new_tokens = min(remaining, config.seq_len - width)
+    continuations = decode.generate_text(
+        model, params, tokenizer, contexts, max_new_tokens=new_tokens, method='sample',
+        temperature=config.sample_temperature, seed=config.seed + window)
+    texts = [text + more for text, more in zip(texts, continuations)]
+    remaining -= new_tokens
+    window += 1
+  return texts
+
+
+def print_samples(config, model, params, tokenizer):
+  for i, text in enumerate(sample_texts(config, model, params, tokenizer)):
+    print(f'--- sample {i + 1} ---\n{text.strip()}', flush=True)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
-  """--mode=eval: the latest checkpoint's metrics on the full eval split, also
-  appended to metrics.jsonl."""
+  """--mode=eval: the latest checkpoint's metrics on the eval split (all of it
+  unless config.eval_steps is set), also appended to metrics.jsonl."""
   from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config)
   step = checkpointer.latest_step()
   if step is None:
-    raise ValueError(f'{workdir} holds no checkpoint; train first (--mode=train).')
+    raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
   checkpointer.check_compatible(workdir)
   datasets = pipeline.create_datasets(config, workdir)
   strategy = parallel.create(config, *make_steps(config))
@@ -419,7 +434,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   restored, _ = checkpointer.restore(strategy.checkpoint_target(state), jax.random.PRNGKey(0))
   checkpointer.close()
   state = strategy.from_checkpoint(restored)
-  values = metrics_lib.summarize(evaluate(strategy, state, datasets.eval()), config.data.task)
+  values = metrics_lib.summarize(evaluate(strategy, state, datasets.eval(), config.eval_steps),
+                                 config.data.task)
   writer = metrics_lib.MetricWriter(workdir, config.total_steps)
   writer.write(step, 'eval', values)
   writer.close()
