@@ -188,7 +188,8 @@ PARALLELISMS = ('pmap', 'mesh')
 def validate_training(c):
   """Raises ConfigError for optimiser and run fields that cannot work."""
   o = c.optimizer
-  _check(o.name in OPTIMIZERS, f'config.optimizer.name={o.name!r} is unknown; use one of {OPTIMIZERS}.')
+  _check(o.name in OPTIMIZERS,
+         f'config.optimizer.name={o.name!r} is unknown; use one of {OPTIMIZERS}.')
   _check(o.schedule in SCHEDULES,
          f'config.optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
   _check(c.parallelism in PARALLELISMS,
@@ -203,6 +204,10 @@ def validate_training(c):
   _check(0.0 <= o.label_smoothing < 1.0,
          f'config.optimizer.label_smoothing={o.label_smoothing} must be in [0, 1).')
   _check(o.grad_clip_norm >= 0, f'config.optimizer.grad_clip_norm={o.grad_clip_norm} must be >= 0.')
+  _check(o.weight_decay == 0 or o.name == 'adamw',
+         f'config.optimizer.weight_decay={o.weight_decay} needs config.optimizer.name=adamw.')
+  for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length'):
+    _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
   _check(o.grad_accum_steps > 0 and c.batch_size % o.grad_accum_steps == 0,
          f'config.optimizer.grad_accum_steps={o.grad_accum_steps} must be positive and divide '
          f'config.batch_size={c.batch_size}.')

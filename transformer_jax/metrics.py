@@ -122,7 +122,8 @@ class TensorBoardWriter:
     self._file.flush()
 
   def write(self, step: int, split: str, values: dict):
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     summary = summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=f'{split}/{k}', simple_value=float(v))
         for k, v in values.items()])

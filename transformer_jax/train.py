@@ -302,11 +302,12 @@ def train(config, workdir: str) -> dict:
   task = config.data.task
   flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
   peak = metrics_lib.peak_flops(config)
+  baseline = datasets.info.get('unigram_entropy')
   print(f'{workdir}: {accounting.count_params(config.model):,} parameters, '
         f'{strategy.num_devices} {jax.devices()[0].platform} device(s) ({strategy.name}), '
         + (f'resuming at step {start_step}' if start_step else 'starting at step 0')
-        + f' of {config.total_steps}; unigram baseline '
-        f'{datasets.info.get("unigram_entropy", float("nan")):.4f} nats/token.', flush=True)
+        + f' of {config.total_steps}'
+        + (f'; unigram baseline {baseline:.4f} nats/token.' if baseline else '.'), flush=True)
 
   def run_eval(step):
     sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
