@@ -155,7 +155,8 @@ class MeshStrategy:
     return self._eval_step(state, batch)
 
   def fetch(self, metrics):
-    return jax.tree.map(np.asarray, metrics)
+    """Replicated device values -> host numpy (this host's copy, so multi-host works)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), metrics)
 
 
 def create(config, train_step: Callable, eval_step: Callable):
