@@ -13,7 +13,6 @@ micro-batches.
 """
 
 import functools
-import math
 import time
 from typing import Any, Callable, Optional
 
@@ -166,9 +165,9 @@ def train_step(state: TrainState, batch: dict, rng, *, learning_rate_fn: Callabl
   """One optimizer update. Returns (state, metrics) with metrics summed over the
   global batch: nll, correct, weight, plus grad_norm and learning_rate.
 
-  `rng` is the run's dropout key; the step number (and under pmap over several
-  devices the device index) is folded in, so every step and device drops differently and a resumed
-  run drops exactly as the uninterrupted one. Under pmap (`axis_name` set) the
+  `rng` is the run's dropout key; the step number (and, under pmap over several
+  devices, the device index) is folded in, so every step and device drops
+  differently and a resumed run drops exactly as the uninterrupted one. Under pmap (`axis_name` set) the
   batch is this device's share and gradients are averaged with `lax.pmean`.
   With `grad_accum_steps` > 1 the batch is split into micro-batches whose
   gradients are summed in a `lax.scan` before the one update.
