@@ -124,7 +124,15 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self):
+    """Waits for a save in flight and stops Orbax's threads."""
     self.manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
 
 
 class StopSignal:

@@ -279,10 +279,15 @@ def train(config, workdir: str) -> dict:
   `result['interrupted']` set to the signal number) after saving on SIGTERM or
   Ctrl-C.
   """
-  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config)
-  checkpointer.check_compatible(workdir)
+  with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
+    checkpointer.check_compatible(workdir)
+    return _train(config, workdir, checkpointer)
+
+
+def _train(config, workdir: str, checkpointer) -> dict:
+  """The body of `train` once the workdir is known to be compatible."""
+  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   datasets = pipeline.create_datasets(config, workdir)
   strategy = parallel.create(config, *make_steps(config))
   model = build_model(config.model)
@@ -365,7 +370,6 @@ def train(config, workdir: str) -> dict:
         + '; lower config.learning_rate or set config.optimizer.grad_clip_norm.') from None
   finally:
     writer.close()
-    checkpointer.close()
   if config.num_samples and config.model.variant == 'decoder':
     print_samples(config, model, strategy.to_checkpoint(state).params, datasets.tokenizer)
   return dict(eval_metrics, step=step)
@@ -421,18 +425,18 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   unless config.eval_steps is set), also appended to metrics.jsonl."""
   from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
-  checkpointer.check_compatible(workdir)
-  datasets = pipeline.create_datasets(config, workdir)
-  strategy = parallel.create(config, *make_steps(config))
-  model = build_model(config.model)
-  tx = create_optimizer(config, learning_rate_schedule(config))
-  state = strategy.init_state(init_fn(config, model, tx), jax.random.PRNGKey(0))
-  restored, _ = checkpointer.restore(strategy.checkpoint_target(state), jax.random.PRNGKey(0))
-  checkpointer.close()
+  with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
+    checkpointer.check_compatible(workdir)
+    datasets = pipeline.create_datasets(config, workdir)
+    strategy = parallel.create(config, *make_steps(config))
+    model = build_model(config.model)
+    tx = create_optimizer(config, learning_rate_schedule(config))
+    state = strategy.init_state(init_fn(config, model, tx), jax.random.PRNGKey(0))
+    restored, _ = checkpointer.restore(strategy.checkpoint_target(state),
+                                       jax.random.PRNGKey(0))
   state = strategy.from_checkpoint(restored)
   values = metrics_lib.summarize(evaluate(strategy, state, datasets.eval(), config.eval_steps),
                                  config.data.task)
