@@ -122,13 +122,6 @@ def test_unknown_dataset_name():
     pipeline.create_datasets(small_config(name=''), None)
 
 
-def test_timed_iterator_counts_waiting():
-  timed = pipeline.TimedIterator(iter(pipeline.create_datasets(small_config(), None).train))
-  next(timed)
-  assert timed.pop_wait() > 0
-  assert timed.pop_wait() == 0
-
-
 # ---------------------------------------------------------------------------
 # Masked LM and genre classification on Shakespeare.
 

@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from typing import Callable, Iterable, Optional
 
 from absl import logging
@@ -856,34 +855,3 @@ def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
   info.update(batch_size=batch_size, vocab_size=tokenizer.vocab_size,
               tokenizer=tokenizer.name)
   return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds, info=info)
-
-
-# ----------------------------------------------------------------------------
-# Measuring the input pipeline from the train loop.
-
-
-class TimedIterator:
-  """Wraps an iterator and accumulates the seconds spent in next().
-
-  The train loop reports pop_wait() / (seconds since the last report) as the
-  fraction of step time spent waiting on data; keep checkpointing the wrapped
-  grain iterator (`.iterator`).
-  """
-
-  def __init__(self, iterator):
-    self.iterator = iterator
-    self.wait_seconds = 0.0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    start = time.perf_counter()
-    batch = next(self.iterator)
-    self.wait_seconds += time.perf_counter() - start
-    return batch
-
-  def pop_wait(self) -> float:
-    """Seconds waited since the last call."""
-    wait, self.wait_seconds = self.wait_seconds, 0.0
-    return wait
