@@ -33,6 +33,7 @@ RESUMABLE_FIELDS = frozenset({
     'keep_checkpoints', 'keep_best_checkpoints', 'async_checkpointing', 'peak_flops',
     'num_samples', 'sample_length', 'sample_prompt', 'sample_temperature', 'parallelism',
     'fsdp', 'distributed', 'data.num_threads', 'data.prefetch'})
+RESUMABLE_SECTIONS = ('decode.',)  # how eval and decode generate.
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -55,7 +56,8 @@ def config_differences(saved: dict, current: dict) -> list:
   saved, current = _flatten(saved), _flatten(current)
   names = sorted(set(saved) | set(current))
   return [(n, saved.get(n, '<absent>'), current.get(n, '<absent>')) for n in names
-          if saved.get(n, '<absent>') != current.get(n, '<absent>') and n not in RESUMABLE_FIELDS]
+          if saved.get(n, '<absent>') != current.get(n, '<absent>') and n not in RESUMABLE_FIELDS
+          and not n.startswith(RESUMABLE_SECTIONS)]
 
 
 class Checkpointer:

@@ -16,6 +16,7 @@ ACTIVATIONS = ('relu', 'gelu', 'swiglu')
 ENCODER_HEADS = ('mlm', 'classify')
 POOLINGS = ('mean', 'first')
 DTYPES = ('float32', 'bfloat16')
+DECODE_METHODS = ('greedy', 'sample', 'beam')
 
 
 class ConfigError(ValueError):
@@ -93,12 +94,27 @@ def optimizer_config() -> config_dict.ConfigDict:
   return o
 
 
+def decode_config() -> config_dict.ConfigDict:
+  """How --mode=eval and --mode=decode generate (transformer_jax/evaluation.py)."""
+  d = config_dict.ConfigDict()
+  d.method = 'beam'  # greedy | sample | beam
+  d.beam_size = 4  # the paper's beam search: beam 4, length penalty alpha 0.6.
+  d.alpha = 0.6
+  d.temperature = 1.0  # sample only.
+  d.top_k = 0  # sample only; 0 = off.
+  d.top_p = 1.0  # sample only; 1 = off.
+  d.batch_size = 64  # sources decoded together.
+  d.max_examples = 0  # eval: decode the first N examples only; 0 = the whole split.
+  return d
+
+
 def base_config() -> config_dict.ConfigDict:
   """Every field the code reads, with defaults."""
   c = config_dict.ConfigDict()
   c.model = model_config()
   c.data = data_config()
   c.optimizer = optimizer_config()
+  c.decode = decode_config()
   c.seq_len = 256  # context length / maximum example length.
   c.batch_size = 64  # global, split over devices.
   c.total_steps = 1000
@@ -213,10 +229,22 @@ def validate_training(c):
          f'config.batch_size={c.batch_size}.')
 
 
+def validate_decode(d):
+  """Raises ConfigError for decoding settings that cannot work."""
+  _check(d.method in DECODE_METHODS,
+         f'config.decode.method={d.method!r} is unknown; use one of {DECODE_METHODS}.')
+  _check(d.beam_size >= 1, f'config.decode.beam_size={d.beam_size} must be at least 1.')
+  _check(d.batch_size >= 1, f'config.decode.batch_size={d.batch_size} must be at least 1.')
+  _check(d.temperature > 0 or d.method != 'sample',
+         f'config.decode.temperature={d.temperature} must be positive for sampling.')
+  _check(0 < d.top_p <= 1, f'config.decode.top_p={d.top_p} must be in (0, 1].')
+
+
 def validate(c):
   """Raises ConfigError for a run config that cannot work."""
   validate_model(c.model)
   validate_training(c)
+  validate_decode(c.decode)
   _check(c.seq_len > 0, f'config.seq_len={c.seq_len} must be positive.')
   _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
          f'config.seq_len={c.seq_len} is longer than the positional table '

@@ -8,7 +8,10 @@
 Modes:
   train     (default) train, or resume the run in --workdir from its latest
             checkpoint; SIGTERM / Ctrl-C save a checkpoint before exiting.
-  eval      evaluate the latest checkpoint in --workdir on the full eval split.
+  eval      evaluate the latest checkpoint in --workdir on the full eval split,
+            with the task's decoding metrics (bits/char, WER/PER, BLEU).
+  decode    turn each line of --input (default stdin) into a continuation
+            (decoder) or an output (seq2seq), as config.decode says.
   describe  print the model's shape, parameter count and FLOPs per token as one
             JSON object on the last line of stdout, without training.
 
@@ -51,7 +54,10 @@ except CONFIG_ERRORS as e:
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Run directory: checkpoints, metrics.jsonl, TensorBoard, '
                                'config.json. Default: runs/<config file name>.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'describe'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'decode', 'describe'],
+                          'What to do.')
+_INPUT = flags.DEFINE_string('input', '-', 'decode mode: a text file, one input per line '
+                             '(- = standard input).')
 
 
 def describe(config) -> dict:
@@ -77,6 +83,21 @@ def _workdir() -> str:
   return os.path.join('runs', name)
 
 
+def _read_lines(path: str) -> list:
+  """Non-empty input lines for --mode=decode."""
+  if path == '-':
+    lines = sys.stdin.read().splitlines()
+  else:
+    if not os.path.exists(path):
+      sys.exit(f'--input={path} does not exist; give a text file with one input per line.')
+    with open(path, encoding='utf-8') as f:
+      lines = f.read().splitlines()
+  lines = [line for line in lines if line.strip()]
+  if not lines:
+    sys.exit(f'--input={path} holds no non-empty line; give one input per line.')
+  return lines
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -100,6 +121,10 @@ def main(argv):
   try:
     if _MODE.value == 'eval':
       result = train.evaluate_checkpoint(config, workdir)
+    elif _MODE.value == 'decode':
+      for line in train.decode_checkpoint(config, workdir, _read_lines(_INPUT.value)):
+        print(line, flush=True)
+      return
     else:
       result = train.train(config, workdir)
   except config_lib.ConfigError as e:

@@ -420,9 +420,8 @@ def print_samples(config, model, params, tokenizer):
     print(f'--- sample {i + 1} ---\n{text.strip()}', flush=True)
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """--mode=eval: the latest checkpoint's metrics on the eval split (all of it
-  unless config.eval_steps is set), also appended to metrics.jsonl."""
+def restore_latest(config, workdir: str):
+  """(step, strategy, placed state, datasets, model) from the workdir's latest checkpoint."""
   from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
@@ -437,10 +436,29 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     state = strategy.init_state(init_fn(config, model, tx), jax.random.PRNGKey(0))
     restored, _ = checkpointer.restore(strategy.checkpoint_target(state),
                                        jax.random.PRNGKey(0))
-  state = strategy.from_checkpoint(restored)
+  return step, strategy, strategy.from_checkpoint(restored), datasets, model
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """--mode=eval: the latest checkpoint's metrics on the eval split (all of it
+  unless config.eval_steps is set), with the task's decoding metrics
+  (evaluation.py), also appended to metrics.jsonl."""
+  from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top
+  step, strategy, state, datasets, model = restore_latest(config, workdir)
   values = metrics_lib.summarize(evaluate(strategy, state, datasets.eval(), config.eval_steps),
                                  config.data.task)
+  params = strategy.to_checkpoint(state).params
+  values.update(evaluation.task_metrics(config, model, params, datasets.tokenizer,
+                                        values['loss']))
   writer = metrics_lib.MetricWriter(workdir, config.total_steps)
   writer.write(step, 'eval', values)
   writer.close()
   return dict(values, step=step)
+
+
+def decode_checkpoint(config, workdir: str, lines) -> list:
+  """--mode=decode: the latest checkpoint's output for each input line."""
+  from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top
+  _, strategy, state, datasets, model = restore_latest(config, workdir)
+  return evaluation.decode_lines(config, model, strategy.to_checkpoint(state).params,
+                                 datasets.tokenizer, lines)
