@@ -11,6 +11,11 @@ corpus) and prints a few samples.
       --workdir=runs/char --config.model.num_heads=8
   python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py:quick \
       --workdir=/tmp/char_quick                               # 300 steps, a smoke run
+
+Ablations (get_sweep below), e.g. the paper's Table 3 rows (A) and (C) in small:
+
+  python -m transformer_jax.sweep --config=experiments/configs/shakespeare_char.py \
+      --sweep=ffn_x_heads --workdir=runs/ffn_x_heads --config.total_steps=500
 """
 
 from transformer_jax import config as config_lib
@@ -48,3 +53,22 @@ def get_config(arg: str = ''):
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c
+
+
+def get_sweep(name: str = 'ffn_x_heads'):
+  """Ablation grids over this config (transformer_jax/sweep.py runs them).
+
+  ffn_x_heads: d_ff = ffn_ratio x d_model against the number of heads (d_k =
+    d_model / h), as the paper's Table 3 rows (C) and (A), 2 seeds each.
+  fixed_params_depth / fixed_params_width: ffn_ratio traded against depth or
+    width so that every run has about the base parameter count.
+  """
+  if name == 'ffn_x_heads':
+    return {'model.ffn_ratio': [1.0, 2.0, 4.0, 8.0], 'model.num_heads': [1, 2, 4, 8],
+            'seed': [0, 1]}
+  if name in ('fixed_params_depth', 'fixed_params_width'):
+    from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
+    scale = 'num_layers' if name == 'fixed_params_depth' else 'd_model'
+    return sweep.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
+  raise ValueError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth or '
+                   'fixed_params_width.')
