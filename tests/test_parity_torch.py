@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # the test extra; CI installs the CPU build (torch==2.13.0).
 
-torch = pytest.importorskip('torch')
-
-from transformer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from transformer_jax.models.transformer import build_model  # pylint: disable=g-import-not-at-top
+from transformer_jax import config as config_lib
+from transformer_jax.models.transformer import build_model
 
 D_MODEL, HEADS, LAYERS, VOCAB = 32, 4, 2, 23
 EPS = 1e-6
