@@ -16,6 +16,8 @@ ACTIVATIONS = ('relu', 'gelu', 'swiglu')
 ENCODER_HEADS = ('mlm', 'classify')
 POOLINGS = ('mean', 'first')
 DTYPES = ('float32', 'bfloat16')
+ATTENTION_IMPLS = ('xla', 'cudnn')
+REMATS = ('none', 'full', 'dots')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
 
 
@@ -48,6 +50,8 @@ def model_config() -> config_dict.ConfigDict:
   m.pooling = 'mean'  # classify head only: mean over real tokens | first
   m.pad_id = 0
   m.dtype = 'float32'  # compute dtype; parameters stay float32.
+  m.attention_impl = 'xla'  # xla | cudnn (flash attention on GPU; falls back to xla, logged).
+  m.remat = 'none'  # none | full | dots: recompute each layer's activations in the backward pass.
   return m
 
 
@@ -167,6 +171,9 @@ def validate_model(m):
   _check(m.activation in ACTIVATIONS,
          f'config.model.activation={m.activation!r} is unknown; use one of {ACTIVATIONS}.')
   _check(m.dtype in DTYPES, f'config.model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.')
+  _check(m.attention_impl in ATTENTION_IMPLS, f'config.model.attention_impl={m.attention_impl!r} '
+         f'is unknown; use one of {ATTENTION_IMPLS}.')
+  _check(m.remat in REMATS, f'config.model.remat={m.remat!r} is unknown; use one of {REMATS}.')
   _check(m.encoder_head in ENCODER_HEADS,
          f'config.model.encoder_head={m.encoder_head!r} is unknown; use one of {ENCODER_HEADS}.')
   _check(m.pooling in POOLINGS,

@@ -12,12 +12,13 @@ absent, segments come from `tokens != pad_id` and positions from 0..l-1.
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
-from transformer_jax.models.layers import (AddNorm, FeedForward, MultiHeadAttention,
-                                           PositionalEncoding, TokenEmbedding, attention_mask,
-                                           compute_dtype)
+from transformer_jax.models.layers import (AddNorm, Dense, Dropout, FeedForward,
+                                           MultiHeadAttention, PositionalEncoding, TokenEmbedding,
+                                           attention_mask, compute_dtype)
 
 
 def default_segments(tokens, pad_id, segment_ids=None, positions=None):
@@ -34,6 +35,17 @@ def shift_right(targets, segment_ids):
   shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
   starts = segment_ids != jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
   return jnp.where(starts, 0, shifted)
+
+
+def rematerialised(layer_class, cfg, static_argnums):
+  """The layer class itself, or wrapped in nn.remat per `cfg.remat`: 'full'
+  recomputes every activation in the backward pass, 'dots' keeps the outputs of
+  the weight matmuls and recomputes the rest (attention scores, norms, FFN
+  activations), trading compute for memory on long sequences."""
+  if cfg.remat == 'none':
+    return layer_class
+  policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == 'dots' else None
+  return nn.remat(layer_class, policy=policy, static_argnums=static_argnums)
 
 
 class EncoderLayer(nn.Module):
@@ -63,7 +75,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, self_mask, positions, encoded=None, cross_mask=None,
                deterministic: bool = True, decode: bool = False):
     cfg = self.cfg
-    attention = MultiHeadAttention(cfg, name='self_attention')
+    attention = MultiHeadAttention(cfg, causal=True, name='self_attention')
     x = AddNorm(cfg, name='self_attention_add_norm')(
         x, lambda h: attention(h, h, self_mask, positions_q=positions, positions_kv=positions,
                                deterministic=deterministic, decode=decode), deterministic)
@@ -89,7 +101,7 @@ class Embedder(nn.Module):
     embed = self.embedding or TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg),
                                              name='token_embedding')
     x = PositionalEncoding(cfg, name='positional_encoding')(embed(tokens), positions)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class Encoder(nn.Module):
@@ -103,8 +115,9 @@ class Encoder(nn.Module):
     segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
     x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
     mask = attention_mask(segment_ids, segment_ids, causal=False)
+    layer = rematerialised(EncoderLayer, cfg, static_argnums=(4,))  # deterministic
     for i in range(config_lib.encoder_layers(cfg)):
-      x = EncoderLayer(cfg, name=f'layer_{i}')(x, mask, positions, deterministic)
+      x = layer(cfg, name=f'layer_{i}')(x, mask, positions, deterministic)
     if cfg.norm == 'pre':
       x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
                        name='final_norm')(x)
@@ -136,8 +149,9 @@ class Decoder(nn.Module):
     if self.cross_attention:
       cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
     x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
+    layer = rematerialised(DecoderLayer, cfg, static_argnums=(6, 7))  # deterministic, decode
     for i in range(config_lib.decoder_layers(cfg)):
-      x = DecoderLayer(cfg, self.cross_attention, name=f'layer_{i}')(
+      x = layer(cfg, self.cross_attention, name=f'layer_{i}')(
           x, self_mask, positions, encoded, cross_mask, deterministic, decode)
     if cfg.norm == 'pre':
       x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
@@ -164,8 +178,8 @@ class OutputProjection(nn.Module):
   def __call__(self, x):
     if self.embedding is not None:
       return self.embedding.attend(x).astype(jnp.float32)
-    return nn.Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
-                    name='logits')(x).astype(jnp.float32)
+    return Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
+                 name='logits')(x).astype(jnp.float32)
 
 
 class DecoderOnly(nn.Module):
@@ -198,7 +212,7 @@ class EncoderOnly(nn.Module):
       self.project = OutputProjection(cfg, cfg.vocab_size,
                                       self.embedding if cfg.share_embeddings else None)
     else:
-      self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
+      self.project = Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
     segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)

@@ -1,0 +1,87 @@
+"""The machine's measured matmul roof, the denominator of every MFU we report.
+
+A large square matmul, jitted, timed best of N: float32 on CPU, bfloat16 on
+GPU. On CPU the same matmul through PyTorch (MKL / oneDNN) is timed too and the
+roof is the larger of the two, so MFU is never flattered by a slow baseline.
+
+  python benchmarks/peak.py                    # CPU: f32, n = 2048
+  python benchmarks/peak.py --size=8192        # GPU: bf16 (the default dtype there)
+"""
+
+import json
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+FLAGS = flags.FLAGS
+
+
+def _best_seconds(fn, repeats: int) -> float:
+  fn()  # compile / warm up
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def jax_matmul_flops(size: int, dtype, repeats: int) -> float:
+  """FLOP/s of the best jitted [size, size] @ [size, size] matmul on the default device."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
+  matmul = jax.jit(jnp.matmul)
+  seconds = _best_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+  return 2.0 * size**3 / seconds
+
+
+def torch_matmul_flops(size: int, repeats: int) -> float:
+  """FLOP/s of the best float32 torch.matmul on CPU (None without torch)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  a = torch.randn(size, size)
+  b = torch.randn(size, size)
+  with torch.no_grad():
+    seconds = _best_seconds(lambda: torch.matmul(a, b), repeats)
+  return 2.0 * size**3 / seconds
+
+
+def measure(size: int = 0, dtype: str = '', repeats: int = 10) -> dict:
+  """{'roof_flops': FLOP/s, ...}: the measured peak of this machine's first device."""
+  platform = jax.devices()[0].platform
+  dtype = dtype or ('float32' if platform == 'cpu' else 'bfloat16')
+  size = size or (2048 if platform == 'cpu' else 8192)
+  result = {'platform': platform, 'device_kind': jax.devices()[0].device_kind, 'dtype': dtype,
+            'size': size, 'jax_flops': jax_matmul_flops(size, jnp.dtype(dtype), repeats)}
+  result['roof_flops'] = result['jax_flops']
+  if platform == 'cpu' and dtype == 'float32':
+    result['torch_flops'] = torch_matmul_flops(size, repeats)
+    result['roof_flops'] = max(result['jax_flops'], result['torch_flops'] or 0.0)
+  return result
+
+
+def main(argv):
+  del argv
+  result = measure(FLAGS.size, FLAGS.dtype, FLAGS.repeats)
+  line = (f"{result['platform']} ({result['device_kind']}) {result['dtype']} matmul "
+          f"{result['size']}^3: JAX {result['jax_flops'] / 1e9:.1f} GFLOP/s")
+  if result.get('torch_flops'):
+    line += f", PyTorch {result['torch_flops'] / 1e9:.1f} GFLOP/s"
+  print(line + f"; roof {result['roof_flops'] / 1e9:.1f} GFLOP/s")
+  if FLAGS.output:
+    with open(FLAGS.output, 'w') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  # Defined here, not on import, so train_throughput.py can import measure().
+  flags.DEFINE_integer('size', 0, 'Matrix side; 0 = 2048 on CPU, 8192 on GPU.')
+  flags.DEFINE_integer('repeats', 10, 'Timed matmuls; the best one counts.')
+  flags.DEFINE_string('dtype', '', "'' = float32 on CPU, bfloat16 on GPU.")
+  flags.DEFINE_string('output', '', 'Optional JSON file for the result.')
+  app.run(main)

@@ -1,0 +1,406 @@
+"""Training throughput and MFU, ours against a PyTorch peer, in one run.
+
+For each workload this builds
+
+- ours: the project's own `train_step` (train.make_steps) placed by the
+  project's strategy (parallel.create, as `--mode=train` does), on a fixed
+  synthetic batch;
+- the PyTorch peer, built from PyTorch's own modules: for the decoder-only LM
+  `nn.TransformerEncoder` (post-LN layers as the paper's) with a causal mask,
+  an `nn.Embedding` scaled by sqrt(d_model), the sinusoidal table and the tied
+  LM head; for seq2seq `nn.Transformer` with one shared embedding tied to the
+  output; Adam with the same betas and eps; eager, and `torch.compile`d where
+  that works;
+
+and times them interleaved: each round runs `--steps_per_round` steps of every
+contender in turn (rotating who goes first), so noise from other work on a
+shared machine hits all of them alike, and reports the median step time over
+rounds. MFU divides the model FLOPs (models/accounting.flops_per_token, the same
+accounting the training loop prints) by the roof measured by peak.py at the
+start of the run.
+
+  python benchmarks/train_throughput.py                                 # CPU workloads
+  python benchmarks/train_throughput.py --workloads=nanogpt_cpu --rounds=5
+  python benchmarks/train_throughput.py --workloads=gpt2_small,seq2seq_base --dtype=bfloat16
+
+Prints one markdown row per workload and writes them all to --output (JSON).
+"""
+
+import os
+
+# PyTorch's OpenMP workers spin while idle; on a shared machine that starves
+# them (2.8 s instead of 0.15 s per nanoGPT step, measured), so the peer runs
+# with passive waiting unless the caller set a policy.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import datetime
+import json
+import math
+import platform as platform_lib
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import peak as peak_lib
+from transformer_jax import config as config_lib
+from transformer_jax import parallel
+from transformer_jax import train as train_lib
+from transformer_jax.models import accounting
+from transformer_jax.models.transformer import build_model
+
+flags.DEFINE_list('workloads', ['nanogpt_cpu', 'gpt_6x384', 'seq2seq_base'],
+                  f'Workloads to run, from: {", ".join(sorted(("nanogpt_cpu", "gpt_6x384", "seq2seq_base", "gpt2_small")))}.')
+flags.DEFINE_integer('batch_size', 0, 'Override every workload\'s batch size (0 = its own).')
+flags.DEFINE_string('dtype', '', "Model compute dtype; '' = float32 on CPU, bfloat16 on GPU.")
+flags.DEFINE_string('parallelism', '', "'' = the config's default strategy; pmap | mesh.")
+flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median counts.')
+flags.DEFINE_integer('steps_per_round', 0, 'Steps of each contender per round (0 = about 2 s).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps of each contender after compiling.')
+flags.DEFINE_list('peers', ['eager', 'compile'], 'PyTorch peers: eager, compile (none: []).')
+flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0 = the faster of 1 and all '
+                     'cores, probed per workload).')
+flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).')
+flags.DEFINE_string('output', 'benchmarks/results/train_throughput.json', 'JSON results file.')
+FLAGS = flags.FLAGS
+
+
+# ----------------------------------------------------------------------------
+# Workloads: a run config each, from the project's base config.
+
+
+def _lm(layers, heads, d_model, seq_len, batch, vocab, dropout):
+  c = config_lib.base_config()
+  c.model.update(variant='decoder', num_layers=layers, num_heads=heads, d_model=d_model,
+                 vocab_size=vocab, dropout_rate=dropout, max_len=seq_len)
+  c.optimizer.label_smoothing = 0.0
+  c.update(seq_len=seq_len, batch_size=batch, warmup_steps=100)
+  return c
+
+
+def _seq2seq(seq_len, batch):
+  c = config_lib.base_config()  # the paper's base model: 6+6 layers, 512 wide, 8 heads.
+  c.update(seq_len=seq_len, batch_size=batch)
+  return c
+
+
+def workload_config(name: str, on_cpu: bool):
+  """The run config of a named workload (batch sizes shrink on CPU; the README says so)."""
+  if name == 'nanogpt_cpu':  # nanoGPT's shakespeare_char CPU recipe.
+    return _lm(4, 4, 128, 64, 12, 65, 0.0)
+  if name == 'gpt_6x384':  # nanoGPT's shakespeare_char GPU recipe (batch 64 there).
+    return _lm(6, 6, 384, 256, 12 if on_cpu else 64, 65, 0.2)
+  if name == 'gpt2_small':  # GPT-2 small: 12 layers, 768 wide, context 1024.
+    return _lm(12, 12, 768, 1024, 2 if on_cpu else 16, 50304, 0.0)
+  if name == 'seq2seq_base':  # a short synthetic batch: 32 source and 32 target tokens.
+    return _seq2seq(32, 8 if on_cpu else 128)
+  raise app.UsageError(f'--workloads: unknown workload {name!r}.')
+
+
+def synthetic_batch(config, seed: int = 0) -> dict:
+  """A batch of the training contract (no padding: every token is real)."""
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, config.seq_len)
+  tokens = lambda: rng.integers(1, config.model.vocab_size, shape, dtype=np.int32)
+  batch = {'inputs': tokens(), 'targets': tokens(), 'weights': np.ones(shape, np.float32)}
+  if config.model.variant == 'decoder':
+    batch['targets'] = np.roll(batch['inputs'], -1, axis=1)
+  return batch
+
+
+# ----------------------------------------------------------------------------
+# Contenders: each a `step()` that runs one training step on the fixed batch,
+# and a `sync()` that waits for the work it dispatched.
+
+
+class Ours:
+  """The project's train_step, placed by the project's parallel strategy."""
+
+  def __init__(self, config, batch):
+    self.name = 'ours'
+    strategy = parallel.create(config, *train_lib.make_steps(config))
+    model = build_model(config.model)
+    tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
+    init_rng, self.rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    self.state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+    self.strategy, self.batch = strategy, batch
+    self.metrics = None
+
+  def step(self):
+    self.state, self.metrics = self.strategy.train_step(self.state,
+                                                        self.strategy.put_batch(self.batch),
+                                                        self.rng)
+
+  def sync(self):
+    jax.block_until_ready((self.state, self.metrics))
+
+  def loss(self) -> float:
+    m = self.strategy.fetch(self.metrics)
+    return float(m['nll'] / m['weight'])
+
+
+def _torch_positional_table(max_len, d_model):
+  import torch
+  position = torch.arange(max_len).unsqueeze(1)
+  div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+  table = torch.zeros(max_len, d_model)
+  table[:, 0::2] = torch.sin(position * div_term)
+  table[:, 1::2] = torch.cos(position * div_term)
+  return table
+
+
+def torch_model(cfg, seq_len: int):
+  """The PyTorch peer of `cfg` from torch.nn modules: logits = model(inputs[, targets])."""
+  import torch
+  from torch import nn
+
+  d, ff = cfg.d_model, config_lib.d_ff(cfg)
+  layer_args = dict(d_model=d, nhead=cfg.num_heads, dim_feedforward=ff, dropout=cfg.dropout_rate,
+                    activation='relu', layer_norm_eps=cfg.layer_norm_epsilon, batch_first=True,
+                    norm_first=cfg.norm == 'pre')
+
+  class Embed(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embedding = nn.Embedding(cfg.vocab_size, d)
+      nn.init.normal_(self.embedding.weight, std=d**-0.5)
+      self.register_buffer('table', _torch_positional_table(seq_len, d))
+      self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def forward(self, ids):
+      return self.dropout(self.embedding(ids) * math.sqrt(d) + self.table[:ids.shape[1]])
+
+  class LM(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embed = Embed()
+      self.decoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args),
+                                           cfg.num_layers, enable_nested_tensor=False)
+      self.register_buffer('mask', nn.Transformer.generate_square_subsequent_mask(seq_len))
+
+    def forward(self, inputs):
+      x = self.decoder(self.embed(inputs), mask=self.mask, is_causal=True)
+      return x @ self.embed.embedding.weight.T
+
+  class Seq2Seq(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embed = Embed()
+      self.transformer = nn.Transformer(num_encoder_layers=cfg.num_layers,
+                                        num_decoder_layers=cfg.num_layers, **layer_args)
+      self.register_buffer('mask', nn.Transformer.generate_square_subsequent_mask(seq_len))
+
+    def forward(self, inputs, targets):
+      decoder_inputs = torch.nn.functional.pad(targets, (1, 0))[:, :-1]
+      x = self.transformer(self.embed(inputs), self.embed(decoder_inputs), tgt_mask=self.mask,
+                           tgt_is_causal=True)
+      return x @ self.embed.embedding.weight.T
+
+  return Seq2Seq() if cfg.variant == 'seq2seq' else LM()
+
+
+class TorchPeer:
+  """The PyTorch peer's training step: forward, cross-entropy, backward, Adam."""
+
+  def __init__(self, config, batch, compiled: bool):
+    import torch
+    self.name = 'torch_compile' if compiled else 'torch_eager'
+    torch.manual_seed(config.seed)
+    cfg, o = config.model, config.optimizer
+    self.model = torch_model(cfg, config.seq_len).train()
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4, betas=(o.b1, o.b2),
+                                      eps=o.eps)
+    self.seq2seq = cfg.variant == 'seq2seq'
+    self.batch = batch
+    smoothing = o.label_smoothing
+
+    def loss_fn(model, inputs, targets):
+      logits = model(inputs, targets) if self.seq2seq else model(inputs)
+      return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                               targets.reshape(-1), label_smoothing=smoothing)
+
+    self.loss_fn = torch.compile(loss_fn) if compiled else loss_fn
+    self.last = None
+
+  def step(self):
+    import torch
+    inputs = torch.from_numpy(self.batch['inputs']).long()
+    targets = torch.from_numpy(self.batch['targets']).long()
+    self.optimizer.zero_grad(set_to_none=True)
+    loss = self.loss_fn(self.model, inputs, targets)
+    loss.backward()
+    self.optimizer.step()
+    self.last = loss
+
+  def sync(self):
+    pass  # CPU torch is synchronous.
+
+  def loss(self) -> float:
+    return float(self.last.detach())
+
+
+def pick_torch_threads(peer, probes: int = 3) -> int:
+  """The faster thread count for `peer`, 1 or every core (alternating probes, best step)."""
+  import torch
+  best = {}
+  for _ in range(probes):
+    for threads in (os.cpu_count(), 1):
+      torch.set_num_threads(threads)
+      start = time.perf_counter()
+      peer.step()
+      best[threads] = min(best.get(threads, float('inf')), time.perf_counter() - start)
+  return min(best, key=best.get)
+
+
+# ----------------------------------------------------------------------------
+# Timing.
+
+
+def interleaved_seconds(contenders, rounds: int, steps_per_round: int, warmup: int) -> dict:
+  """{name: [seconds per step, one per round]} with contenders alternating in each round."""
+  for c in contenders:
+    for _ in range(warmup):
+      c.step()
+    c.sync()
+  if not steps_per_round:  # about 2 s for the slowest contender.
+    slowest = 0.0
+    for c in contenders:
+      start = time.perf_counter()
+      c.step()
+      c.sync()
+      slowest = max(slowest, time.perf_counter() - start)
+    steps_per_round = max(1, min(50, int(2.0 / max(slowest, 1e-6))))
+  times = {c.name: [] for c in contenders}
+  for r in range(rounds):
+    order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+    for c in order:
+      start = time.perf_counter()
+      for _ in range(steps_per_round):
+        c.step()
+      c.sync()
+      times[c.name].append((time.perf_counter() - start) / steps_per_round)
+  return times
+
+
+def _versions() -> dict:
+  import torch
+  import flax
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'torch': torch.__version__,
+          'python': platform_lib.python_version()}
+
+
+def machine() -> str:
+  """'<cpu model>, <n> cores' or the accelerator's name."""
+  device = jax.devices()[0]
+  if device.platform != 'cpu':
+    return f'{jax.device_count()} x {device.device_kind}'
+  model = platform_lib.processor()
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+    model = next(line.split(':', 1)[1].strip() for line in out.splitlines()
+                 if line.startswith('Model name'))
+  except (OSError, subprocess.SubprocessError, StopIteration):
+    pass
+  return f'{model}, {os.cpu_count()} cores'
+
+
+def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
+  config = workload_config(name, on_cpu)
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  if FLAGS.dtype:
+    config.model.dtype = FLAGS.dtype
+  elif not on_cpu:
+    config.model.dtype = 'bfloat16'
+  if FLAGS.parallelism:
+    config.parallelism = FLAGS.parallelism
+  config_lib.validate(config)
+  batch = synthetic_batch(config)
+  contenders = [Ours(config, batch)]
+  torch_threads = FLAGS.torch_threads
+  for peer in FLAGS.peers if on_cpu else []:  # the CPU peer says nothing about a GPU.
+    try:
+      contender = TorchPeer(config, batch, compiled=peer == 'compile')
+      contender.step()  # compiles (torch.compile) or fails here.
+      contenders.append(contender)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'{name}: torch peer {peer!r} does not run here: {type(e).__name__}: {e}', flush=True)
+  if len(contenders) > 1:
+    import torch
+    torch_threads = torch_threads or pick_torch_threads(contenders[1])
+    torch.set_num_threads(torch_threads)
+  contenders[0].step()  # compiles.
+  times = interleaved_seconds(contenders, FLAGS.rounds, FLAGS.steps_per_round, FLAGS.warmup)
+  tokens = config.batch_size * config.seq_len
+  flops = accounting.flops_per_token(config.model, config.seq_len)
+  row = {'workload': name, 'variant': config.model.variant, 'layers': config.model.num_layers,
+         'd_model': config.model.d_model, 'heads': config.model.num_heads,
+         'seq_len': config.seq_len, 'batch_size': config.batch_size,
+         'vocab_size': config.model.vocab_size, 'dropout': config.model.dropout_rate,
+         'dtype': config.model.dtype, 'parallelism': config.parallelism,
+         'torch_threads': torch_threads,
+         'flops_per_token': flops, 'roof_flops': roof, 'contenders': {}}
+  for c in contenders:
+    seconds = statistics.median(times[c.name])
+    row['contenders'][c.name] = {
+        'step_seconds': seconds, 'tokens_per_sec': tokens / seconds,
+        'mfu': flops * tokens / seconds / roof, 'rounds': times[c.name], 'final_loss': c.loss()}
+  ours = row['contenders']['ours']['tokens_per_sec']
+  for c in contenders[1:]:
+    row[f'ratio_vs_{c.name}'] = ours / row['contenders'][c.name]['tokens_per_sec']
+  return row
+
+
+def markdown_row(row: dict) -> str:
+  c = row['contenders']
+  peer = lambda name, key, fmt: fmt.format(c[name][key]) if name in c else 'n/a'
+  ratio = lambda name: f"{row['ratio_vs_' + name]:.2f}x" if 'ratio_vs_' + name in row else 'n/a'
+  return (f"| {row['workload']} | {row['batch_size']}x{row['seq_len']} | "
+          f"{c['ours']['tokens_per_sec']:,.0f} | {peer('torch_eager', 'tokens_per_sec', '{:,.0f}')} "
+          f"| {ratio('torch_eager')} | {peer('torch_compile', 'tokens_per_sec', '{:,.0f}')} | "
+          f"{ratio('torch_compile')} | {100 * c['ours']['mfu']:.1f}% | "
+          f"{peer('torch_eager', 'mfu', '{:.1%}')} |")
+
+
+HEADER = ('| workload | batch x ctx | ours tok/s | torch eager tok/s | ratio | '
+          'torch.compile tok/s | ratio | ours MFU | torch eager MFU |\n'
+          '|---|---|---|---|---|---|---|---|---|')
+
+
+def main(argv):
+  del argv
+  on_cpu = jax.devices()[0].platform == 'cpu'
+  roof = peak_lib.measure(FLAGS.peak_size)
+  print(f"roof: {roof['roof_flops'] / 1e9:.1f} GFLOP/s ({roof['dtype']} matmul "
+        f"{roof['size']}^3)", flush=True)
+  rows = []
+  for name in FLAGS.workloads:
+    rows.append(run_workload(name, roof['roof_flops'], on_cpu))
+    print(markdown_row(rows[-1]), flush=True)
+  result = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
+            'machine': machine(), 'versions': _versions(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+            'command': 'python ' + ' '.join(sys.argv), 'roof': roof, 'rows': rows}
+  print(f"\n{result['machine']}; {result['date']}; " +
+        ', '.join(f'{k} {v}' for k, v in result['versions'].items()))
+  print(f"command: {result['command']}\n\n{HEADER}")
+  for row in rows:
+    print(markdown_row(row))
+  if FLAGS.output:
+    os.makedirs(os.path.dirname(FLAGS.output) or '.', exist_ok=True)
+    with open(FLAGS.output, 'w') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
