@@ -26,77 +26,6 @@ def compute_dtype(cfg):
   return jnp.bfloat16 if cfg.dtype == 'bfloat16' else jnp.float32
 
 
-# ----------------------------------------------------------------------------
-# Matmuls whose weight gradient XLA:CPU runs as a plain GEMM.
-#
-# The weight gradient of y = x W is x^T g, a dot contracting both operands'
-# leading (token) dimension. XLA:CPU hands that form to a generic Eigen kernel
-# at about 60% of the speed of its XNNPACK GEMM; materialising x^T first (the
-# optimization barrier stops XLA folding the transpose back into the dot) turns
-# it into the fast form: 1.6x on the FFN weight gradients, 7-17% of a nanoGPT
-# step (benchmarks/README.md). Other platforms keep the folded dot.
-
-
-def _transposed_matmul(a, b):
-  """a^T b for a [n, k], b [n, m] -> [k, m]."""
-  cpu = lambda a, b: jax.lax.optimization_barrier(a.T) @ b
-  return jax.lax.platform_dependent(a, b, cpu=cpu, default=lambda a, b: a.T @ b)
-
-
-@jax.custom_vjp
-def matmul(x, w):
-  """x [n, k] @ w [k, m]."""
-  return x @ w
-
-
-def _matmul_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _matmul_bwd(residuals, g):
-  x, w = residuals
-  return g @ w.T, _transposed_matmul(x, g)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@jax.custom_vjp
-def matmul_transposed(x, w):
-  """x [n, k] @ w [m, k]^T (the tied output projection)."""
-  return x @ w.T
-
-
-def _matmul_transposed_fwd(x, w):
-  return x @ w.T, (x, w)
-
-
-def _matmul_transposed_bwd(residuals, g):
-  x, w = residuals
-  return g @ w, _transposed_matmul(g, x)
-
-
-matmul_transposed.defvjp(_matmul_transposed_fwd, _matmul_transposed_bwd)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-  """`lax.dot_general` for Dense layers (inputs' trailing dims x kernel's leading dims)
-  through `matmul`; any other contraction goes to `lax.dot_general` unchanged."""
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  n = len(lhs_contract)
-  if (lhs_batch or rhs_batch or precision is not None or kwargs
-      or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim))
-      or tuple(rhs_contract) != tuple(range(n))):
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
-  k = math.prod(rhs.shape[:n])
-  out = matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
-  return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
-
-
-Dense = functools.partial(nn.Dense, dot_general=dense_dot_general)
-DenseGeneral = functools.partial(nn.DenseGeneral, dot_general=dense_dot_general)
-
-
 class Dropout(nn.Module):
   """Inverted dropout, as nn.Dropout, with its mask drawn by XLA's RngBitGenerator.
 
@@ -136,8 +65,7 @@ class TokenEmbedding(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
 
   def attend(self, x):  # [b, l, d] -> [b, l, vocab]
-    logits = matmul_transposed(x.reshape(-1, x.shape[-1]), self.embedding.astype(self.dtype))
-    return logits.reshape(x.shape[:-1] + (self.vocab_size,))
+    return jnp.einsum('bld,vd->blv', x, self.embedding.astype(self.dtype))
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
@@ -285,7 +213,7 @@ class MultiHeadAttention(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     head_dim = cfg.d_model // cfg.num_heads
-    dense = functools.partial(DenseGeneral, features=(cfg.num_heads, head_dim),
+    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, head_dim),
                               use_bias=cfg.use_bias, dtype=dtype)
     query = dense(name='query')(inputs_q)  # [b, l, h, k]
     key = dense(name='key')(inputs_kv)  # [b, s, h, k]
@@ -305,8 +233,8 @@ class MultiHeadAttention(nn.Module):
       self.sow('intermediates', 'attention_weights', weights)
     else:
       out = self._attend(query, key, value, mask, decode)
-    return DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
-                        dtype=dtype, name='out')(out)  # [b, l, d]
+    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
+                           dtype=dtype, name='out')(out)  # [b, l, d]
 
   def _attend(self, query, key, value, mask, decode: bool):
     """Attention output [b, l, h, k] by the configured implementation."""
@@ -358,7 +286,7 @@ class FeedForward(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     d_ff = config_lib.d_ff(cfg)
-    dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=dtype)
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype)
     h = dense(d_ff, name='expand')(x)  # [b, l, d_ff]
     if cfg.activation == 'relu':
       h = nn.relu(h)

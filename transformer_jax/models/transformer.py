@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
-from transformer_jax.models.layers import (AddNorm, Dense, Dropout, FeedForward,
+from transformer_jax.models.layers import (AddNorm, Dropout, FeedForward,
                                            MultiHeadAttention, PositionalEncoding, TokenEmbedding,
                                            attention_mask, compute_dtype)
 
@@ -178,7 +178,7 @@ class OutputProjection(nn.Module):
   def __call__(self, x):
     if self.embedding is not None:
       return self.embedding.attend(x).astype(jnp.float32)
-    return Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
+    return nn.Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
                  name='logits')(x).astype(jnp.float32)
 
 
@@ -212,7 +212,7 @@ class EncoderOnly(nn.Module):
       self.project = OutputProjection(cfg, cfg.vocab_size,
                                       self.embedding if cfg.share_embeddings else None)
     else:
-      self.project = Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
+      self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
     segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
