@@ -1,0 +1,86 @@
+"""Smoke runs of benchmarks/decode_speed.py and benchmarks/seq_scaling.py at tiny
+sizes, as a user runs them: the JSON they write, the cached and uncached greedy
+tokens agreeing, and the sequence lengths' rows."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPOSITORY
+
+sys.path.insert(0, REPOSITORY)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import decode_speed
+from transformer_jax import config as config_lib
+from transformer_jax.models import transformer
+
+TINY_MODEL = ['--num_layers=1', '--d_model=32', '--num_heads=2']
+
+
+def run_benchmark(script: str, tmp_path, *args) -> dict:
+  """Runs benchmarks/<script>.py on the tiny model; returns the JSON it wrote."""
+  output = tmp_path / f'{script}.json'
+  proc = subprocess.run([sys.executable, os.path.join('benchmarks', f'{script}.py'), *TINY_MODEL,
+                         f'--output={output}', *args], cwd=REPOSITORY, capture_output=True,
+                        text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(output) as f:
+    return json.load(f)
+
+
+def test_decode_speed(tmp_path):
+  result = run_benchmark('decode_speed', tmp_path, '--batch_sizes=2', '--prompt_len=4',
+                         '--new_tokens=16', '--repeats=1')
+  assert [row['batch_size'] for row in result['rows']] == [2]
+  assert result['model']['d_model'] == 32 and result['machine'] and result['command']
+  for row in result['rows']:
+    cached, uncached = row['cached']['tokens_per_sec'], row['uncached']['tokens_per_sec']
+    assert cached > 0 and uncached > 0
+    assert row['speedup'] == pytest.approx(cached / uncached)
+    assert row['cached_tokens'] == row['uncached_tokens']
+    assert len(row['cached_tokens']) == 16
+    assert len(set(row['cached_tokens'])) > 1  # not one token echoed: the check means something.
+    assert row['differing_rows'] == 0  # float32 on CPU: no near-ties at this size.
+
+
+def test_check_same_tokens_rejects_a_real_difference():
+  """Outputs that part where the model clearly prefers one token are an error;
+  within the tolerance they count as a near-tie."""
+  m = config_lib.model_config()
+  m.update(variant='decoder', num_layers=1, d_model=16, num_heads=2, vocab_size=13, max_len=8,
+           share_embeddings=False)
+  model = transformer.build_model(ml_collections.FrozenConfigDict(m))
+  tokens = np.array([[3, 4, 5, 6, 7, 8, 9, 10]])
+  params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
+  logits = np.array(jax.jit(model.apply)({'params': params}, tokens)[0, 2])  # for token 3.
+  logits[0] = np.nan  # pad is never generated.
+  likely, unlikely = tokens.copy(), tokens.copy()
+  likely[0, 3], unlikely[0, 3] = np.nanargmax(logits), np.nanargmin(logits)
+  assert decode_speed.check_same_tokens(model, params, likely, likely.copy(), 1e-3) == 0
+  with pytest.raises(RuntimeError, match='not a near-tie'):
+    decode_speed.check_same_tokens(model, params, unlikely, likely, 1e-3)
+  assert decode_speed.check_same_tokens(model, params, unlikely, likely, 10.0) == 1
+
+
+def test_seq_scaling(tmp_path):
+  result = run_benchmark('seq_scaling', tmp_path, '--lengths=16,32', '--tokens_per_batch=64',
+                         '--steps=2', '--warmup=0', '--peak_size=128')
+  rows = result['rows']
+  assert [row['length'] for row in rows] == [16, 32]
+  assert result['roof']['roof_flops'] > 0 and result['model']['max_len'] == 32
+  for row in rows:
+    assert not row['oom']
+    assert row['batch_size'] * row['length'] == 64
+    assert len(row['steps']) == 2 and min(row['steps']) > 0
+    assert row['tokens_per_sec'] == pytest.approx(64 / row['step_seconds'])
+    assert 0 < row['mfu'] < 1
+    assert row['peak_memory_bytes'] > 0
+  assert rows[1]['flops_per_token'] > rows[0]['flops_per_token']  # attention grows with L.
