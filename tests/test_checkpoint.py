@@ -205,3 +205,14 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   assert f'resuming at step {good} of {good + 2}' in output
   complete, partial = _steps(workdir)
   assert complete[-1] == good + 2 and not partial
+
+
+def test_fields_added_since_a_checkpoint_count_as_their_defaults():
+  """A run saved before the code gained a field resumes when the field keeps its
+  default, and is refused when the new run sets it to something else."""
+  current = checkpoint_lib.config_json(config_lib.base_config())
+  saved = checkpoint_lib.config_json(config_lib.base_config())
+  del saved['model']['activation'], saved['optimizer']
+  assert checkpoint_lib.config_differences(saved, current) == []
+  current['model']['activation'] = 'gelu'
+  assert checkpoint_lib.config_differences(saved, current) == [('model.activation', 'relu', 'gelu')]

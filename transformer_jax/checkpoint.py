@@ -32,7 +32,8 @@ RESUMABLE_FIELDS = frozenset({
     'total_steps', 'eval_every', 'eval_steps', 'checkpoint_every', 'log_every',
     'keep_checkpoints', 'keep_best_checkpoints', 'async_checkpointing', 'peak_flops',
     'num_samples', 'sample_length', 'sample_prompt', 'sample_temperature', 'parallelism',
-    'fsdp', 'distributed', 'data.num_threads', 'data.prefetch'})
+    'fsdp', 'distributed', 'data.num_threads', 'data.prefetch',
+    'model.attention_impl', 'model.remat'})  # how attention runs and what the backward recomputes.
 RESUMABLE_SECTIONS = ('decode.',)  # how eval and decode generate.
 
 
@@ -52,8 +53,11 @@ def config_json(config) -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list:
-  """Fields (dotted names) whose values differ and that change what a run computes."""
-  saved, current = _flatten(saved), _flatten(current)
+  """Fields (dotted names) whose values differ and that change what a run computes.
+
+  Fields the code gained after the checkpoint was written count as their defaults.
+  """
+  saved, current = _flatten(config_json(config_lib.from_saved(saved))), _flatten(current)
   names = sorted(set(saved) | set(current))
   return [(n, saved.get(n, '<absent>'), current.get(n, '<absent>')) for n in names
           if saved.get(n, '<absent>') != current.get(n, '<absent>') and n not in RESUMABLE_FIELDS

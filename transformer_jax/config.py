@@ -143,6 +143,16 @@ def base_config() -> config_dict.ConfigDict:
   return c
 
 
+def from_saved(saved: dict) -> config_dict.ConfigDict:
+  """A run's saved config.json as a config; fields the code gained since the run
+  was saved take their defaults, so older runs stay readable."""
+  def merge(defaults: dict, values: dict) -> dict:
+    return {**defaults, **{k: merge(defaults[k], v) if isinstance(v, dict)
+                           and isinstance(defaults.get(k), dict) else v
+                           for k, v in values.items()}}
+  return config_dict.ConfigDict(merge(base_config().to_dict(), saved))
+
+
 def _check(ok: bool, message: str):
   if not ok:
     raise ConfigError(message)

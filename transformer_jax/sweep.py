@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_dict
 
 from transformer_jax import config as config_lib
 
@@ -182,7 +181,7 @@ def summarise(run: Run, run_dir: str) -> dict:
   config_path = os.path.join(run_dir, 'config.json')
   if os.path.exists(config_path):
     with open(config_path) as f:
-      config = config_dict.ConfigDict(json.load(f))
+      config = config_lib.from_saved(json.load(f))
     row['params'] = accounting.count_params(config.model)
     row['flops_per_token'] = accounting.flops_per_token(config.model, config.seq_len)
   records = read_metrics(run_dir)
@@ -241,15 +240,16 @@ def markdown_table(rows: List[dict], axes: List[str], metric: str) -> str:
 
 def plot(rows: List[dict], axes: List[str], metric: str, workdir: str, runs_dir: str):
   """metric vs the first axis, one line per value of the second; and learning curves."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # Figure objects, not pyplot: no backend is chosen for (or forced on) the caller.
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   group_axes = [a for a in axes if a != 'seed']
   column = f'eval_{metric}'
   x_axis = group_axes[0]
   line_axis = group_axes[1] if len(group_axes) > 1 else None
   rows = [r for r in rows if x_axis in r]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   for line_value in sorted({r.get(line_axis) for r in rows}, key=str):
     xs, means, stds = [], [], []
     for x in sorted({r[x_axis] for r in rows}):
@@ -271,26 +271,34 @@ def plot(rows: List[dict], axes: List[str], metric: str, workdir: str, runs_dir:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, f'{metric}_vs_{x_axis.split(".")[-1]}.png'), dpi=120)
-  plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(6, 4))
-  cmap = plt.get_cmap('viridis')
+  fig = Figure(figsize=(8, 4.5))
+  ax = fig.subplots()
+  cmap = colormaps['viridis']
   settings = sorted({tuple(r.get(a) for a in group_axes) for r in rows}, key=str)
+  labelled = set()
+  curves = {row['run']: read_metrics(os.path.join(runs_dir, row['run'])) for row in rows}
+  # Eval curves when every run evaluated at least twice, else the train-loss curves.
+  split = 'eval' if all(sum(r.get('split') == 'eval' and metric in r for r in records) >= 2
+                        for records in curves.values() if records) else 'train'
   for row in rows:
-    records = [r for r in read_metrics(os.path.join(runs_dir, row['run']))
-               if r.get('split') == 'eval' and metric in r]
+    records = [r for r in curves[row['run']] if r.get('split') == split and metric in r]
     if records:
-      colour = cmap(settings.index(tuple(row.get(a) for a in group_axes)) /
-                    max(len(settings) - 1, 1))
-      ax.plot([r['step'] for r in records], [r[metric] for r in records], color=colour,
-              alpha=0.7, lw=1)
+      setting = tuple(row.get(a) for a in group_axes)
+      label = None if setting in labelled else ', '.join(
+          f'{a.split(".")[-1]}={v}' for a, v in zip(group_axes, setting))
+      labelled.add(setting)
+      ax.plot([r['step'] for r in records], [r[metric] for r in records],
+              color=cmap(settings.index(setting) / max(len(settings) - 1, 1)),
+              alpha=0.7, lw=1, label=label)
   ax.set_xlabel('step')
-  ax.set_ylabel(f'eval {metric}')
-  ax.set_title('learning curves (colour: ' + ', '.join(a.split('.')[-1] for a in group_axes) + ')')
+  ax.set_ylabel(f'{split} {metric}')
+  ax.set_title('learning curves (one colour a setting, one line a seed)')
   ax.grid(alpha=0.3)
+  if labelled:
+    ax.legend(fontsize=6, ncol=2, loc='center left', bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'learning_curves.png'), dpi=120)
-  plt.close(fig)
 
 
 def report(runs: List[Run], workdir: str, metric: str) -> List[dict]:

@@ -6,12 +6,18 @@ N=6, d_model=512, h=8, d_ff=2048, P_drop=0.1, label smoothing 0.1, shared
   python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py \
       --workdir=runs/wmt14_base
   python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py --mode=describe
+  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py:quick \
+      --workdir=/tmp/wmt14_quick          # CPU smoke run: small model, the first 10k pairs
+
+The TFDS builder downloads and prepares WMT14 on first use (several GB);
+--config.data.data_dir points at an existing TFDS data directory.
 """
 
 from transformer_jax import config as config_lib
 
 
-def get_config():
+def get_config(arg: str = ''):
+  """arg: '' (the paper's base model) or 'quick' (a CPU smoke run)."""
   c = config_lib.base_config()
   c.model.variant = 'seq2seq'
   c.model.num_layers = 6
@@ -36,4 +42,12 @@ def get_config():
   c.batch_size = 96  # ~25k source + ~25k target tokens per step at 256 packed tokens a row.
   c.eval_every = 5000
   c.checkpoint_every = 5000
+  if arg == 'quick':
+    c.model.update(num_layers=2, d_model=128, num_heads=4, vocab_size=4000)
+    c.data.update(vocab_size=4000, max_examples=10_000)
+    c.update(seq_len=128, batch_size=32, total_steps=200, warmup_steps=100, eval_every=200,
+             eval_steps=20, checkpoint_every=200, log_every=50)
+    c.decode.max_examples = 200  # BLEU of --mode=eval on the first 200 test sentences.
+  elif arg:
+    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c

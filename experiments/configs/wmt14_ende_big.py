@@ -1,39 +1,32 @@
 """The paper's big model on WMT 2014 English-German (Table 3, "big").
 
-N=6, d_model=1024, h=16, d_ff=4096, P_drop=0.3, shared ~37k-token vocabulary
-and shared embeddings; 300k steps.
+The base model's config (wmt14_ende_base.py) with N=6, d_model=1024, h=16,
+d_ff=4096, P_drop=0.3; 300k steps.
 
   python -m transformer_jax.main --config=experiments/configs/wmt14_ende_big.py \
       --workdir=runs/wmt14_big
   python -m transformer_jax.main --config=experiments/configs/wmt14_ende_big.py --mode=describe
+  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_big.py:quick \
+      --workdir=/tmp/wmt14_big_quick      # CPU smoke run: the base model's quick run, P_drop 0.3
 """
 
-from transformer_jax import config as config_lib
+import importlib.util
+import os
 
 
-def get_config():
-  c = config_lib.base_config()
-  c.model.variant = 'seq2seq'
-  c.model.num_layers = 6
-  c.model.d_model = 1024
-  c.model.num_heads = 16
-  c.model.ffn_ratio = 4.0
+def _base_config(arg: str):
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'wmt14_ende_base.py')
+  spec = importlib.util.spec_from_file_location('wmt14_ende_base', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str = ''):
+  """arg: '' (the paper's big model) or 'quick' (a CPU smoke run)."""
+  c = _base_config(arg)
   c.model.dropout_rate = 0.3
-  c.model.vocab_size = 37000
-  c.model.share_embeddings = True
-  c.data.name = 'tfds:wmt14_translate/de-en'
-  c.data.task = 'seq2seq'
-  c.data.source_language = 'en'
-  c.data.target_language = 'de'
-  c.data.tokenizer = 'sentencepiece'  # shared source-target vocabulary, as the paper's BPE.
-  c.data.spm_model_type = 'bpe'
-  c.data.vocab_size = 37000
-  c.data.packing = True
-  c.data.overflow = 'drop'  # counted and reported in the run's data info.
-  c.seq_len = 256
-  c.total_steps = 300_000
-  c.warmup_steps = 4000
-  c.batch_size = 96  # ~25k source + ~25k target tokens per step at 256 packed tokens a row.
-  c.eval_every = 5000
-  c.checkpoint_every = 5000
+  if not arg:
+    c.model.update(d_model=1024, num_heads=16, ffn_ratio=4.0)
+    c.total_steps = 300_000
   return c
