@@ -14,7 +14,8 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
+
+from transformer_jax import metrics
 
 FLAGS = flags.FLAGS
 
@@ -27,15 +28,6 @@ def _best_seconds(fn, repeats: int) -> float:
     fn()
     best = min(best, time.perf_counter() - start)
   return best
-
-
-def jax_matmul_flops(size: int, dtype, repeats: int) -> float:
-  """FLOP/s of the best jitted [size, size] @ [size, size] matmul on the default device."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
-  matmul = jax.jit(jnp.matmul)
-  seconds = _best_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
-  return 2.0 * size**3 / seconds
 
 
 def torch_matmul_flops(size: int, repeats: int) -> float:
@@ -57,7 +49,7 @@ def measure(size: int = 0, dtype: str = '', repeats: int = 10) -> dict:
   dtype = dtype or ('float32' if platform == 'cpu' else 'bfloat16')
   size = size or (2048 if platform == 'cpu' else 8192)
   result = {'platform': platform, 'device_kind': jax.devices()[0].device_kind, 'dtype': dtype,
-            'size': size, 'jax_flops': jax_matmul_flops(size, jnp.dtype(dtype), repeats)}
+            'size': size, 'jax_flops': metrics.measured_matmul_flops(size, dtype, repeats)}
   result['roof_flops'] = result['jax_flops']
   if platform == 'cpu' and dtype == 'float32':
     result['torch_flops'] = torch_matmul_flops(size, repeats)

@@ -139,6 +139,9 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, ca
   assert [r['loss'] for r in a] != [r['loss'] for r in c]
   assert [(r['step'], r['split']) for r in a] == [
       (1, 'train'), (2, 'train'), (3, 'train'), (4, 'train'), (4, 'eval')]
+  # Throughput and MFU (against the measured CPU roof) after the compiling step.
+  timed = [r for r in metrics_lib.read_jsonl(tmp_path / 'a', 'train')][1:]
+  assert timed and all(r['tokens_per_sec'] > 0 and 0 < r['mfu'] < 1 for r in timed)
   scalars = _tensorboard_scalars(tmp_path / 'a')
   for record in a:
     np.testing.assert_allclose(scalars[(record['step'], f'{record["split"]}/loss')],

@@ -135,7 +135,7 @@ def base_config() -> config_dict.ConfigDict:
   c.keep_checkpoints = 3  # the latest N checkpoints are kept ...
   c.keep_best_checkpoints = 1  # ... plus the N best by eval loss.
   c.async_checkpointing = True  # write checkpoints in the background.
-  c.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = known accelerators only.
+  c.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = a known accelerator's, or measured on CPU.
   c.num_samples = 0  # decoder LM: texts sampled and printed after training.
   c.sample_length = 200  # tokens per sample.
   c.sample_prompt = ''  # text each sample starts from ('' = a newline).

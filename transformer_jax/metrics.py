@@ -15,6 +15,7 @@ A run also writes <workdir>/config.json (the resolved config) and
 so any run can be reproduced.
 """
 
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from importlib import metadata
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'ml-collections',
             'numpy', 'tensorflow-datasets', 'sentencepiece')
@@ -45,16 +47,35 @@ def summarize(sums: dict, task: str) -> dict:
 
 
 def peak_flops(config) -> Optional[float]:
-  """Per-device peak FLOP/s: the config's, or a known accelerator's bf16 peak."""
+  """Per-device peak FLOP/s: the config's; a known accelerator's bf16 peak; on CPU
+  the measured float32 matmul roof (a datasheet number would flatter or shame it)."""
   if config.peak_flops > 0:
     return float(config.peak_flops)
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return measured_matmul_flops()
   if config.model.dtype != 'bfloat16':
     return None
-  kind = jax.devices()[0].device_kind
   for name, flops in PEAK_BF16_FLOPS.items():
-    if name in kind:
+    if name in device.device_kind:
       return flops
   return None
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_flops(size: int = 2048, dtype: str = 'float32', repeats: int = 3) -> float:
+  """FLOP/s of the best of `repeats` jitted [size, size] @ [size, size] matmuls on
+  the first device (benchmarks/peak.py's roof; measured once per process)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()  # compile
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
 
 
 def mfu(flops_per_token: float, tokens_per_sec: float, peak: Optional[float],
