@@ -55,6 +55,15 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
     last = [json.loads(line) for line in f][-1]
   assert last['split'] == 'eval' and last['word_error_rate'] == rates['wer']
 
+  # The same checkpoint on the test split: the split is the only thing that changes.
+  config.data.eval_split = 'test'
+  on_test = train.evaluate_checkpoint(config, g2p_workdir)
+  test_words = sources.cmudict_g2p()['test'][:24]
+  outputs = decode.translate(model, strategy.to_checkpoint(state).params, datasets.tokenizer,
+                             [w for w, _ in test_words], method='greedy')
+  assert on_test['word_error_rate'] == eval_metrics.g2p_error_rates(
+      outputs, [p for _, p in test_words])['wer']
+
 
 def test_decode_mode_prints_one_line_per_input(g2p_workdir, tmp_path):
   words = tmp_path / 'words.txt'

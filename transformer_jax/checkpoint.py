@@ -32,7 +32,7 @@ RESUMABLE_FIELDS = frozenset({
     'total_steps', 'eval_every', 'eval_steps', 'checkpoint_every', 'log_every',
     'keep_checkpoints', 'keep_best_checkpoints', 'async_checkpointing', 'peak_flops',
     'num_samples', 'sample_length', 'sample_prompt', 'sample_temperature', 'parallelism',
-    'fsdp', 'distributed', 'data.num_threads', 'data.prefetch',
+    'fsdp', 'distributed', 'data.num_threads', 'data.prefetch', 'data.eval_split',
     'model.attention_impl', 'model.remat'})  # how attention runs and what the backward recomputes.
 RESUMABLE_SECTIONS = ('decode.',)  # how eval and decode generate.
 
