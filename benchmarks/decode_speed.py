@@ -25,13 +25,10 @@ tokens, batch 1.
   python benchmarks/decode_speed.py --d_model=256 --num_layers=6 --num_heads=8 --new_tokens=512
 
 Prints a markdown table and writes the rows to --output (JSON). The model-shape
-flags and `environment()` are shared with seq_scaling.py.
+flags are shared with seq_scaling.py.
 """
 
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from experiments.configs import shakespeare_char
 from transformer_jax import decode
 from transformer_jax.models import accounting
@@ -84,40 +82,6 @@ def experiment_config(longest: int):
     raise app.UsageError(f'--max_len={FLAGS.max_len} is shorter than the longest sequence, '
                          f'{longest}; raise it or leave it 0.')
   return config
-
-
-def machine() -> str:
-  """'<cpu model>, <n> cores' or the accelerators' name (as train_throughput.py says it)."""
-  device = jax.devices()[0]
-  if device.platform != 'cpu':
-    return f'{jax.device_count()} x {device.device_kind}'
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    model = platform.processor()
-  return f'{model}, {os.cpu_count()} cores'
-
-
-def environment() -> dict:
-  """Date, machine, versions and the command: what every result file starts with."""
-  import flax  # pylint: disable=g-import-not-at-top
-  return {'date': datetime.datetime.now().isoformat(timespec='seconds'), 'machine': machine(),
-          'versions': {'jax': jax.__version__, 'flax': flax.__version__,
-                       'python': platform.python_version()},
-          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'command': 'python ' + ' '.join(sys.argv)}
-
-
-def print_environment(env: dict):
-  print(f"\n{env['machine']}; {env['date']}; " +
-        ', '.join(f'{k} {v}' for k, v in env['versions'].items()))
-  print(f"command: {env['command']}\n")
-
-
-def write_json(result: dict, path: str):
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=1)
 
 
 # ----------------------------------------------------------------------------
@@ -196,7 +160,7 @@ def main(argv):
   cfg = config.model
   shape = {name: cfg[name] for name in ('num_layers', 'num_heads', 'd_model', 'vocab_size',
                                         'max_len', 'share_embeddings', 'dtype')}
-  result = {**environment(), 'workload': FLAGS.workload,
+  result = {**common.environment(), 'workload': FLAGS.workload,
             'model': {**shape, 'params': accounting.count_params(cfg)}, 'rows': []}
   print(f"{FLAGS.workload}: {cfg.num_layers} layers, {cfg.num_heads} heads, d_model "
         f"{cfg.d_model}, vocab {cfg.vocab_size}, {result['model']['params']:,} parameters",
@@ -204,7 +168,7 @@ def main(argv):
   for batch_size in FLAGS.batch_sizes:
     result['rows'].append(run_batch(model, params, int(batch_size)))
     print(markdown_row(result['rows'][-1]), flush=True)
-  print_environment(result)
+  common.print_environment(result)
   print(HEADER)
   for row in result['rows']:
     print(markdown_row(row))
@@ -213,7 +177,7 @@ def main(argv):
       print(f"\nbatch 1, {row['new_tokens']} tokens: the KV cache is {row['speedup']:.1f}x "
             'faster than uncached decoding (the issue asks for at least 5x).')
   if FLAGS.output:
-    write_json(result, FLAGS.output)
+    common.write_json(result, FLAGS.output)
 
 
 if __name__ == '__main__':

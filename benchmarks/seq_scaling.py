@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from benchmarks import decode_speed
 from benchmarks import peak as peak_lib
 from transformer_jax import config as config_lib
@@ -155,7 +156,7 @@ def main(argv):
         f"{cfg.d_model}, vocab {cfg.vocab_size}, {cfg.dtype}, remat {cfg.remat}, attention "
         f"{cfg.attention_impl}; roof {roof['roof_flops'] / 1e9:.1f} GFLOP/s ({roof['dtype']} "
         f"matmul {roof['size']}^3)", flush=True)
-  result = {**decode_speed.environment(), 'workload': FLAGS.workload,
+  result = {**common.environment(), 'workload': FLAGS.workload,
             'model': {name: cfg[name] for name in ('num_layers', 'num_heads', 'd_model',
                                                    'vocab_size', 'max_len', 'dropout_rate',
                                                    'dtype', 'remat', 'attention_impl')},
@@ -165,7 +166,7 @@ def main(argv):
     print(markdown_row(result['rows'][-1]), flush=True)
     if result['rows'][-1]['oom']:
       break
-  decode_speed.print_environment(result)
+  common.print_environment(result)
   print(HEADER)
   for row in result['rows']:
     print(markdown_row(row))
@@ -173,7 +174,7 @@ def main(argv):
     print(f"\npeak memory: {result['rows'][0]['peak_memory_kind']}, a high-water mark since the "
           'process started.')
   if FLAGS.output:
-    decode_speed.write_json(result, FLAGS.output)
+    common.write_json(result, FLAGS.output)
 
 
 if __name__ == '__main__':

@@ -34,12 +34,8 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import datetime
-import json
 import math
-import platform as platform_lib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -50,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common
 from benchmarks import peak as peak_lib
 from transformer_jax import config as config_lib
 from transformer_jax import parallel
@@ -293,28 +290,6 @@ def interleaved_seconds(contenders, rounds: int, steps_per_round: int, warmup: i
   return times
 
 
-def _versions() -> dict:
-  import torch
-  import flax
-  return {'jax': jax.__version__, 'flax': flax.__version__, 'torch': torch.__version__,
-          'python': platform_lib.python_version()}
-
-
-def machine() -> str:
-  """'<cpu model>, <n> cores' or the accelerator's name."""
-  device = jax.devices()[0]
-  if device.platform != 'cpu':
-    return f'{jax.device_count()} x {device.device_kind}'
-  model = platform_lib.processor()
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-    model = next(line.split(':', 1)[1].strip() for line in out.splitlines()
-                 if line.startswith('Model name'))
-  except (OSError, subprocess.SubprocessError, StopIteration):
-    pass
-  return f'{model}, {os.cpu_count()} cores'
-
-
 def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
   config = workload_config(name, on_cpu)
   if FLAGS.batch_size:
@@ -388,18 +363,13 @@ def main(argv):
   for name in FLAGS.workloads:
     rows.append(run_workload(name, roof['roof_flops'], on_cpu))
     print(markdown_row(rows[-1]), flush=True)
-  result = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
-            'machine': machine(), 'versions': _versions(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-            'command': 'python ' + ' '.join(sys.argv), 'roof': roof, 'rows': rows}
-  print(f"\n{result['machine']}; {result['date']}; " +
-        ', '.join(f'{k} {v}' for k, v in result['versions'].items()))
-  print(f"command: {result['command']}\n\n{HEADER}")
+  result = {**common.environment(with_torch=True), 'roof': roof, 'rows': rows}
+  common.print_environment(result)
+  print(HEADER)
   for row in rows:
     print(markdown_row(row))
   if FLAGS.output:
-    os.makedirs(os.path.dirname(FLAGS.output) or '.', exist_ok=True)
-    with open(FLAGS.output, 'w') as f:
-      json.dump(result, f, indent=1)
+    common.write_json(result, FLAGS.output)
 
 
 if __name__ == '__main__':
