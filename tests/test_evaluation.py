@@ -12,6 +12,7 @@ import pytest
 from transformer_jax import decode
 from transformer_jax import eval_metrics
 from transformer_jax import evaluation
+from transformer_jax import metrics as metrics_lib
 from transformer_jax import train
 from transformer_jax.data import sources
 
@@ -63,6 +64,10 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
                              [w for w, _ in test_words], method='greedy')
   assert on_test['word_error_rate'] == eval_metrics.g2p_error_rates(
       outputs, [p for _, p in test_words])['wer']
+  # Each --mode=eval record says which split and which decoding it measured.
+  records = [r for r in metrics_lib.read_jsonl(g2p_workdir, 'eval') if 'word_error_rate' in r]
+  assert [(r['eval_split'], r['decode']) for r in records[-2:]] == [
+      ('dev', 'greedy'), ('test', 'greedy')]
 
 
 def test_decode_mode_prints_one_line_per_input(g2p_workdir, tmp_path):

@@ -55,6 +55,23 @@ def bleu_metrics(config, model, params, tokenizer) -> dict:
           'decoded_sentences': len(pairs)}
 
 
+def describe(config) -> dict:
+  """How --mode=eval measured: the eval split and, where the task decodes, the
+  decoding method (recorded with the numbers in metrics.jsonl)."""
+  d = config.data
+  tags = {}
+  if d.name == 'cmudict':
+    tags['eval_split'] = d.eval_split or 'dev'
+  elif d.name.startswith('tfds:'):
+    tags['eval_split'] = d.eval_split or sources.TFDS_EVAL_SPLIT[d.name[len('tfds:'):]]
+  if d.task == 'seq2seq':
+    m = config.decode
+    tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
+                      'sample': f'sample T={m.temperature} top_k={m.top_k} top_p={m.top_p}'
+                      }[m.method]
+  return tags
+
+
 def task_metrics(config, model, params, tokenizer, loss: float) -> dict:
   """The metrics beyond loss and accuracy that the config's task reports."""
   d = config.data

@@ -176,15 +176,20 @@ class MetricWriter:
       self._tensorboard = TensorBoardWriter(os.path.join(workdir, 'tensorboard'))
     self._start = time.time()
 
-  def write(self, step: int, split: str, values: dict):
+  def write(self, step: int, split: str, values: dict, tags: Optional[dict] = None):
+    """`values` are numbers (also sent to TensorBoard); `tags` are strings that say
+    how they were measured (e.g. the eval split and decoding method of --mode=eval)."""
     values = {k: v for k, v in values.items() if v is not None}
+    tags = tags or {}
     if not self.enabled:
       return
-    record = {'step': int(step), 'split': split, **{k: float(v) for k, v in values.items()}}
+    record = {'step': int(step), 'split': split, **tags,
+              **{k: float(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     self._tensorboard.write(step, split, values)
-    print(self._line(step, split, values), flush=True)
+    line = self._line(step, split, values)
+    print(line + ''.join(f' | {k} {v}' for k, v in tags.items()), flush=True)
 
   def _line(self, step: int, split: str, values: dict) -> str:
     width = 20

@@ -450,10 +450,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   params = strategy.to_checkpoint(state).params
   values.update(evaluation.task_metrics(config, model, params, datasets.tokenizer,
                                         values['loss']))
+  tags = evaluation.describe(config)
   writer = metrics_lib.MetricWriter(workdir, config.total_steps)
-  writer.write(step, 'eval', values)
+  writer.write(step, 'eval', values, tags)
   writer.close()
-  return dict(values, step=step)
+  return dict(values, step=step, **tags)
 
 
 def decode_checkpoint(config, workdir: str, lines) -> list:
