@@ -52,6 +52,7 @@ from transformer_jax import config as config_lib
 from transformer_jax import parallel
 from transformer_jax import train as train_lib
 from transformer_jax.models import accounting
+from transformer_jax.models import layers
 from transformer_jax.models.transformer import build_model
 
 flags.DEFINE_list('workloads', ['nanogpt_cpu', 'gpt_6x384', 'seq2seq_base'],
@@ -144,16 +145,6 @@ class Ours:
     return float(m['nll'] / m['weight'])
 
 
-def _torch_positional_table(max_len, d_model):
-  import torch
-  position = torch.arange(max_len).unsqueeze(1)
-  div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-  table = torch.zeros(max_len, d_model)
-  table[:, 0::2] = torch.sin(position * div_term)
-  table[:, 1::2] = torch.cos(position * div_term)
-  return table
-
-
 def torch_model(cfg, seq_len: int):
   """The PyTorch peer of `cfg` from torch.nn modules: logits = model(inputs[, targets])."""
   import torch
@@ -170,7 +161,7 @@ def torch_model(cfg, seq_len: int):
       super().__init__()
       self.embedding = nn.Embedding(cfg.vocab_size, d)
       nn.init.normal_(self.embedding.weight, std=d**-0.5)
-      self.register_buffer('table', _torch_positional_table(seq_len, d))
+      self.register_buffer('table', torch.from_numpy(layers.sinusoidal_table(seq_len, d)))  # values do not change speed.
       self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(self, ids):
