@@ -23,7 +23,7 @@ def tfds_config(name, variant, task, **data):
 @pytest.mark.parametrize('name', ['wmt14_translate/de-en', 'wmt17_translate/de-en'])
 def test_translation(name):
   with tfds.testing.mock_data(num_examples=12):
-    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq'), None)
+    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
   assert ds.info['train_examples'] == 12 and ds.info['eval_examples'] == 12
   batch = next(ds.train)
   assert {'inputs', 'targets', 'weights'} <= set(batch)
@@ -68,3 +68,40 @@ def test_sst2():
 def test_wrong_task_for_a_tfds_dataset():
   with pytest.raises(config_lib.ConfigError, match='not available for tfds:lm1b; use lm or mlm'):
     pipeline.create_datasets(tfds_config('lm1b', 'seq2seq', 'seq2seq'), None)
+
+
+def test_train_split_is_streamed_and_each_epoch_reads_every_example_once(monkeypatch):
+  made = []
+  make_example = pipeline.make_example
+  monkeypatch.setattr(pipeline, 'make_example',
+                      lambda raw, *args: made.append(raw) or make_example(raw, *args))
+  name = 'wmt14_translate/de-en'
+  with tfds.testing.mock_data(num_examples=12):
+    raw = sources.tfds_examples(name, 'train')
+    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
+    assert len(made) == 12  # the eval split; no train example is tokenized up front.
+    epoch = [next(ds.train) for _ in range(3)]  # 12 examples, batch 4.
+  sources_read = sorted(ds.tokenizer.decode(row[row != 0][:-1])  # without <eos>
+                        for batch in epoch for row in batch['inputs'])
+  assert sources_read == sorted(en for en, _ in raw)
+
+
+def test_streamed_seq2seq_cannot_bucket():
+  with tfds.testing.mock_data(num_examples=12):
+    with pytest.raises(config_lib.ConfigError, match='set config.data.packing=True or bucketing'):
+      pipeline.create_datasets(tfds_config('wmt14_translate/de-en', 'seq2seq', 'seq2seq'), None)
+
+
+def test_streamed_dropped_examples_become_empty_rows():
+  rows = pipeline.pad_rows([{'inputs': np.array([5, 6], np.int32),
+                             'weights': np.ones(2, np.float32)}, None], 4)
+  np.testing.assert_array_equal(rows['inputs'], [[5, 6, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(rows['weights'].sum(1), [2, 0])
+
+
+def test_tfrecord_prepared_data_gets_one_line_fix(monkeypatch):
+  def tfrecord_only(*args, **kwargs):
+    raise NotImplementedError('Random access data source for file format tfrecord ...\n...')
+  monkeypatch.setattr(tfds, 'data_source', tfrecord_only)
+  with pytest.raises(ValueError, match=r'prepared as tfrecord.*--file_format=array_record'):
+    sources.tfds_source('lm1b', 'train', '/data/tfds')

@@ -76,6 +76,7 @@ def data_config() -> config_dict.ConfigDict:
   d.source_language = 'en'  # wmt only: the paper translates en -> de.
   d.target_language = 'de'
   d.max_examples = 0  # tfds and cmudict: use the first N examples of each split; 0 = all.
+  d.tokenizer_examples = 1_000_000  # tfds only: train examples the vocabulary is built from.
   d.train_files = ''  # text only: comma-separated paths or globs.
   d.eval_files = ''  # text only; '' = the last 10% of the training examples.
   d.format = 'lines'  # text only: lines (one text per line) | tsv (source<TAB>target)

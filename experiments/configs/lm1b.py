@@ -1,8 +1,9 @@
 """Decoder-only language model on the One Billion Word benchmark (TFDS lm1b).
 
 A GPT-style model over a 32k SentencePiece vocabulary trained on the fly from
-the training split (cached in the workdir). Needs the TFDS data: on a machine
-with internet TFDS downloads and prepares it into config.data.data_dir.
+1M sentences of the training split (cached in the workdir). Needs the TFDS
+data: on a machine with internet TFDS downloads and prepares it (array_record,
+read record by record while training) into config.data.data_dir.
 
   python -m transformer_jax.main --config=experiments/configs/lm1b.py --workdir=runs/lm1b
   python -m transformer_jax.main --config=experiments/configs/lm1b.py:quick --workdir=/tmp/lm1b

@@ -19,12 +19,18 @@ seq2seq), or several examples packed into one row with segment ids and
 per-example positions (config.data.packing). Eval rows are always padded to
 config.seq_len, one example per row.
 
+Examples are held in memory, except a TFDS train split: it is streamed
+(StreamedExamples over tfds.data_source, tokenized batch by batch), so
+WMT14's 4.5M pairs or lm1b's 30M sentences need no more memory than a batch.
+
 Multi-host: every host computes the same global order and keeps its own rows
 (`_host_rows`) or its own shard of the examples (packing), so hosts never
 overlap and the union over hosts is the global batch.
 """
 
+import collections.abc
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -263,8 +269,8 @@ def stream_eval_rows(tokens: np.ndarray, seq_len: int, shift: bool = True) -> di
 class Overflow:
   """Applies config.data.overflow to examples longer than the row, and counts."""
 
-  def __init__(self, policy: str, seq_len: int):
-    self.policy, self.seq_len = policy, seq_len
+  def __init__(self, policy: str, seq_len: int, streamed: bool = False):
+    self.policy, self.seq_len, self.streamed = policy, seq_len, streamed
     self.dropped = self.truncated = 0
 
   def fit(self, ids: list, where: str, reserve: int = 0) -> Optional[list]:
@@ -278,9 +284,14 @@ class Overflow:
                        'config.data.overflow=truncate or drop.')
     if self.policy == 'truncate':
       self.truncated += 1
-      return ids[:limit]
-    self.dropped += 1
-    return None
+    else:
+      self.dropped += 1
+    if self.streamed:  # counted as batches are read, so logged as it goes.
+      logging.log_every_n_seconds(
+          logging.WARNING, '%s: so far %d examples longer than seq_len=%d dropped, %d '
+          'truncated (config.data.overflow=%s).', 60, where, self.dropped, self.seq_len,
+          self.truncated, self.policy)
+    return ids[:limit] if self.policy == 'truncate' else None
 
   def report(self, split: str) -> dict:
     if self.dropped or self.truncated:
@@ -290,8 +301,9 @@ class Overflow:
     return {f'{split}_dropped': self.dropped, f'{split}_truncated': self.truncated}
 
 
-def make_examples(raw: list, task: str, tokenizer, overflow: Overflow, where: str) -> list:
-  """Raw examples -> dicts of variable-length int32 arrays.
+def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> Optional[dict]:
+  """A raw example -> a dict of variable-length int32 arrays, or None when
+  config.data.overflow=drop drops it.
 
   lm:       text -> inputs [<eos>, t1..tn], targets [t1..tn, <eos>]: <eos> both
             starts and ends a line, so every token is predicted.
@@ -301,63 +313,90 @@ def make_examples(raw: list, task: str, tokenizer, overflow: Overflow, where: st
             (the model shifts the targets right itself).
   """
   eos = tok_lib.EOS_ID
-  examples = []
-  for n, ex in enumerate(raw):
-    at = f'{where} example {n}'
-    if task == 'lm':
-      ids = overflow.fit(tokenizer.encode(ex), at, reserve=1)
-      if ids is not None:
-        examples.append({'inputs': [eos] + ids, 'targets': ids + [eos]})
-    elif task == 'mlm':
-      ids = overflow.fit(tokenizer.encode(ex), at)
-      if ids is not None:
-        examples.append({'inputs': ids})
-    elif task == 'classify':
-      ids = overflow.fit(tokenizer.encode(ex[0]), at)
-      if ids is not None:
-        examples.append({'inputs': ids, 'targets': ex[1]})
-    else:
-      source = overflow.fit(tokenizer.encode(ex[0]), at + ' (source)', reserve=1)
-      target = overflow.fit(tokenizer.encode(ex[1]), at + ' (target)', reserve=1)
-      if source is not None and target is not None:
-        examples.append({'inputs': source + [eos], 'targets': target + [eos]})
-  out = []
-  for ex in examples:
-    row = {k: np.asarray(v, np.int32) for k, v in ex.items()}
-    if task == 'classify':
-      row['weights'] = np.float32(1.0)
-    elif task != 'mlm':
-      row['weights'] = np.ones(len(row['targets']), np.float32)
-    out.append(row)
-  return out
+  as_ids = lambda ids: np.asarray(ids, np.int32)
+  if task in ('lm', 'mlm'):
+    ids = overflow.fit(tokenizer.encode(raw), where, reserve=int(task == 'lm'))
+    if ids is None:
+      return None
+    if task == 'mlm':
+      return {'inputs': as_ids(ids)}
+    return {'inputs': as_ids([eos] + ids), 'targets': as_ids(ids + [eos]),
+            'weights': np.ones(len(ids) + 1, np.float32)}
+  if task == 'classify':
+    ids = overflow.fit(tokenizer.encode(raw[0]), where)
+    if ids is None:
+      return None
+    return {'inputs': as_ids(ids), 'targets': np.int32(raw[1]), 'weights': np.float32(1.0)}
+  source = overflow.fit(tokenizer.encode(raw[0]), where + ' (source)', reserve=1)
+  target = overflow.fit(tokenizer.encode(raw[1]), where + ' (target)', reserve=1)
+  if source is None or target is None:
+    return None
+  return {'inputs': as_ids(source + [eos]), 'targets': as_ids(target + [eos]),
+          'weights': np.ones(len(target) + 1, np.float32)}
+
+
+def make_examples(raw: list, task: str, tokenizer, overflow: Overflow, where: str) -> list:
+  """Raw examples -> the dicts make_example makes, dropped ones left out."""
+  examples = (make_example(ex, task, tokenizer, overflow, f'{where} example {n}')
+              for n, ex in enumerate(raw))
+  return [ex for ex in examples if ex is not None]
+
+
+class StreamedExamples(collections.abc.Sequence):
+  """Examples of a random-access source (a TFDS data_source), read and
+  tokenized when a batch asks for them, so a split of millions of sentences
+  never has to fit in memory. Element i is make_example's dict, or None for
+  an example config.data.overflow=drop drops (counted and logged as read)."""
+
+  def __init__(self, source, convert: Callable, task: str, tokenizer, overflow: Overflow,
+               where: str, indices: Optional[np.ndarray] = None):
+    self.source, self.convert, self.task = source, convert, task
+    self.tokenizer, self.overflow, self.where = tokenizer, overflow, where
+    self.indices = np.arange(len(source)) if indices is None else indices
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):  # a view, e.g. this host's shard.
+      return StreamedExamples(self.source, self.convert, self.task, self.tokenizer,
+                              self.overflow, self.where, self.indices[i])
+    index = int(self.indices[i])
+    return make_example(self.convert(self.source[index]), self.task, self.tokenizer,
+                        self.overflow, f'{self.where} example {index}')
 
 
 def pad_rows(examples: list, length: int) -> dict:
-  """Examples -> arrays: sequences [N, length] zero-padded, scalars [N]."""
-  if not examples:
+  """Examples -> arrays: sequences [N, length] zero-padded, scalars [N]. A None
+  (a dropped streamed example) becomes an all-zero row, weight 0."""
+  template = next((ex for ex in examples if ex is not None), None)
+  if template is None:
     return {}
   rows = {}
-  for key, first in examples[0].items():
+  for key, first in template.items():
     if np.ndim(first) == 0:
-      rows[key] = np.asarray([ex[key] for ex in examples], dtype=np.asarray(first).dtype)
+      rows[key] = np.asarray([0 if ex is None else ex[key] for ex in examples],
+                             dtype=np.asarray(first).dtype)
     else:
       out = np.zeros((len(examples), length), first.dtype)
       for i, ex in enumerate(examples):
-        out[i, :len(ex[key])] = ex[key]
+        if ex is not None:
+          out[i, :len(ex[key])] = ex[key]
       rows[key] = out
   return rows
 
 
-def array_train(rows: dict, batch_size: int, seed: int, read_options=None,
+def array_train(examples, seq_len: int, batch_size: int, seed: int, read_options=None,
                 transform=None) -> grain.IterDataset:
-  """Random batches of padded rows [N, ...], each row once per epoch."""
-  num = len(next(iter(rows.values())))
+  """Random batches of examples (a list or StreamedExamples) padded to seq_len,
+  each example once per epoch."""
+  num = len(examples)
   if num < batch_size:
     raise ConfigError(f'The training split has {num} examples, fewer than '
                       f'config.batch_size={batch_size}; lower the batch size.')
   host = _host_rows(batch_size)
   ds = ShuffledBatches(num, batch_size, seed).map(
-      lambda idx: {k: v[idx[host]] for k, v in rows.items()})
+      lambda idx: pad_rows([examples[i] for i in idx[host]], seq_len))
   if transform:
     ds = ds.map_with_index(transform)
   return ds.to_iter_dataset(read_options)
@@ -466,37 +505,47 @@ class PackedBatches(grain.MapDataset):
   best-fit-decreasing (a seq2seq example takes the longer of its two sides on
   both). Rows carry segment ids (1, 2, ... per example, 0 = padding) and
   positions restarting at 0 per example. Every batch is packed on its own, so
-  the cost is even across steps and resume is O(1). `per_batch` is the
+  the cost is even across steps, resume is O(1) and `examples` may be a
+  StreamedExamples that tokenizes only the group at hand. `per_batch` is the
   largest count that fills ~90% of the rows and fits in sampled batches; an
   example that still does not fit is left out of that batch (it is back, in
   another group, next epoch) and logged.
   """
 
-  def __init__(self, examples: list, task: str, seq_len: int, batch_size: int, seed: int):
+  def __init__(self, examples, task: str, seq_len: int, batch_size: int, seed: int):
     super().__init__()
-    self._seq_len, self._batch_size = seq_len, batch_size
+    self._examples, self._seq_len, self._batch_size = examples, seq_len, batch_size
     self._sides = PACKED_SIDES[task]
-    # Every feature of all examples end to end, and where each example starts.
-    self._flat = {k: np.concatenate([ex[k] for ex in examples])
-                  for features in self._sides.values() for k in features}
-    self._lengths, self._starts = {}, {}
-    for side in self._sides:
-      self._lengths[side] = np.asarray([len(ex[side]) for ex in examples])
-      self._starts[side] = np.cumsum(self._lengths[side]) - self._lengths[side]
-    self._size = np.max(list(self._lengths.values()), axis=0)
+    # In memory every example's size is known; streamed, a sample's.
+    self._size = None
+    if isinstance(examples, list):
+      self._size = np.asarray([self._size_of(ex) for ex in examples])
     self.per_batch = self._examples_per_batch(seed)
     self._groups = ShuffledBatches(len(examples), self.per_batch, seed)
 
+  def _size_of(self, example) -> int:
+    """Row tokens an example takes (0 for a dropped streamed example)."""
+    return 0 if example is None else max(len(example[side]) for side in self._sides)
+
+  def _sizes(self, indices) -> np.ndarray:
+    if self._size is not None:
+      return self._size[indices]
+    return np.asarray([self._size_of(self._examples[i]) for i in indices])
+
   def _examples_per_batch(self, seed: int) -> int:
-    num, rows = len(self._size), self._batch_size
+    num, rows = len(self._examples), self._batch_size
     if num < rows:
       raise ConfigError(f'The training split has {num} examples, fewer than '
                         f'config.batch_size={rows}; lower the batch size.')
-    per_batch = min(num, max(rows, int(0.9 * rows * self._seq_len / self._size.mean())))
     rng = np.random.default_rng(seed)
+    if self._size is not None:
+      mean = self._size.mean()
+    else:
+      mean = max(1.0, self._sizes(rng.choice(num, min(num, 10_000), replace=False)).mean())
+    per_batch = min(num, max(rows, int(0.9 * rows * self._seq_len / mean)))
     while per_batch > rows:
       samples = [rng.choice(num, per_batch, replace=False) for _ in range(8)]
-      if all(len(best_fit_decreasing(self._size[s], self._seq_len)) <= rows for s in samples):
+      if all(len(best_fit_decreasing(self._sizes(s), self._seq_len)) <= rows for s in samples):
         break
       per_batch = max(rows, int(per_batch * 0.95))
     return per_batch
@@ -505,55 +554,50 @@ class PackedBatches(grain.MapDataset):
     return sys.maxsize
 
   def __str__(self):
-    return f'PackedBatches(examples={len(self._size)}, per_batch={self.per_batch})'
+    return f'PackedBatches(examples={len(self._examples)}, per_batch={self.per_batch})'
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    members = self._groups[index]
-    rows = [members[b] for b in best_fit_decreasing(self._size[members], self._seq_len)]
+    examples = [self._examples[i] for i in self._groups[index]]
+    examples = [ex for ex in examples if ex is not None]
+    sizes = np.asarray([self._size_of(ex) for ex in examples])
+    rows = [[examples[i] for i in row] for row in best_fit_decreasing(sizes, self._seq_len)]
     if len(rows) > self._batch_size:
       left_out = sum(len(r) for r in rows[self._batch_size:])
       logging.log_every_n_seconds(
           logging.WARNING, 'Packing: %d of %d examples did not fit batch %d; they are in '
-          'another batch next epoch.', 60, left_out, len(members), index)
+          'another batch next epoch.', 60, left_out, len(examples), index)
       rows = rows[:self._batch_size]
-    empty = np.zeros(0, members.dtype)
-    return self._assemble(rows + [empty] * (self._batch_size - len(rows)))
+    return self._assemble(rows)
 
   def _assemble(self, rows: list) -> dict:
-    """Rows of example indices -> the packed batch, with numpy gathers only."""
-    counts = np.asarray([len(r) for r in rows])
-    members = np.concatenate(rows)  # [m] examples in row order.
-    row_of = np.repeat(np.arange(len(rows)), counts)  # [m]
-    first = np.cumsum(counts) - counts  # [rows] each row's first member.
-    segment = np.arange(len(members)) - first[row_of] + 1  # [m] 1, 2, ... within a row.
-    shape = (len(rows), self._seq_len)
+    """Rows of examples -> the packed batch [batch_size, seq_len]; rows past
+    len(rows) are padding."""
+    shape = (self._batch_size, self._seq_len)
     batch = {}
     for side, features in self._sides.items():
-      lengths = self._lengths[side][members]  # [m]
-      start = np.cumsum(lengths) - lengths  # [m] where each member starts, end to end.
-      column_start = start - start[first[row_of]]  # [m] ... and within its row.
-      token_member = np.repeat(np.arange(len(members)), lengths)  # [t]
-      position = np.arange(lengths.sum()) - start[token_member]  # [t]
-      row = row_of[token_member]
-      column = column_start[token_member] + position
-      source = self._starts[side][members][token_member] + position
-      for k in features:
-        batch[k] = np.zeros(shape, self._flat[k].dtype)
-        batch[k][row, column] = self._flat[k][source]
       prefix = '' if len(self._sides) == 1 else side + '_'
-      batch[prefix + 'segment_ids'] = np.zeros(shape, np.int32)
-      batch[prefix + 'segment_ids'][row, column] = segment[token_member]
-      batch[prefix + 'positions'] = np.zeros(shape, np.int32)
-      batch[prefix + 'positions'][row, column] = position
+      arrays = {k: np.zeros(shape, rows[0][0][k].dtype) for k in features}
+      segment_ids, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+      for r, row in enumerate(rows):
+        column = 0
+        for segment, example in enumerate(row, start=1):
+          n = len(example[side])
+          for k in features:
+            arrays[k][r, column:column + n] = example[k]
+          segment_ids[r, column:column + n] = segment
+          positions[r, column:column + n] = np.arange(n)
+          column += n
+      batch.update(arrays)
+      batch[prefix + 'segment_ids'], batch[prefix + 'positions'] = segment_ids, positions
     return batch
 
 
-def packed_train(examples: list, task: str, seq_len: int, batch_size: int, seed: int,
+def packed_train(examples, task: str, seq_len: int, batch_size: int, seed: int,
                  read_options=None, transform=None) -> grain.IterDataset:
   """Several shuffled examples per row (PackedBatches); each host packs its
-  own shard of the examples into its own rows."""
+  own shard of the examples (a list or StreamedExamples) into its own rows."""
   host = _host_rows(batch_size)
   shard = examples[jax.process_index()::jax.process_count()]
   ds = PackedBatches(shard, task, seq_len, host.stop - host.start, seed)
@@ -640,18 +684,27 @@ def _check_classes(config, num_classes):
 # From raw examples to train/eval.
 
 
-def _from_examples(config, tokenizer, train_raw, eval_raw, batch_size, where):
-  """Train dataset, eval rows and info for lists of raw examples."""
+def _from_examples(config, tokenizer, train, eval_raw, batch_size, where):
+  """Train dataset, eval rows and info. `train` is a list of raw examples
+  (tokenized here) or StreamedExamples (tokenized as batches are read);
+  `eval_raw` a list of raw examples."""
   d, task, seq_len = config.data, config.data.task, config.seq_len
-  train_overflow = Overflow(d.overflow, seq_len)
+  info = {}
+  if isinstance(train, list):
+    train_overflow = Overflow(d.overflow, seq_len)
+    train = make_examples(train, task, tokenizer, train_overflow, f'{where} train')
+    info.update(train_overflow.report('train'))
+  elif task == 'seq2seq' and d.bucketing and not d.packing:
+    raise ConfigError(f'config.data.bucketing needs every example\'s length up front, which '
+                      f'the streamed {where} train split does not give; set '
+                      'config.data.packing=True or bucketing=False.')
   eval_overflow = Overflow(d.overflow, seq_len)
-  train = make_examples(train_raw, task, tokenizer, train_overflow, f'{where} train')
   evals = make_examples(eval_raw, task, tokenizer, eval_overflow, f'{where} eval')
-  if not train or not evals:
-    raise ValueError(f'{where}: no {"train" if not train else "eval"} examples left after '
+  if not len(train) or not evals:
+    raise ValueError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
                      f'config.data.overflow={d.overflow}; raise config.seq_len.')
-  info = {'train_examples': len(train), 'eval_examples': len(evals),
-          **train_overflow.report('train'), **eval_overflow.report('eval')}
+  info.update({'train_examples': len(train), 'eval_examples': len(evals),
+               **eval_overflow.report('eval')})
   transform = (_mlm_transform(config.seed, tokenizer.vocab_size, d.mask_rate)
                if task == 'mlm' else None)
   if d.packing:
@@ -660,14 +713,16 @@ def _from_examples(config, tokenizer, train_raw, eval_raw, batch_size, where):
   elif task == 'seq2seq' and d.bucketing:
     train_ds = bucketed_train(train, seq_len, batch_size, config.seed, _read_options(config))
   else:
-    train_ds = array_train(pad_rows(train, seq_len), batch_size, config.seed,
-                           _read_options(config), transform)
+    train_ds = array_train(train, seq_len, batch_size, config.seed, _read_options(config),
+                           transform)
   eval_transform = (_mlm_transform(config.seed + 1, tokenizer.vocab_size, d.mask_rate)
                     if task == 'mlm' else None)
   eval_ds = ArrayEval(pad_rows(evals, seq_len), batch_size, eval_transform)
-  if task == 'lm':
+  if task == 'lm':  # streamed: estimated on up to 100,000 examples spread over the split.
+    sample = train if isinstance(train, list) else [
+        train[i] for i in np.linspace(0, len(train) - 1, min(len(train), 100_000)).astype(int)]
     info['unigram_entropy'] = tok_lib.unigram_entropy(
-        np.concatenate([ex['targets'] for ex in train]))
+        np.concatenate([ex['targets'] for ex in sample if ex is not None]))
   return train_ds, eval_ds, info
 
 
@@ -722,8 +777,7 @@ def _shakespeare_genres(config, workdir, batch_size):
     return examples
 
   train, test = passages(train_works), passages(test_works)
-  train_ds = array_train(pad_rows(train, seq_len), batch_size, config.seed,
-                         _read_options(config))
+  train_ds = array_train(train, seq_len, batch_size, config.seed, _read_options(config))
   eval_ds = ArrayEval(pad_rows(test, seq_len), batch_size)
   count = lambda exs: np.bincount([int(e['targets']) for e in exs],
                                   minlength=len(sources.GENRES)).tolist()
@@ -754,6 +808,9 @@ def _cmudict(config, batch_size):
 
 
 def _tfds(config, workdir, batch_size):
+  """A TFDS dataset: the train split streamed (StreamedExamples over
+  tfds.data_source), the eval split read whole, the tokenizer built from
+  config.data.tokenizer_examples train examples spread over the split."""
   d = config.data
   name = d.name[len('tfds:'):]
   if name not in sources.TFDS:
@@ -764,26 +821,36 @@ def _tfds(config, workdir, batch_size):
   if d.task not in wanted:
     raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use '
                       f'{wanted if isinstance(wanted, str) else " or ".join(wanted)}.')
-  load = lambda split: sources.tfds_examples(
-      name, split, d.data_dir, d.source_language, d.target_language, d.max_examples)
-  train_raw = load('train')
-  eval_raw = load(d.eval_split or sources.TFDS_EVAL_SPLIT[name])
+  convert = functools.partial(sources.tfds_example, name, source_language=d.source_language,
+                              target_language=d.target_language)
+  source = sources.tfds_source(name, 'train', d.data_dir)
+  num_train = min(len(source), d.max_examples) if d.max_examples else len(source)
+  eval_raw = sources.tfds_examples(name, d.eval_split or sources.TFDS_EVAL_SPLIT[name],
+                                   d.data_dir, d.source_language, d.target_language,
+                                   d.max_examples)
+  num_text = min(num_train, d.tokenizer_examples) if d.tokenizer_examples else num_train
 
   def text():
-    for ex in train_raw:
+    for i in np.linspace(0, num_train - 1, num_text).astype(int):
+      ex = convert(source[int(i)])
       if kind == 'translation':
         yield ex[0]
         yield ex[1]
       else:
         yield ex if kind == 'lm' else ex[0]
 
-  key = f'{d.name}:{d.source_language}-{d.target_language}:{d.max_examples}'
+  key = (f'{d.name}:{d.source_language}-{d.target_language}:{d.max_examples}:'
+         f'{d.tokenizer_examples}')
   tokenizer = make_tokenizer(config, workdir, text, key)
   _check_vocab(config, tokenizer)
   if kind == 'classify':
     _check_classes(config, 2)
-  train_ds, eval_ds, info = _from_examples(config, tokenizer, train_raw, eval_raw,
+  train = StreamedExamples(source, convert, d.task, tokenizer,
+                           Overflow(d.overflow, config.seq_len, streamed=True),
+                           f'{d.name} train', np.arange(num_train))
+  train_ds, eval_ds, info = _from_examples(config, tokenizer, train, eval_raw,
                                            batch_size, d.name)
+  info['tokenizer_examples'] = num_text
   return tokenizer, train_ds, eval_ds, info
 
 

@@ -136,33 +136,49 @@ def _hide_gpus_from_tf():
   tf.config.set_visible_devices([], 'GPU')
 
 
-def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
-                  source_language: str = 'en', target_language: str = 'de',
-                  max_examples: int = 0) -> list:
-  """Examples of a supported TFDS dataset as Python strings/ints.
-
-  translation -> [(source, target)], lm -> [text], classify -> [(text, label)].
-  `max_examples` > 0 reads only that many (a quick look at a big dataset).
-  """
+def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
+  """Random access to a split of a supported TFDS dataset: `tfds.data_source`
+  over its array_record files, so a split is read record by record, never
+  whole. Where TFDS may download, the dataset is prepared in that format on
+  first use."""
   if name not in TFDS:
     raise ValueError(f'tfds:{name} is not supported; use one of '
                      f'{", ".join("tfds:" + n for n in TFDS)}.')
   _hide_gpus_from_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir,
+                            builder_kwargs={'file_format': 'array_record'})
+  except NotImplementedError:  # prepared earlier in a sequential format (tfrecord).
+    raise ValueError(
+        f'tfds:{name} in {data_dir or "the default TFDS data_dir"} is prepared as tfrecord, which '
+        'has no random access; rebuild it with `tfds build '
+        f'{name} --file_format=array_record` or set config.data.data_dir to a fresh '
+        'directory.') from None
+
+
+def tfds_example(name: str, record: dict, source_language: str = 'en',
+                 target_language: str = 'de'):
+  """One TFDS record -> (source, target) for translation, text for lm, (text,
+  label) for classify."""
+  text = lambda x: x.decode('utf-8') if isinstance(x, bytes) else str(x)
   kind = TFDS[name]
-  if max_examples:
-    split = f'{split}[:{max_examples}]'
-  ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
-  text = lambda b: b.decode('utf-8')
-  examples = []
-  for ex in tfds.as_numpy(ds):
-    if kind == 'translation':
-      examples.append((text(ex[source_language]), text(ex[target_language])))
-    elif kind == 'lm':
-      examples.append(text(ex['text']))
-    else:
-      examples.append((text(ex['sentence']), int(ex['label'])))
-  return examples
+  if kind == 'translation':
+    return text(record[source_language]), text(record[target_language])
+  if kind == 'lm':
+    return text(record['text'])
+  return text(record['sentence']), int(record['label'])
+
+
+def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
+                  source_language: str = 'en', target_language: str = 'de',
+                  max_examples: int = 0) -> list:
+  """Every example of a split (the first `max_examples` when > 0), in memory:
+  for eval splits and references, which are read whole anyway."""
+  source = tfds_source(name, split, data_dir)
+  count = min(len(source), max_examples) if max_examples else len(source)
+  return [tfds_example(name, source[i], source_language, target_language)
+          for i in range(count)]
 
 
 # ----------------------------------------------------------------------------
