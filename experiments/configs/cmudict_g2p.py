@@ -12,6 +12,9 @@ rest to train. The model is the size of the CMU Sphinx g2p-seq2seq Transformer
   python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py:quick \
       --workdir=/tmp/g2p_quick                                 # a CPU smoke run
 
+The :cpu run resumed with --config.total_steps=4500 (a longer cosine schedule,
+3.4 CPU-hours in all) reaches 29.1% test WER: experiments/results/cmudict_g2p_cpu.
+
 Evaluate the test split (every word, beam search) from a run's last checkpoint:
 
   python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py:cpu \
