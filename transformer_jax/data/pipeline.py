@@ -527,25 +527,21 @@ class PackedBatches(grain.MapDataset):
     """Row tokens an example takes (0 for a dropped streamed example)."""
     return 0 if example is None else max(len(example[side]) for side in self._sides)
 
-  def _sizes(self, indices) -> np.ndarray:
-    if self._size is not None:
-      return self._size[indices]
-    return np.asarray([self._size_of(self._examples[i]) for i in indices])
-
   def _examples_per_batch(self, seed: int) -> int:
     num, rows = len(self._examples), self._batch_size
     if num < rows:
       raise ConfigError(f'The training split has {num} examples, fewer than '
                         f'config.batch_size={rows}; lower the batch size.')
     rng = np.random.default_rng(seed)
-    if self._size is not None:
-      mean = self._size.mean()
-    else:
-      mean = max(1.0, self._sizes(rng.choice(num, min(num, 10_000), replace=False)).mean())
-    per_batch = min(num, max(rows, int(0.9 * rows * self._seq_len / mean)))
+    sizes = self._size  # streamed: the sizes of 10,000 examples, read once.
+    if sizes is None:
+      picked = rng.choice(num, min(num, 10_000), replace=False)
+      sizes = np.asarray([self._size_of(self._examples[i]) for i in picked])
+    per_batch = min(num, max(rows, int(0.9 * rows * self._seq_len / max(1.0, sizes.mean()))))
     while per_batch > rows:
-      samples = [rng.choice(num, per_batch, replace=False) for _ in range(8)]
-      if all(len(best_fit_decreasing(self._sizes(s), self._seq_len)) <= rows for s in samples):
+      samples = [sizes[rng.choice(len(sizes), per_batch, replace=per_batch > len(sizes))]
+                 for _ in range(8)]
+      if all(len(best_fit_decreasing(s, self._seq_len)) <= rows for s in samples):
         break
       per_batch = max(rows, int(per_batch * 0.95))
     return per_batch
