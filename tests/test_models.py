@@ -92,6 +92,7 @@ def test_bad_model_config_names_the_field(overrides, field):
 
 def test_sequence_longer_than_positional_table():
   c = config_lib.base_config()
+  c.model.variant = 'decoder'  # the default data task is lm.
   c.model.max_len = 128
   c.seq_len = 256
   with pytest.raises(config_lib.ConfigError, match='config.seq_len=256 is longer'):

@@ -26,17 +26,6 @@ from orbax.checkpoint import checkpoint_managers
 
 from transformer_jax import config as config_lib
 
-# Fields that may change between a run and its resumption: they change how long
-# a run goes, how it reports or where it runs, not what it computes.
-RESUMABLE_FIELDS = frozenset({
-    'total_steps', 'eval_every', 'eval_steps', 'checkpoint_every', 'log_every',
-    'keep_checkpoints', 'keep_best_checkpoints', 'async_checkpointing', 'peak_flops',
-    'num_samples', 'sample_length', 'sample_prompt', 'sample_temperature', 'parallelism',
-    'fsdp', 'distributed', 'data.num_threads', 'data.prefetch', 'data.eval_split',
-    'model.attention_impl', 'model.remat'})  # how attention runs and what the backward recomputes.
-RESUMABLE_SECTIONS = ('decode.',)  # how eval and decode generate.
-
-
 def _flatten(tree: dict, prefix: str = '') -> dict:
   out = {}
   for key, value in tree.items():
@@ -46,23 +35,21 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
       out[f'{prefix}{key}'] = value
   return out
 
-
 def config_json(config) -> dict:
   """The config as plain JSON values (what a checkpoint stores)."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
-
 def config_differences(saved: dict, current: dict) -> list:
-  """Fields (dotted names) whose values differ and that change what a run computes.
+  """Fields (dotted names) whose values differ and that change what a run computes
+  (every field not marked `resumable` in config.py).
 
   Fields the code gained after the checkpoint was written count as their defaults.
   """
   saved, current = _flatten(config_json(config_lib.from_saved(saved))), _flatten(current)
   names = sorted(set(saved) | set(current))
   return [(n, saved.get(n, '<absent>'), current.get(n, '<absent>')) for n in names
-          if saved.get(n, '<absent>') != current.get(n, '<absent>') and n not in RESUMABLE_FIELDS
-          and not n.startswith(RESUMABLE_SECTIONS)]
-
+          if saved.get(n, '<absent>') != current.get(n, '<absent>')
+          and n not in config_lib.RESUMABLE_FIELDS]
 
 class Checkpointer:
   """An Orbax CheckpointManager for one workdir."""
@@ -139,7 +126,6 @@ class Checkpointer:
   def __exit__(self, *exc):
     self.close()
     return False
-
 
 class StopSignal:
   """Context manager: SIGTERM or Ctrl-C (SIGINT) sets `signum` instead of killing

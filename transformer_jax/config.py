@@ -1,11 +1,22 @@
-"""The one config object: defaults for every field, and validation.
+"""The one config object: every field with its default, every rule, and which
+fields may change when a run resumes.
 
-Experiment configs in `experiments/configs/` start from `base_config()` and
+Experiment configs (`transformer_jax/configs/`) start from `base_config()` and
 change what they need; a command-line override such as
 `--config.model.num_heads=4` changes one field. `validate` runs before anything
 is built, so a config that cannot work fails with one line naming the field and
-the fix.
+the fix. A field wrapped in `resumable(...)` only changes how long a run goes,
+how it reports, where it runs or how it decodes, not what it computes, so it
+may differ between a checkpoint and the run that resumes it
+(`checkpoint.config_differences`); every other field must match.
+
+The model section also exists as a frozen, typed `ModelConfig` (hashable, so
+modules and decoding can take it as a static argument of `jax.jit`), with the
+derived sizes (`d_ff`, `head_dim`, layer counts) as properties.
 """
+
+import dataclasses
+from typing import Any, Optional
 
 from ml_collections import config_dict
 
@@ -19,129 +30,173 @@ DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = ('xla', 'cudnn')
 REMATS = ('none', 'full', 'dots')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
+OPTIMIZERS = ('adam', 'adamw')
+SCHEDULES = ('rsqrt', 'cosine', 'constant')
+PARALLELISMS = ('pmap', 'mesh')
+# task -> (model variant, encoder head) it feeds.
+TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
+         'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
+TOKENIZERS = ('char', 'byte', 'sentencepiece')
+OVERFLOWS = ('drop', 'truncate', 'error')
+UNEVEN_BATCHES = ('drop', 'error')
+FORMATS = ('lines', 'tsv')
+SPM_MODEL_TYPES = ('unigram', 'bpe')
 
 
 class ConfigError(ValueError):
   """A config that cannot work; the message names the field and the fix."""
 
 
+@dataclasses.dataclass(frozen=True)
+class resumable:  # pylint: disable=invalid-name
+  """Marks a field's default as one that may change when a run resumes."""
+  value: Any
+
+
+def _section(fields: dict, prefix: str = '') -> config_dict.ConfigDict:
+  """A ConfigDict of `fields`, the `resumable` marks taken off (and recorded
+  when `prefix` names the section's place in the run config)."""
+  plain = {}
+  for name, value in fields.items():
+    if isinstance(value, resumable):
+      _RESUMABLE.add(prefix + name)
+      value = value.value
+    plain[name] = value
+  return config_dict.ConfigDict(plain)
+
+
+_RESUMABLE = set()
+
+
 def model_config() -> config_dict.ConfigDict:
   """Model hyper-parameters; defaults are the paper's base model."""
-  m = config_dict.ConfigDict()
-  m.variant = 'seq2seq'  # encoder (BERT-style) | decoder (GPT-style) | seq2seq
-  m.num_layers = 6  # N, used for both stacks unless overridden below.
-  m.num_encoder_layers = config_dict.placeholder(int)
-  m.num_decoder_layers = config_dict.placeholder(int)
-  m.d_model = 512
-  m.num_heads = 8  # h; d_k = d_v = d_model / h.
-  m.ffn_ratio = 4.0  # d_ff = ffn_ratio * d_model.
-  m.activation = 'relu'  # relu (paper) | gelu | swiglu
-  m.dropout_rate = 0.1  # P_drop: sublayer outputs and embedding sums.
-  m.attention_dropout_rate = 0.0  # on the attention weights.
-  m.vocab_size = 37000  # shared source/target vocabulary, as the paper's.
-  m.share_embeddings = True  # source, target and pre-softmax weights tied.
-  m.position = 'sinusoidal'  # sinusoidal (paper) | learned | rotary | none
-  m.max_len = 512  # size of the positional table / longest sequence.
-  m.norm = 'post'  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
-  m.layer_norm_epsilon = 1e-6
-  m.use_bias = True
-  m.encoder_head = 'mlm'  # encoder variant only: mlm | classify
-  m.num_classes = 2  # classify head only.
-  m.pooling = 'mean'  # classify head only: mean over real tokens | first
-  m.pad_id = 0
-  m.dtype = 'float32'  # compute dtype; parameters stay float32.
-  m.attention_impl = 'xla'  # xla | cudnn (flash attention on GPU; falls back to xla, logged).
-  m.remat = 'none'  # none | full | dots: recompute each layer's activations in the backward pass.
-  return m
+  return _section(dict(
+      variant='seq2seq',  # encoder (BERT-style) | decoder (GPT-style) | seq2seq
+      num_layers=6,  # N, used for both stacks unless overridden below.
+      num_encoder_layers=config_dict.placeholder(int),
+      num_decoder_layers=config_dict.placeholder(int),
+      d_model=512,
+      num_heads=8,  # h; d_k = d_v = d_model / h.
+      ffn_ratio=4.0,  # d_ff = ffn_ratio * d_model.
+      activation='relu',  # relu (paper) | gelu | swiglu
+      dropout_rate=0.1,  # P_drop: sublayer outputs and embedding sums.
+      attention_dropout_rate=0.0,  # on the attention weights.
+      vocab_size=37000,  # shared source/target vocabulary, as the paper's.
+      share_embeddings=True,  # source, target and pre-softmax weights tied.
+      position='sinusoidal',  # sinusoidal (paper) | learned | rotary (self-attention) | none
+      max_len=512,  # size of the positional table / longest sequence.
+      norm='post',  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
+      layer_norm_epsilon=1e-6,
+      use_bias=True,
+      encoder_head='mlm',  # encoder variant only: mlm | classify
+      num_classes=2,  # classify head only.
+      pooling='mean',  # classify head only: mean over real tokens | first
+      pad_id=0,
+      dtype='float32',  # compute dtype; parameters stay float32.
+      # xla | cudnn (flash attention on GPU; falls back to xla, logged).
+      attention_impl=resumable('xla'),
+      # none | full | dots: recompute each layer's activations in the backward pass.
+      remat=resumable('none'),
+  ), 'model.')
 
 
 def data_config() -> config_dict.ConfigDict:
   """What to read and how to batch it (transformer_jax/data)."""
-  d = config_dict.ConfigDict()
-  d.name = 'shakespeare'  # shakespeare | cmudict | tfds:<name> | text
-  d.task = 'lm'  # lm | mlm | classify | seq2seq
-  d.tokenizer = 'char'  # char | byte | sentencepiece
-  d.packing = False  # pack several short examples per row (segment ids).
-  d.overflow = 'error'  # an example longer than seq_len: drop | truncate | error
-  d.uneven_batch = 'error'  # batch_size not divisible by the device count: drop | error
-  d.vocab_size = 8000  # sentencepiece only: pieces to learn (model.vocab_size must hold them).
-  d.spm_model_type = 'unigram'  # sentencepiece only: unigram | bpe
-  d.num_threads = 2  # grain reader threads.
-  d.prefetch = 4  # batches prepared ahead of the train step.
-  d.mask_rate = 0.15  # mlm only: share of tokens to predict (BERT's 80/10/10 corruption).
-  d.bucketing = True  # seq2seq without packing: pad each batch only to its length bucket.
-  d.keep_stress = False  # cmudict only: keep the stress digits on vowels (AH0, AH1).
-  d.eval_split = ''  # '' = the dataset's default (cmudict: dev; tfds: test or validation).
-  d.data_dir = config_dict.placeholder(str)  # tfds only: where the prepared data lives.
-  d.source_language = 'en'  # wmt only: the paper translates en -> de.
-  d.target_language = 'de'
-  d.max_examples = 0  # tfds and cmudict: use the first N examples of each split; 0 = all.
-  d.tokenizer_examples = 1_000_000  # tfds only: train examples the vocabulary is built from.
-  d.train_files = ''  # text only: comma-separated paths or globs.
-  d.eval_files = ''  # text only; '' = the last 10% of the training examples.
-  d.format = 'lines'  # text only: lines (one text per line) | tsv (source<TAB>target)
-  return d
+  return _section(dict(
+      name='shakespeare',  # shakespeare | cmudict | tfds:<name> | text
+      task='lm',  # lm | mlm | classify | seq2seq
+      tokenizer='char',  # char | byte | sentencepiece
+      packing=False,  # pack several short examples per row (segment ids).
+      overflow='error',  # an example longer than seq_len: drop | truncate | error
+      # batch_size not divisible by the device count: drop (lower it) | error
+      uneven_batch='error',
+      vocab_size=8000,  # sentencepiece only: pieces to learn (model.vocab_size must hold them).
+      spm_model_type='unigram',  # sentencepiece only: unigram | bpe
+      num_threads=resumable(2),  # grain reader threads.
+      prefetch=resumable(4),  # batches prepared ahead of the train step.
+      mask_rate=0.15,  # mlm only: share of tokens to predict (BERT's 80/10/10 corruption).
+      bucketing=True,  # seq2seq without packing: pad each batch only to its length bucket.
+      keep_stress=False,  # cmudict only: keep the stress digits on vowels (AH0, AH1).
+      # '' = the dataset's default (cmudict: dev; tfds: test or validation).
+      eval_split=resumable(''),
+      data_dir=config_dict.placeholder(str),  # tfds only: where the prepared data lives.
+      source_language='en',  # wmt only: the paper translates en -> de.
+      target_language='de',
+      max_examples=0,  # tfds and cmudict: use the first N examples of each split; 0 = all.
+      tokenizer_examples=1_000_000,  # tfds only: train examples the vocabulary is built from.
+      train_files='',  # text only: comma-separated paths or globs.
+      eval_files='',  # text only; '' = the last 10% of the training examples.
+      format='lines',  # text only: lines (one text per line) | tsv (source<TAB>target)
+  ), 'data.')
 
 
 def optimizer_config() -> config_dict.ConfigDict:
   """Optimiser and schedule (transformer_jax/train.py)."""
-  o = config_dict.ConfigDict()
-  o.name = 'adam'  # adam | adamw
-  o.b1 = 0.9  # the paper's Adam: beta1 0.9, beta2 0.98, eps 1e-9.
-  o.b2 = 0.98
-  o.eps = 1e-9
-  o.weight_decay = 0.0
-  o.schedule = 'rsqrt'  # rsqrt (paper) | cosine | constant
-  o.grad_clip_norm = 0.0  # 0 = off.
-  o.grad_accum_steps = 1
-  o.label_smoothing = 0.1
-  o.end_learning_rate = 0.0  # cosine only: the rate reached at total_steps.
-  return o
+  return _section(dict(
+      name='adam',  # adam | adamw
+      b1=0.9,  # the paper's Adam: beta1 0.9, beta2 0.98, eps 1e-9.
+      b2=0.98,
+      eps=1e-9,
+      weight_decay=0.0,
+      schedule='rsqrt',  # rsqrt (paper) | cosine | constant
+      grad_clip_norm=0.0,  # 0 = off.
+      grad_accum_steps=1,
+      label_smoothing=0.1,
+      end_learning_rate=0.0,  # cosine only: the rate reached at total_steps.
+  ), 'optimizer.')
 
 
 def decode_config() -> config_dict.ConfigDict:
-  """How --mode=eval and --mode=decode generate (transformer_jax/evaluation.py)."""
-  d = config_dict.ConfigDict()
-  d.method = 'beam'  # greedy | sample | beam
-  d.beam_size = 4  # the paper's beam search: beam 4, length penalty alpha 0.6.
-  d.alpha = 0.6
-  d.temperature = 1.0  # sample only.
-  d.top_k = 0  # sample only; 0 = off.
-  d.top_p = 1.0  # sample only; 1 = off.
-  d.batch_size = 64  # sources decoded together.
-  d.max_examples = 0  # eval: decode the first N examples only; 0 = the whole split.
-  return d
+  """How --mode=eval and --mode=decode generate (all may change on resume)."""
+  return _section(dict(
+      method=resumable('beam'),  # greedy | sample | beam
+      # the paper's beam search: beam 4, length penalty alpha 0.6.
+      beam_size=resumable(4),
+      alpha=resumable(0.6),
+      temperature=resumable(1.0),  # sample only.
+      top_k=resumable(0),  # sample only; 0 = off.
+      top_p=resumable(1.0),  # sample only; 1 = off.
+      batch_size=resumable(64),  # sources decoded together.
+      max_examples=resumable(0),  # eval: decode the first N examples only; 0 = the whole split.
+  ), 'decode.')
 
 
 def base_config() -> config_dict.ConfigDict:
   """Every field the code reads, with defaults."""
-  c = config_dict.ConfigDict()
+  c = _section(dict(
+      seq_len=256,  # context length / maximum example length.
+      batch_size=64,  # global, split over devices.
+      total_steps=resumable(1000),
+      learning_rate=1.0,  # multiplies the schedule (the paper's rsqrt is 1.0).
+      warmup_steps=4000,
+      seed=0,
+      eval_every=resumable(500),
+      checkpoint_every=resumable(500),
+      parallelism=resumable('pmap'),  # pmap | mesh; one device is the degenerate case.
+      # mesh only: devices on the 'fsdp' axis (parameters sharded); the rest on 'data'.
+      fsdp=resumable(1),
+      distributed=resumable(False),  # multi-host: call jax.distributed.initialize() first.
+      log_every=resumable(50),  # steps per train record (stdout, TensorBoard, metrics.jsonl).
+      eval_steps=resumable(0),  # batches per evaluation; 0 = the full eval split.
+      keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
+      keep_best_checkpoints=resumable(1),  # ... plus the N best by eval loss.
+      async_checkpointing=resumable(True),  # write checkpoints in the background.
+      # per-device peak FLOP/s for MFU; 0 = a known accelerator's, or measured on CPU.
+      peak_flops=resumable(0.0),
+      num_samples=resumable(0),  # decoder LM: texts sampled and printed after training.
+      sample_length=resumable(200),  # tokens per sample (and per --mode=decode output).
+      sample_prompt=resumable(''),  # text each sample starts from ('' = a newline).
+      sample_temperature=resumable(0.8),
+  ))
   c.model = model_config()
   c.data = data_config()
   c.optimizer = optimizer_config()
   c.decode = decode_config()
-  c.seq_len = 256  # context length / maximum example length.
-  c.batch_size = 64  # global, split over devices.
-  c.total_steps = 1000
-  c.learning_rate = 1.0  # multiplies the schedule (the paper's rsqrt is 1.0).
-  c.warmup_steps = 4000
-  c.seed = 0
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.parallelism = 'pmap'  # pmap | mesh; one device is the degenerate case.
-  c.fsdp = 1  # mesh only: devices on the 'fsdp' axis (parameters sharded); the rest on 'data'.
-  c.distributed = False  # multi-host: call jax.distributed.initialize() first.
-  c.log_every = 50  # steps per train record (stdout, TensorBoard, metrics.jsonl).
-  c.eval_steps = 0  # batches per evaluation; 0 = the full eval split.
-  c.keep_checkpoints = 3  # the latest N checkpoints are kept ...
-  c.keep_best_checkpoints = 1  # ... plus the N best by eval loss.
-  c.async_checkpointing = True  # write checkpoints in the background.
-  c.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = a known accelerator's, or measured on CPU.
-  c.num_samples = 0  # decoder LM: texts sampled and printed after training.
-  c.sample_length = 200  # tokens per sample.
-  c.sample_prompt = ''  # text each sample starts from ('' = a newline).
-  c.sample_temperature = 0.8
   return c
+
+
+base_config()  # records the resumable marks.
+RESUMABLE_FIELDS = frozenset(_RESUMABLE)
 
 
 def from_saved(saved: dict) -> config_dict.ConfigDict:
@@ -154,41 +209,108 @@ def from_saved(saved: dict) -> config_dict.ConfigDict:
   return config_dict.ConfigDict(merge(base_config().to_dict(), saved))
 
 
+# ----------------------------------------------------------------------------
+# The model section as a frozen, typed value.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """`config.model`, frozen and typed: hashable, so a Flax module or a jitted
+  decoding function can hold it as a static value. Field meanings: `model_config`."""
+  variant: str
+  num_layers: int
+  num_encoder_layers: Optional[int]
+  num_decoder_layers: Optional[int]
+  d_model: int
+  num_heads: int
+  ffn_ratio: float
+  activation: str
+  dropout_rate: float
+  attention_dropout_rate: float
+  vocab_size: int
+  share_embeddings: bool
+  position: str
+  max_len: int
+  norm: str
+  layer_norm_epsilon: float
+  use_bias: bool
+  encoder_head: str
+  num_classes: int
+  pooling: str
+  pad_id: int
+  dtype: str
+  attention_impl: str
+  remat: str
+
+  @classmethod
+  def of(cls, m) -> 'ModelConfig':
+    """From a `config.model` ConfigDict (or a ModelConfig, returned as is)."""
+    if isinstance(m, cls):
+      return m
+    values = m.to_dict() if hasattr(m, 'to_dict') else dict(m)
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+  def __getitem__(self, name: str):  # reads like the ConfigDict it came from.
+    return getattr(self, name)
+
+  def replace(self, **changes) -> 'ModelConfig':
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def d_ff(self) -> int:
+    """Inner width of the position-wise FFN: ffn_ratio x d_model."""
+    return int(round(self.ffn_ratio * self.d_model))
+
+  @property
+  def head_dim(self) -> int:
+    """d_k = d_v = d_model / num_heads."""
+    return self.d_model // self.num_heads
+
+  @property
+  def encoder_layers(self) -> int:
+    """N of the encoder stack: num_encoder_layers, else num_layers."""
+    return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
+
+  @property
+  def decoder_layers(self) -> int:
+    """N of the decoder stack: num_decoder_layers, else num_layers."""
+    return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+
+def d_ff(m) -> int:
+  """Inner width of the position-wise FFN (for a ConfigDict or a ModelConfig)."""
+  return ModelConfig.of(m).d_ff
+
+
+def encoder_layers(m) -> int:
+  return ModelConfig.of(m).encoder_layers
+
+
+def decoder_layers(m) -> int:
+  return ModelConfig.of(m).decoder_layers
+
+
+# ----------------------------------------------------------------------------
+# Rules.
+
+
 def _check(ok: bool, message: str):
   if not ok:
     raise ConfigError(message)
 
 
-def d_ff(m) -> int:
-  """Inner width of the position-wise FFN."""
-  return int(round(m.ffn_ratio * m.d_model))
-
-
-def encoder_layers(m) -> int:
-  return m.num_encoder_layers if m.num_encoder_layers is not None else m.num_layers
-
-
-def decoder_layers(m) -> int:
-  return m.num_decoder_layers if m.num_decoder_layers is not None else m.num_layers
+def _check_choice(section: str, fields, name: str, allowed):
+  value = fields[name]
+  _check(value in allowed, f'config.{section}{name}={value!r} is unknown; use one of {allowed}.')
 
 
 def validate_model(m):
   """Raises ConfigError for a model config that cannot work."""
-  _check(m.variant in VARIANTS,
-         f'config.model.variant={m.variant!r} is unknown; use one of {VARIANTS}.')
-  _check(m.position in POSITIONS,
-         f'config.model.position={m.position!r} is unknown; use one of {POSITIONS}.')
-  _check(m.norm in NORMS, f'config.model.norm={m.norm!r} is unknown; use one of {NORMS}.')
-  _check(m.activation in ACTIVATIONS,
-         f'config.model.activation={m.activation!r} is unknown; use one of {ACTIVATIONS}.')
-  _check(m.dtype in DTYPES, f'config.model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.')
-  _check(m.attention_impl in ATTENTION_IMPLS, f'config.model.attention_impl={m.attention_impl!r} '
-         f'is unknown; use one of {ATTENTION_IMPLS}.')
-  _check(m.remat in REMATS, f'config.model.remat={m.remat!r} is unknown; use one of {REMATS}.')
-  _check(m.encoder_head in ENCODER_HEADS,
-         f'config.model.encoder_head={m.encoder_head!r} is unknown; use one of {ENCODER_HEADS}.')
-  _check(m.pooling in POOLINGS,
-         f'config.model.pooling={m.pooling!r} is unknown; use one of {POOLINGS}.')
+  for name, allowed in (('variant', VARIANTS), ('position', POSITIONS), ('norm', NORMS),
+                        ('activation', ACTIVATIONS), ('dtype', DTYPES),
+                        ('attention_impl', ATTENTION_IMPLS), ('remat', REMATS),
+                        ('encoder_head', ENCODER_HEADS), ('pooling', POOLINGS)):
+    _check_choice('model.', m, name, allowed)
   for name in ('d_model', 'num_heads', 'vocab_size', 'max_len', 'num_layers'):
     _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
   _check(m.d_model % m.num_heads == 0,
@@ -206,6 +328,8 @@ def validate_model(m):
          'positive integer d_ff; pick a ratio that makes it whole.')
   for name in ('dropout_rate', 'attention_dropout_rate'):
     _check(0.0 <= m[name] < 1.0, f'config.model.{name}={m[name]} must be in [0, 1).')
+  _check(m.layer_norm_epsilon > 0,
+         f'config.model.layer_norm_epsilon={m.layer_norm_epsilon} must be positive.')
   _check(0 <= m.pad_id < m.vocab_size,
          f'config.model.pad_id={m.pad_id} must be a token id below vocab_size={m.vocab_size}.')
   if m.variant == 'encoder' and m.encoder_head == 'classify':
@@ -214,56 +338,116 @@ def validate_model(m):
     _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
 
 
-OPTIMIZERS = ('adam', 'adamw')
-SCHEDULES = ('rsqrt', 'cosine', 'constant')
-PARALLELISMS = ('pmap', 'mesh')
-
-
-def validate_training(c):
-  """Raises ConfigError for optimiser and run fields that cannot work."""
+def validate_optimizer(c):
+  """Raises ConfigError for optimiser and schedule fields that cannot work."""
   o = c.optimizer
-  _check(o.name in OPTIMIZERS,
-         f'config.optimizer.name={o.name!r} is unknown; use one of {OPTIMIZERS}.')
-  _check(o.schedule in SCHEDULES,
-         f'config.optimizer.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
-  _check(c.parallelism in PARALLELISMS,
-         f'config.parallelism={c.parallelism!r} is unknown; use one of {PARALLELISMS}.')
-  for name in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
-               'keep_checkpoints', 'fsdp'):
-    _check(c[name] > 0, f'config.{name}={c[name]} must be positive.')
+  _check_choice('optimizer.', o, 'name', OPTIMIZERS)
+  _check_choice('optimizer.', o, 'schedule', SCHEDULES)
   _check(c.learning_rate > 0, f'config.learning_rate={c.learning_rate} must be positive.')
   _check(c.warmup_steps >= 0, f'config.warmup_steps={c.warmup_steps} must be >= 0.')
   _check(o.schedule != 'rsqrt' or c.warmup_steps > 0,
          'config.optimizer.schedule=rsqrt needs config.warmup_steps > 0.')
+  for name in ('b1', 'b2'):
+    _check(0.0 <= o[name] < 1.0, f'config.optimizer.{name}={o[name]} must be in [0, 1) '
+           '(the paper: b1 0.9, b2 0.98).')
+  _check(o.eps > 0, f'config.optimizer.eps={o.eps} must be positive (the paper: 1e-9).')
+  _check(o.weight_decay >= 0, f'config.optimizer.weight_decay={o.weight_decay} must be >= 0.')
+  _check(o.weight_decay == 0 or o.name == 'adamw',
+         f'config.optimizer.weight_decay={o.weight_decay} needs config.optimizer.name=adamw.')
   _check(0.0 <= o.label_smoothing < 1.0,
          f'config.optimizer.label_smoothing={o.label_smoothing} must be in [0, 1).')
   _check(o.grad_clip_norm >= 0, f'config.optimizer.grad_clip_norm={o.grad_clip_norm} must be >= 0.')
-  _check(o.weight_decay == 0 or o.name == 'adamw',
-         f'config.optimizer.weight_decay={o.weight_decay} needs config.optimizer.name=adamw.')
-  for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length'):
-    _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
+  _check(o.end_learning_rate >= 0,
+         f'config.optimizer.end_learning_rate={o.end_learning_rate} must be >= 0.')
   _check(o.grad_accum_steps > 0 and c.batch_size % o.grad_accum_steps == 0,
          f'config.optimizer.grad_accum_steps={o.grad_accum_steps} must be positive and divide '
          f'config.batch_size={c.batch_size}.')
 
 
+def validate_run(c):
+  """Raises ConfigError for run-length, logging, checkpointing and placement fields."""
+  _check_choice('', c, 'parallelism', PARALLELISMS)
+  for name in ('seq_len', 'batch_size', 'total_steps', 'log_every', 'eval_every',
+               'checkpoint_every', 'keep_checkpoints', 'fsdp'):
+    _check(c[name] > 0, f'config.{name}={c[name]} must be positive.')
+  for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length',
+               'peak_flops'):
+    _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
+  _check(c.sample_temperature >= 0,
+         f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
+  _check(c.fsdp == 1 or c.parallelism == 'mesh',
+         f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
+  _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
+         f'config.seq_len={c.seq_len} is longer than the positional table '
+         f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+
+
+def validate_data(c):
+  """Raises ConfigError for data fields that cannot work with the model."""
+  d, m = c.data, c.model
+  _check(bool(d.name), 'config.data.name is empty; set it to shakespeare, cmudict, '
+         'tfds:<name> or text.')
+  _check_choice('data.', d, 'task', tuple(TASKS))
+  variant, head = TASKS[d.task]
+  if m.variant != variant or (head and m.encoder_head != head):
+    need = f'config.model.variant={variant}' + (f' and encoder_head={head}' if head else '')
+    raise ConfigError(f'config.data.task={d.task} needs {need}, got variant={m.variant}'
+                      f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""};'
+                      ' change the task or the model.')
+  for name, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOWS),
+                        ('uneven_batch', UNEVEN_BATCHES), ('format', FORMATS),
+                        ('spm_model_type', SPM_MODEL_TYPES)):
+    _check_choice('data.', d, name, allowed)
+  _check(not (d.packing and d.task == 'classify'),
+         'config.data.packing=True does not apply to task=classify (one label per row); set '
+         'packing=False.')
+  _check(0 < d.mask_rate < 1, f'config.data.mask_rate={d.mask_rate} must be in (0, 1).')
+  _check(d.vocab_size > 0, f'config.data.vocab_size={d.vocab_size} must be positive.')
+  for name in ('max_examples', 'tokenizer_examples'):
+    _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0 (0 = all).')
+  for name in ('num_threads', 'prefetch'):
+    _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0.')
+
+
 def validate_decode(d):
   """Raises ConfigError for decoding settings that cannot work."""
-  _check(d.method in DECODE_METHODS,
-         f'config.decode.method={d.method!r} is unknown; use one of {DECODE_METHODS}.')
+  _check_choice('decode.', d, 'method', DECODE_METHODS)
   _check(d.beam_size >= 1, f'config.decode.beam_size={d.beam_size} must be at least 1.')
   _check(d.batch_size >= 1, f'config.decode.batch_size={d.batch_size} must be at least 1.')
   _check(d.temperature > 0 or d.method != 'sample',
          f'config.decode.temperature={d.temperature} must be positive for sampling.')
+  _check(d.top_k >= 0, f'config.decode.top_k={d.top_k} must be >= 0 (0 = off).')
   _check(0 < d.top_p <= 1, f'config.decode.top_p={d.top_p} must be in (0, 1].')
+  _check(d.alpha >= 0, f'config.decode.alpha={d.alpha} must be >= 0.')
+  _check(d.max_examples >= 0, f'config.decode.max_examples={d.max_examples} must be >= 0.')
 
 
 def validate(c):
   """Raises ConfigError for a run config that cannot work."""
   validate_model(c.model)
-  validate_training(c)
+  validate_run(c)
+  validate_optimizer(c)
+  validate_data(c)
   validate_decode(c.decode)
-  _check(c.seq_len > 0, f'config.seq_len={c.seq_len} must be positive.')
-  _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
-         f'config.seq_len={c.seq_len} is longer than the positional table '
-         f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+
+
+def global_batch_size(c, num_devices: int) -> int:
+  """The global batch a run uses on `num_devices`: config.batch_size, split over
+  the devices and then config.optimizer.grad_accum_steps micro-batches each.
+
+  A batch that does not split is an error unless config.data.uneven_batch=drop,
+  which lowers it to the nearest size that does (the caller logs it).
+  """
+  unit = num_devices * c.optimizer.grad_accum_steps
+  b = c.batch_size
+  if b % unit == 0:
+    return b
+  how = (f'over {num_devices} devices' + (f' and then {c.optimizer.grad_accum_steps} '
+         'micro-batches (config.optimizer.grad_accum_steps)'
+         if c.optimizer.grad_accum_steps > 1 else ''))
+  if c.data.uneven_batch == 'drop':
+    _check(b >= unit, f'config.batch_size={b} is too small to split {how}; set it to a '
+           f'multiple of {unit}.')
+    return b - b % unit
+  raise ConfigError(f'config.batch_size={b} does not split {how}; set it to a multiple of '
+                    f'{unit} or config.data.uneven_batch=drop.')

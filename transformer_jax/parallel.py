@@ -29,16 +29,6 @@ from transformer_jax import config as config_lib
 PMAP_AXIS = 'batch'
 
 
-def _check_batch(config, num_devices: int):
-  per_device, remainder = divmod(config.batch_size, num_devices)
-  accum = config.optimizer.grad_accum_steps
-  if remainder or per_device % accum:
-    raise config_lib.ConfigError(
-        f'config.batch_size={config.batch_size} must split over {num_devices} devices and then '
-        f'config.optimizer.grad_accum_steps={accum} micro-batches; use a multiple of '
-        f'{num_devices * accum}.')
-
-
 class PmapStrategy:
   """Replicated state, batch split over local devices, gradients pmean'd."""
 
@@ -160,13 +150,11 @@ class MeshStrategy:
 
 
 def create(config, train_step: Callable, eval_step: Callable):
-  """The strategy config.parallelism names, with the batch checked against the devices."""
+  """The strategy config.parallelism names (the config is validated: config.py),
+  with the batch checked against the devices (config.global_batch_size)."""
   if config.parallelism == 'pmap':
     strategy = PmapStrategy(train_step, eval_step)
-  elif config.parallelism == 'mesh':
-    strategy = MeshStrategy(train_step, eval_step, config.fsdp)
   else:
-    raise config_lib.ConfigError(f'config.parallelism={config.parallelism!r} is unknown; use one '
-                                 f'of {config_lib.PARALLELISMS}.')
-  _check_batch(config, strategy.num_devices)
+    strategy = MeshStrategy(train_step, eval_step, config.fsdp)
+  config_lib.global_batch_size(config, strategy.num_devices)
   return strategy

@@ -48,12 +48,6 @@ from transformer_jax.data import tokenizers as tok_lib
 
 ConfigError = config_lib.ConfigError
 
-# task -> (model variant, encoder head) it feeds.
-TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
-         'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
-TOKENIZERS = ('char', 'byte', 'sentencepiece')
-OVERFLOW = ('drop', 'truncate', 'error')
-FORMATS = ('lines', 'tsv')
 
 
 @dataclasses.dataclass
@@ -64,53 +58,18 @@ class Datasets:
   info: dict
 
 
-def check_config(config):
-  """Raises ConfigError for data fields that cannot work with the model."""
-  d, m = config.data, config.model
-  if d.task not in TASKS:
-    raise ConfigError(f'config.data.task={d.task!r} is unknown; use one of {tuple(TASKS)}.')
-  variant, head = TASKS[d.task]
-  if m.variant != variant or (head and m.encoder_head != head):
-    need = f'config.model.variant={variant}' + (f' and encoder_head={head}' if head else '')
-    raise ConfigError(f'config.data.task={d.task} needs {need}, got variant={m.variant}'
-                      f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""};'
-                      ' change the task or the model.')
-  for field, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOW),
-                         ('uneven_batch', ('drop', 'error')), ('format', FORMATS),
-                         ('spm_model_type', ('unigram', 'bpe'))):
-    if d[field] not in allowed:
-      raise ConfigError(f'config.data.{field}={d[field]!r} is unknown; use one of {allowed}.')
-  if d.packing and d.task == 'classify':
-    raise ConfigError('config.data.packing=True does not apply to task=classify (one label '
-                      'per row); set packing=False.')
-  if not 0 < d.mask_rate < 1:
-    raise ConfigError(f'config.data.mask_rate={d.mask_rate} must be in (0, 1).')
-
-
 # ----------------------------------------------------------------------------
 # Batch sizes and hosts.
 
 
 def global_batch_size(config, num_devices: Optional[int] = None) -> int:
-  """config.batch_size, checked against the device count.
-
-  A batch that does not split evenly over devices is an error unless
-  config.data.uneven_batch = 'drop', which lowers it to the nearest multiple
-  (and logs that it did).
-  """
+  """config.global_batch_size on this run's devices, logged when uneven_batch=drop lowered it."""
   n = num_devices or jax.device_count()
-  b = config.batch_size
-  if b % n == 0:
-    return b
-  if config.data.uneven_batch == 'drop':
-    if b < n:
-      raise ConfigError(f'config.batch_size={b} is smaller than the {n} devices; '
-                        f'set it to a multiple of {n}.')
+  b = config_lib.global_batch_size(config, n)
+  if b != config.batch_size:
     logging.warning('config.batch_size=%d does not split over %d devices; using %d '
-                    '(config.data.uneven_batch=drop).', b, n, b - b % n)
-    return b - b % n
-  raise ConfigError(f'config.batch_size={b} does not split over {n} devices; set it to a '
-                    f'multiple of {n} or config.data.uneven_batch=drop.')
+                    '(config.data.uneven_batch=drop).', config.batch_size, n, b)
+  return b
 
 
 def _host_rows(batch_size: int) -> slice:
@@ -906,10 +865,7 @@ def _text(config, workdir, batch_size):
 def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
   """Tokenizer, train iterator, eval() and info for `config` (see module doc)."""
   d = config.data
-  if not d.name:
-    raise ConfigError('config.data.name is empty; set it to shakespeare, cmudict, '
-                      'tfds:<name> or text.')
-  check_config(config)
+  config_lib.validate(config)
   batch_size = global_batch_size(config)
   if d.name == 'shakespeare':
     tokenizer, train_ds, eval_ds, info = _shakespeare(config, workdir, batch_size)

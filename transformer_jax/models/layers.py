@@ -3,8 +3,8 @@
 Shapes: b = batch, l = query length, s = key/value length, h = heads,
 d = d_model, k = head dim (d_k = d_v = d / h).
 
-Every module takes the model config `cfg` (the `config.model` ConfigDict), so an
-ablation is a config override, never a code change.
+Every module takes the model config `cfg` (`config.ModelConfig`, the frozen
+`config.model`), so an ablation is a config override, never a code change.
 """
 
 import functools
@@ -85,7 +85,7 @@ class PositionalEncoding(nn.Module):
   examples each start at 0 and a cached decoder step knows where it is.
   Rotary positions are applied inside attention instead (see `apply_rotary`).
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   @nn.compact
   def __call__(self, x, positions):  # x [b, l, d], positions [b, l]
@@ -204,7 +204,7 @@ class MultiHeadAttention(nn.Module):
   (falling back to XLA, with a logged reason, where cuDNN cannot run).
   `causal` marks a decoder's self-attention, so cuDNN can skip the masked half.
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   causal: bool = False
 
   @nn.compact
@@ -218,7 +218,8 @@ class MultiHeadAttention(nn.Module):
     query = dense(name='query')(inputs_q)  # [b, l, h, k]
     key = dense(name='key')(inputs_kv)  # [b, s, h, k]
     value = dense(name='value')(inputs_kv)
-    if cfg.position == 'rotary':
+    if cfg.position == 'rotary' and positions_kv is not None:
+      # Self-attention only: encoder-decoder attention has no shared positions.
       query = apply_rotary(query, positions_q)
       key = apply_rotary(key, positions_kv)
 
@@ -281,7 +282,7 @@ class FeedForward(nn.Module):
 
   GELU swaps the activation; SwiGLU gates it: (Swish(x W) * x V) W2.
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):  # [b, l, d] -> [b, l, d]
@@ -306,7 +307,7 @@ class AddNorm(nn.Module):
   post (paper): LayerNorm(x + Dropout(Sublayer(x)))
   pre:          x + Dropout(Sublayer(LayerNorm(x)))
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   @nn.compact
   def __call__(self, x, sublayer: Callable, deterministic: bool = True):

@@ -50,7 +50,7 @@ def rematerialised(layer_class, cfg, static_argnums):
 
 class EncoderLayer(nn.Module):
   """Self-attention then FFN, each wrapped in AddNorm."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool = True):
@@ -68,7 +68,7 @@ class DecoderLayer(nn.Module):
 
   Without `encoded` (decoder-only models) the cross-attention sublayer is absent.
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   cross_attention: bool = True
 
   @nn.compact
@@ -92,7 +92,7 @@ class DecoderLayer(nn.Module):
 
 class Embedder(nn.Module):
   """Scaled token embedding + positional encoding + dropout."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
@@ -106,7 +106,7 @@ class Embedder(nn.Module):
 
 class Encoder(nn.Module):
   """Embedding, then N EncoderLayers (and a final LayerNorm for pre-LN)."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
@@ -130,7 +130,7 @@ class Decoder(nn.Module):
   `decode=True` runs on the KV cache: `tokens` are the next token(s), whose
   positions continue from the cache's own counter.
   """
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   cross_attention: bool = True
   embedding: Optional[TokenEmbedding] = None
 
@@ -170,7 +170,7 @@ class Decoder(nn.Module):
 
 class OutputProjection(nn.Module):
   """The pre-softmax linear transformation: tied to the embedding, or its own."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
   num_outputs: int
   embedding: Optional[TokenEmbedding] = None
 
@@ -184,7 +184,7 @@ class OutputProjection(nn.Module):
 
 class DecoderOnly(nn.Module):
   """GPT-style causal language model. `__call__(inputs) -> logits [b, l, vocab]`."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   def setup(self):
     cfg = self.cfg
@@ -202,7 +202,7 @@ class DecoderOnly(nn.Module):
 class EncoderOnly(nn.Module):
   """BERT-style encoder with a masked-LM head (logits [b, l, vocab]) or a
   sequence-classification head over pooled outputs (logits [b, num_classes])."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   def setup(self):
     cfg = self.cfg
@@ -230,7 +230,7 @@ class EncoderOnly(nn.Module):
 class Transformer(nn.Module):
   """The paper's encoder-decoder model. Inputs are source tokens, targets the
   target tokens; the decoder sees targets shifted right."""
-  cfg: config_lib.config_dict.ConfigDict
+  cfg: config_lib.ModelConfig
 
   def setup(self):
     cfg = self.cfg
@@ -269,6 +269,8 @@ VARIANTS = {'encoder': EncoderOnly, 'decoder': DecoderOnly, 'seq2seq': Transform
 
 
 def build_model(cfg) -> nn.Module:
-  """The model the config's `variant` names, validated first."""
+  """The model `config.model` (a ConfigDict or ModelConfig) names by its
+  `variant`, validated first and holding the frozen ModelConfig."""
   config_lib.validate_model(cfg)
+  cfg = config_lib.ModelConfig.of(cfg)
   return VARIANTS[cfg.variant](cfg)

@@ -1,0 +1,121 @@
+"""Nothing the validator accepts may crash: every accepted combination of the
+options that change the model's structure runs one train step and one cached
+decoding pass (equal to the full forward pass).
+
+The axes are read from config.py's lists of choices, so a new choice is tested
+the day it is added. variant x position x norm x activation (x encoder head and
+pooling for encoders) is enumerated in full; the remaining structural options
+(tied embeddings, biases, dtype, rematerialisation, dropout on the attention
+weights, unequal stack depths) rotate through the combinations, so each value
+meets every variant.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import override
+from transformer_jax import config as config_lib
+from transformer_jax import decode
+from transformer_jax import train
+from transformer_jax.models.transformer import build_model
+
+# (variant, encoder head) -> the task that trains it.
+TASK_OF = {need: task for task, need in config_lib.TASKS.items()}
+VOCAB, LENGTH, BATCH = 16, 6, 2
+
+EXTRAS = [
+    {},
+    {'model.share_embeddings': False},
+    {'model.use_bias': False},
+    {'model.dtype': 'bfloat16'},
+    {'model.remat': 'full'},
+    {'model.remat': 'dots'},
+    {'model.attention_dropout_rate': 0.1},
+    {'model.num_encoder_layers': 2, 'model.num_decoder_layers': 1},
+]
+
+
+def _heads(variant):
+  if variant != 'encoder':
+    return [{}]
+  return [{'model.encoder_head': 'mlm'}] + [
+      {'model.encoder_head': 'classify', 'model.pooling': p} for p in config_lib.POOLINGS]
+
+
+def _combinations():
+  combos = []
+  for variant, position, norm, activation in itertools.product(
+      config_lib.VARIANTS, config_lib.POSITIONS, config_lib.NORMS, config_lib.ACTIVATIONS):
+    for head in _heads(variant):
+      values = {'model.variant': variant, 'model.position': position, 'model.norm': norm,
+                'model.activation': activation, **head,
+                'data.task': TASK_OF[variant, head.get('model.encoder_head')]}
+      combos.append(values)
+  return [dict(c, **EXTRAS[i % len(EXTRAS)]) for i, c in enumerate(combos)]
+
+
+COMBINATIONS = _combinations()
+
+
+def _config(values):
+  c = config_lib.base_config()
+  c.model.variant = values['model.variant']  # the task check reads it first.
+  c = override(c, {'model.num_layers': 1, 'model.d_model': 8, 'model.num_heads': 2,
+                   'model.vocab_size': VOCAB, 'model.max_len': 16, 'model.dropout_rate': 0.1,
+                   'seq_len': LENGTH, 'batch_size': BATCH, 'warmup_steps': 1, **values})
+  return c
+
+
+def _batch(config, rng):
+  shape = (BATCH, LENGTH)
+  tokens = lambda: rng.integers(4, VOCAB, shape).astype(np.int32)
+  batch = {'inputs': tokens(), 'targets': tokens(), 'weights': np.ones(shape, np.float32)}
+  if config.data.task == 'classify':
+    batch.update(targets=np.array([0, 1], np.int32), weights=np.ones(BATCH, np.float32))
+  return batch
+
+
+def _name(values):
+  return '-'.join(str(v) for k, v in values.items() if k != 'data.task')
+
+
+def test_every_combination_is_accepted_by_the_validator():
+  for values in COMBINATIONS:
+    config_lib.validate(_config(values))
+  assert len(COMBINATIONS) == 120
+
+
+@pytest.mark.parametrize('values', COMBINATIONS, ids=_name)
+def test_train_step_and_cached_decoding_run(values):
+  config = _config(values)
+  config_lib.validate(config)
+  model = build_model(config.model)
+  tx = train.create_optimizer(config, train.learning_rate_schedule(config))
+  state = jax.jit(train.init_fn(config, model, tx))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  step, _ = train.make_steps(config)
+  new_state, metrics = jax.jit(step)(state, _batch(config, rng), jax.random.PRNGKey(1))
+  assert np.isfinite(float(metrics['nll'])) and np.isfinite(float(metrics['grad_norm']))
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
+  assert any(jax.tree.leaves(changed))
+
+  variant = config.model.variant
+  if variant == 'encoder':
+    return  # nothing to decode.
+  params = new_state.params
+  tokens = jnp.asarray(rng.integers(4, VOCAB, (BATCH, LENGTH)), jnp.int32)
+  tolerance = 5e-2 if config.model.dtype == 'bfloat16' else 1e-4
+  if variant == 'decoder':
+    full = model.apply({'params': params}, tokens)
+    cached = decode.step_logits(model, params, tokens, prefill=3)
+  else:
+    sources = jnp.asarray(rng.integers(4, VOCAB, (BATCH, LENGTH)), jnp.int32)
+    full = model.apply({'params': params}, sources, tokens)
+    decoder_inputs = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+    cached = decode.step_logits(model, params, decoder_inputs, sources)
+  np.testing.assert_allclose(np.asarray(cached, np.float32), np.asarray(full, np.float32),
+                             atol=tolerance, rtol=tolerance)
