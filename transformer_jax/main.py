@@ -18,8 +18,9 @@ Modes:
 
 --config is a packaged config's name (transformer_jax/configs/), a module name or a
 .py file, each with an optional :arg. Without --config the default experiment runs
-(shakespeare_char); without --workdir the run lives in runs/<config name>. A config error (a typo in an
-override, a value that cannot work) exits with one line before anything is compiled.
+(shakespeare_char); without --workdir the run lives in runs/<config name>. A config
+error (a typo in an override, a value that cannot work) exits with one line before
+anything is compiled.
 """
 
 import json
