@@ -1,6 +1,6 @@
 """The one config object: defaults for every field, and validation.
 
-Experiment configs in `experiments/configs/` start from `base_config()` and
+Experiment configs in `transformer_jax/configs/` start from `base_config()` and
 change what they need; a command-line override such as
 `--config.model.num_heads=4` changes one field. `validate` runs before anything
 is built, so a config that cannot work fails with one line naming the field and
