@@ -17,9 +17,10 @@ git -C "$REPO" ls-files -z --cached --others --exclude-standard |
   (cd "$REPO" && xargs -0 tar -cf - --ignore-failed-read) | tar -xf - -C "$WORK/src"
 pip wheel --no-deps -q -w "$WORK/dist" "$WORK/src"
 WHEEL="$(ls "$WORK"/dist/transformer_jax-*.whl)"
-unzip -l "$WHEEL" | grep -q 'transformer_jax/configs/shakespeare_char.py' ||
+CONTENTS="$(unzip -Z1 "$WHEEL")"
+grep -qx 'transformer_jax/configs/shakespeare_char.py' <<< "$CONTENTS" ||
   { echo "$WHEEL lacks transformer_jax/configs/; check setup.cfg's packages."; exit 1; }
-unzip -l "$WHEEL" | grep -q 'transformer_jax/data/shakespeare/README.md' ||
+grep -qx 'transformer_jax/data/shakespeare/README.md' <<< "$CONTENTS" ||
   { echo "$WHEEL lacks the Shakespeare data; check setup.cfg's package_data."; exit 1; }
 step "built $(basename "$WHEEL") (configs and data inside)"
 

@@ -29,7 +29,7 @@ def parse_arg(arg: str, known: Mapping[str, str]) -> str:
   if arg and arg not in known:
     choices = ', '.join(repr(k) for k in known)
     raise config_lib.ConfigError(
-        f"unknown config argument {arg!r}; use one of {choices} or none.")
+        f'unknown config argument {arg!r}; use one of {choices} or none.')
   return arg
 
 
