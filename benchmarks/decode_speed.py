@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import common
-from experiments.configs import shakespeare_char
 from transformer_jax import decode
+from transformer_jax.configs import shakespeare_char
 from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 

@@ -7,7 +7,7 @@ batch, so the ratio says how much headroom the pipeline has; the issue asks
 for at least 10x.
 
   python benchmarks/input_pipeline.py                      # the default experiment
-  python benchmarks/input_pipeline.py --config=experiments/configs/shakespeare_char.py \
+  python benchmarks/input_pipeline.py --config=transformer_jax/configs/shakespeare_char.py \
       --config.data.packing=True --batches=500 --step_batches=0
 """
 
@@ -21,10 +21,11 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from transformer_jax import configs
 from transformer_jax.data import pipeline
 from transformer_jax.models import transformer
 
-config_flags.DEFINE_config_file('config', 'experiments/configs/shakespeare_char.py',
+config_flags.DEFINE_config_file('config', configs.config_file('shakespeare_char'),
                                 'Experiment config.')
 flags.DEFINE_integer('batches', 2000, 'Train batches drawn from the pipeline.')
 flags.DEFINE_integer('step_batches', 50, 'Train steps timed (0 = skip the step).')

@@ -1,11 +1,12 @@
 """Shared fixtures: the default experiment's config and a tiny version of it."""
 
-import importlib.util
 import os
 import sys
 import tempfile
 
 import pytest
+
+from transformer_jax import configs
 
 # XLA on CPU compiles a step in seconds to tens of seconds on 2 cores; tests (and
 # the subprocesses they start) compile the same small programs again and again,
@@ -17,7 +18,6 @@ if 'jax' in sys.modules:
                                    os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHAR_CONFIG = os.path.join(REPOSITORY, 'experiments', 'configs', 'shakespeare_char.py')
 
 # A model small enough that a step takes milliseconds, on the real Shakespeare
 # pipeline; dropout on so that resuming must also restore the dropout key.
@@ -27,11 +27,8 @@ TINY = {'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2,
         'checkpoint_every': 3, 'num_samples': 0}
 
 
-def load_config(path: str = CHAR_CONFIG, arg: str = ''):
-  spec = importlib.util.spec_from_file_location('experiment_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+def load_config(spec: str = 'shakespeare_char'):
+  return configs.load(spec)
 
 
 def override(config, values: dict):

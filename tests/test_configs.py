@@ -1,46 +1,116 @@
-"""Every experiment config, and its quick variant, loads and validates; the
-quick variants are small enough for a CPU."""
+"""Every packaged config and each of its args loads and validates; the quick
+variants are small enough for a CPU; the loader takes names and paths alike."""
 
-import glob
-import inspect
 import os
-import runpy
+import subprocess
+import sys
 
 import pytest
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
 from transformer_jax.models import accounting
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, 'experiments', 'configs', '*.py')))
+CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
+VARIANTS = [(name, arg) for name in configs.NAMES
+            for arg in ('', *configs.load_module(name).ARGS)]
 
 
 def test_the_paper_and_task_configs_are_all_here():
-  names = {os.path.basename(p) for p in CONFIGS}
-  assert {'shakespeare_char.py', 'shakespeare_mlm.py', 'shakespeare_genre.py', 'cmudict_g2p.py',
-          'wmt14_ende_base.py', 'wmt14_ende_big.py', 'lm1b.py'} <= names
+  assert {'shakespeare_char', 'shakespeare_mlm', 'shakespeare_genre', 'cmudict_g2p',
+          'wmt14_ende_base', 'wmt14_ende_big', 'lm1b'} <= set(configs.NAMES)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_and_quick_variant_validate(path):
-  module = runpy.run_path(path)
-  assert 'python -m transformer_jax.main' in module['__doc__'], 'the docstring gives the command'
-  full = module['get_config']()
-  config_lib.validate(full)
-  assert 'arg' in inspect.signature(module['get_config']).parameters, 'a quick variant'
-  quick = module['get_config']('quick')
-  config_lib.validate(quick)
-  assert ':quick' in module['__doc__']
+@pytest.mark.parametrize('name,arg', VARIANTS, ids=[f'{n}:{a}' for n, a in VARIANTS])
+def test_every_config_and_arg_validates(name, arg):
+  config_lib.validate(configs.load(f'{name}:{arg}' if arg else name))
+
+
+@pytest.mark.parametrize('name', configs.NAMES)
+def test_config_declares_a_quick_run_and_its_commands(name):
+  module = configs.load_module(name)
+  assert f'python -m transformer_jax.main --config={name}' in module.__doc__
+  for arg in module.ARGS:
+    assert f'--config={name}:{arg}' in module.__doc__, f'the docstring gives the :{arg} command'
+  quick = configs.load(f'{name}:quick')
   assert accounting.count_params(quick.model) < 2_000_000
   assert quick.total_steps <= 500
-  with pytest.raises(ValueError, match='Unknown config argument'):
-    module['get_config']('no_such_variant')
+
+
+@pytest.mark.parametrize('name', configs.NAMES)
+def test_name_module_and_path_give_the_same_config(name):
+  by_name = configs.load(f'{name}:quick').to_dict()
+  assert configs.load(f'transformer_jax.configs.{name}:quick').to_dict() == by_name
+  assert configs.load(os.path.join(CONFIG_DIR, f'{name}.py:quick')).to_dict() == by_name
+  assert configs.name(os.path.join(CONFIG_DIR, f'{name}.py:quick')) == name
+  assert configs.name(f'transformer_jax.configs.{name}') == name
+
+
+def test_unknown_arg_is_one_line_naming_it_and_the_known_ones():
+  with pytest.raises(config_lib.ConfigError) as e:
+    configs.load('cmudict_g2p:no_such_variant')
+  assert str(e.value) == ("cmudict_g2p: unknown config argument 'no_such_variant'; "
+                          "use one of 'cpu', 'quick' or none.")
+  with pytest.raises(config_lib.ConfigError, match="unknown config argument 'big'"):
+    configs.load_module('shakespeare_char').get_config('big')
+
+
+@pytest.mark.parametrize('spec,message', [
+    ('no_such_config', "no config named 'no_such_config'; use one of cmudict_g2p, "),
+    ('no_such_package.config', "no config named 'no_such_package.config'"),
+    ('missing/config.py', 'config file missing/config.py does not exist'),
+    ('', "empty config ''"),
+])
+def test_a_missing_config_is_one_line(spec, message):
+  with pytest.raises(config_lib.ConfigError, match=message) as e:
+    configs.load(spec)
+  assert '\n' not in str(e.value)
+
+
+def test_a_user_file_loads_and_a_broken_one_is_one_line(tmp_path):
+  good = tmp_path / 'mine.py'
+  good.write_text('from transformer_jax.configs import shakespeare_char\n\n'
+                  'def get_config():\n  c = shakespeare_char.get_config()\n'
+                  '  c.model.num_heads = 2\n  return c\n')
+  assert configs.load(str(good)).model.num_heads == 2
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config(:\n  pass\n')
+  with pytest.raises(config_lib.ConfigError, match=r'broken.py does not parse: .* \(line 1\)'):
+    configs.load(str(broken))
+  empty = tmp_path / 'empty.py'
+  empty.write_text('X = 1\n')
+  with pytest.raises(config_lib.ConfigError, match='has no get_config'):
+    configs.load(str(empty))
 
 
 def test_big_is_the_base_model_scaled_up():
-  base = runpy.run_path(os.path.join(REPO, 'experiments', 'configs', 'wmt14_ende_base.py'))
-  big = runpy.run_path(os.path.join(REPO, 'experiments', 'configs', 'wmt14_ende_big.py'))
-  b, g = base['get_config'](), big['get_config']()
+  b, g = configs.load('wmt14_ende_base'), configs.load('wmt14_ende_big')
   assert (g.model.d_model, g.model.num_heads, g.model.dropout_rate) == (1024, 16, 0.3)
   assert g.data.to_dict() == b.data.to_dict()
   assert abs(accounting.count_params(g.model) / 1e6 - 213) / 213 < 0.07  # Table 3: 213M.
+
+
+def run_main(tmp_path, *args):
+  """main.py from a directory that is not the repository."""
+  return subprocess.run([sys.executable, '-m', 'transformer_jax.main', *args], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_main_takes_names_paths_and_overrides_and_errs_in_one_line(tmp_path):
+  path = os.path.join(CONFIG_DIR, 'shakespeare_char.py')
+  by_name = run_main(tmp_path, '--config=shakespeare_char:quick', '--mode=describe',
+                     '--config.model.num_heads=8')
+  by_path = run_main(tmp_path, f'--config={path}:quick', '--mode=describe',
+                     '--config.model.num_heads=8')
+  assert by_name.returncode == 0, by_name.stderr
+  assert by_name.stdout.splitlines()[-1] == by_path.stdout.splitlines()[-1]
+  assert '"num_heads": 8' in by_name.stdout
+  for args, message in [
+      (['--config=shakespeare_char:big'], "Config error: shakespeare_char: unknown config "
+                                          "argument 'big'; use one of 'quick' or none."),
+      (['--config=no_such_config'], "Config error: no config named 'no_such_config'"),
+      (['--config.model.num_head=4'], 'Config error: \'num_head\' Did you mean "num_heads"'),
+  ]:
+    out = run_main(tmp_path, *args, '--mode=describe')
+    assert out.returncode != 0 and out.stderr.strip().startswith(message), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

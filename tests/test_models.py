@@ -107,7 +107,7 @@ def run_main(*args):
 
 
 def test_describe_prints_one_json_object_on_last_line():
-  out = run_main('--config=experiments/configs/wmt14_ende_base.py', '--mode=describe',
+  out = run_main('--config=wmt14_ende_base', '--mode=describe',
                  '--config.model.num_layers=2')
   assert out.returncode == 0, out.stderr
   summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,14 +120,14 @@ def test_describe_prints_one_json_object_on_last_line():
 
 
 def test_describe_big_model():
-  out = run_main('--config=experiments/configs/wmt14_ende_big.py', '--mode=describe')
+  out = run_main('--config=wmt14_ende_big', '--mode=describe')
   assert out.returncode == 0, out.stderr
   summary = json.loads(out.stdout.strip().splitlines()[-1])
   assert abs(summary['params'] / 1e6 - 213) / 213 < 0.07
 
 
 def test_describe_rejects_bad_config_in_one_line():
-  out = run_main('--config=experiments/configs/wmt14_ende_base.py', '--mode=describe',
+  out = run_main('--config=wmt14_ende_base', '--mode=describe',
                  '--config.model.num_heads=7')
   assert out.returncode != 0
   assert out.stderr.strip().splitlines()[-1].startswith('Config error: config.model.d_model=512')

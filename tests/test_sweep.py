@@ -13,7 +13,6 @@ from transformer_jax import sweep
 from transformer_jax.models import accounting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHAR_CONFIG = os.path.join(REPO, 'experiments', 'configs', 'shakespeare_char.py')
 
 
 @pytest.fixture
@@ -21,10 +20,10 @@ def config_file(tmp_path):
   """A tiny char-LM config whose grid has a run that crashes (an unknown dataset)."""
   path = tmp_path / 'tiny_sweep.py'
   path.write_text(textwrap.dedent(f'''
-      import runpy
+      from transformer_jax.configs import shakespeare_char
 
       def get_config():
-        c = runpy.run_path({CHAR_CONFIG!r})['get_config']()
+        c = shakespeare_char.get_config()
         c.model.num_layers = 1
         c.model.d_model = 16
         c.model.max_len = 16

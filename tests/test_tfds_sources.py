@@ -105,3 +105,12 @@ def test_tfrecord_prepared_data_gets_one_line_fix(monkeypatch):
   monkeypatch.setattr(tfds, 'data_source', tfrecord_only)
   with pytest.raises(ValueError, match=r'prepared as tfrecord.*--file_format=array_record'):
     sources.tfds_source('lm1b', 'train', '/data/tfds')
+
+
+def test_without_tensorflow_the_error_names_the_install_command(monkeypatch):
+  find_spec = sources.importlib.util.find_spec
+  monkeypatch.setattr(sources.importlib.util, 'find_spec',
+                      lambda name: None if name == 'tensorflow' else find_spec(name))
+  with pytest.raises(ImportError, match=r"need tensorflow; install them with "
+                                        r"pip install 'transformer_jax\[tfds\]'"):
+    sources.tfds_examples('wmt14_translate/de-en', 'train')

@@ -1,7 +1,7 @@
 """The one config object: every field with its default, every rule, and which
 fields may change when a run resumes.
 
-Experiment configs (`transformer_jax/configs/`) start from `base_config()` and
+Experiment configs in `transformer_jax/configs/` start from `base_config()` and
 change what they need; a command-line override such as
 `--config.model.num_heads=4` changes one field. `validate` runs before anything
 is built, so a config that cannot work fails with one line naming the field and

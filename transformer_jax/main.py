@@ -1,9 +1,10 @@
 """Command-line entry point: flags only; the work lives in importable modules.
 
   python -m transformer_jax.main                     # the default experiment
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py \
+  python -m transformer_jax.main --config=shakespeare_char \
       --workdir=runs/char --config.model.num_heads=8
-  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py --mode=describe
+  python -m transformer_jax.main --config=wmt14_ende_base --mode=describe
+  python -m transformer_jax.main --config=path/to/my_config.py:arg
 
 Modes:
   train     (default) train, or resume the run in --workdir from its latest
@@ -15,9 +16,11 @@ Modes:
   describe  print the model's shape, parameter count and FLOPs per token as one
             JSON object on the last line of stdout, without training.
 
-Without --config the default experiment runs (experiments/configs/shakespeare_char.py);
-without --workdir the run lives in runs/<config name>. A config error (a typo in an
-override, a value that cannot work) exits with one line before anything is compiled.
+--config is a packaged config's name (transformer_jax/configs/), a module name or a
+.py file, each with an optional :arg. Without --config the default experiment runs
+(shakespeare_char); without --workdir the run lives in runs/<config name>. A config
+error (a typo in an override, a value that cannot work) exits with one line before
+anything is compiled.
 """
 
 import json
@@ -30,9 +33,9 @@ from absl import logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPOSITORY, 'experiments', 'configs', 'shakespeare_char.py')
+DEFAULT_CONFIG = configs.config_file('shakespeare_char')
 
 CONFIG_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 
@@ -46,9 +49,9 @@ def _config_error(e: Exception) -> str:
 
 
 try:  # with a default file, config_flags applies the overrides in sys.argv right here.
-  _CONFIG = config_flags.DEFINE_config_file('config', DEFAULT_CONFIG,
-                                            'Experiment config file (get_config()).',
-                                            lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', DEFAULT_CONFIG, 'Experiment config: a name in transformer_jax/configs/, a '
+      'module name or a .py file (get_config()), optionally :arg.', lock_config=True)
 except CONFIG_ERRORS as e:
   sys.exit(_config_error(e))
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -65,10 +68,30 @@ def describe(config) -> dict:
   return accounting.describe(config.model, config.seq_len)
 
 
+def _config_files(argv):
+  """argv with the --config value as the config's file (ml_collections reads files)."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      argv[i] = '--config=' + _config_file(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(argv):
+      argv[i + 1] = _config_file(argv[i + 1])
+  return argv
+
+
+def _config_file(spec: str) -> str:
+  """A config spec's file, after checking that the config loads."""
+  try:
+    configs.load(spec)
+    return configs.config_file(spec)
+  except config_lib.ConfigError as e:
+    sys.exit(f'Config error: {e}')
+
+
 def parse_flags(argv):
   """absl flag parsing, with config errors (e.g. --config.model.num_head=4) as one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_config_files(argv))
   except flags.Error as e:
     sys.exit(f'Flag error: {e}')
   except CONFIG_ERRORS as e:

@@ -4,7 +4,7 @@ A sweep is declared next to its config: `get_sweep(name)` returns either a grid,
 a dict {config key: [values]} whose product is run (`seed` is an axis like any
 other), or an explicit list of override dicts.
 
-  python -m transformer_jax.sweep --config=experiments/configs/shakespeare_char.py \
+  python -m transformer_jax.sweep --config=shakespeare_char \
       --sweep=ffn_x_heads --workdir=runs/ffn_x_heads [--config.total_steps=300 ...]
 
 Each run trains in its own process (`python -m transformer_jax.main`), so a
@@ -16,7 +16,6 @@ capacity effects can be told from shape effects) and PNG plots.
 
 import csv
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -31,8 +30,10 @@ from absl import flags
 from absl import logging
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
 
-_CONFIG = flags.DEFINE_string('config', None, 'Experiment config file, optionally path:arg.')
+_CONFIG = flags.DEFINE_string('config', None, 'Experiment config: a name in '
+                               'transformer_jax/configs/, a module or a .py file; optionally :arg.')
 _SWEEP = flags.DEFINE_string('sweep', None, 'Name passed to the config file\'s get_sweep().')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs and the report go.')
 _METRIC = flags.DEFINE_string('metric', 'loss', 'Eval metric the table and plots report.')
@@ -49,17 +50,6 @@ class Run:
   @property
   def name(self) -> str:
     return ','.join(f'{k}={v}' for k, v in self.overrides.items())
-
-
-def load_config_module(path: str):
-  """The config file as a module (path may carry ':arg', which is dropped here)."""
-  file_path = path.split(':', 1)[0]
-  if not os.path.exists(file_path):
-    raise FileNotFoundError(f'config file {file_path} does not exist; pass --config=PATH.')
-  spec = importlib.util.spec_from_file_location('sweep_config', file_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def expand(spec) -> List[Run]:
@@ -319,11 +309,11 @@ def report(runs: List[Run], workdir: str, metric: str) -> List[dict]:
 
 def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: Sequence[str],
               metric: str = 'loss', report_only: bool = False) -> List[dict]:
-  module = load_config_module(config_path)
+  module = configs.load_module(config_path)
   if not hasattr(module, 'get_sweep'):
     raise config_lib.ConfigError(f'{config_path} has no get_sweep(); declare the grid there.')
   runs = expand(module.get_sweep(sweep) if sweep else module.get_sweep())
-  base = module.get_config(*([config_path.split(':', 1)[1]] if ':' in config_path else []))
+  base = configs.load(config_path)
   check_runs(base, runs)
   if extra_args and not report_only:
     check_extra(config_path, extra_args)

@@ -16,6 +16,7 @@ the fix.
 import csv
 import functools
 import glob
+import importlib.util
 import os
 import re
 from typing import Optional, Sequence
@@ -130,6 +131,15 @@ TFDS_EVAL_SPLIT = {'wmt14_translate/de-en': 'test', 'wmt17_translate/de-en': 'te
                    'lm1b': 'test', 'glue/sst2': 'validation'}
 
 
+def _require_tfds():
+  """TFDS datasets need tensorflow-datasets and TensorFlow (the `tfds` extra)."""
+  missing = [module for module in ('tensorflow', 'tensorflow_datasets')
+             if importlib.util.find_spec(module) is None]
+  if missing:
+    raise ImportError(f'TFDS datasets need {" and ".join(missing)}; install them with '
+                      "pip install 'transformer_jax[tfds]' (Colab has them already).")
+
+
 def _hide_gpus_from_tf():
   """TF only reads files here; keep it off the accelerators JAX uses."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -141,6 +151,7 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
   over its array_record files, so a split is read record by record, never
   whole. Where TFDS may download, the dataset is prepared in that format on
   first use."""
+  _require_tfds()
   if name not in TFDS:
     raise ValueError(f'tfds:{name} is not supported; use one of '
                      f'{", ".join("tfds:" + n for n in TFDS)}.')

@@ -5,17 +5,20 @@ genre (comedy / history / tragedy / poem, from genres.tsv); works are split
 so that no play is in both train and test. The classifier pools the encoder's
 outputs over real tokens (config.model.pooling) into a linear layer.
 
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_genre.py \
-      --workdir=runs/genre
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_genre.py:quick \
+  python -m transformer_jax.main --config=shakespeare_genre --workdir=runs/genre
+  python -m transformer_jax.main --config=shakespeare_genre:quick \
       --workdir=/tmp/genre_quick
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'quick': 'a short smoke run'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the full run) or 'quick' (a short smoke run)."""
+  """arg: '' (the full run) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'encoder'
   c.model.encoder_head = 'classify'
@@ -47,6 +50,4 @@ def get_config(arg: str = ''):
     c.eval_steps = 10
     c.checkpoint_every = 100
     c.log_every = 50
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c

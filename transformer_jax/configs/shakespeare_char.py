@@ -7,22 +7,26 @@ context 64, batch 12, no dropout, 2000 steps. Trains in a few minutes on a
 corpus) and prints a few samples.
 
   python -m transformer_jax.main                              # this config, runs/shakespeare_char
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py \
+  python -m transformer_jax.main --config=shakespeare_char \
       --workdir=runs/char --config.model.num_heads=8
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_char.py:quick \
+  python -m transformer_jax.main --config=shakespeare_char:quick \
       --workdir=/tmp/char_quick                               # 300 steps, a smoke run
 
 Ablations (get_sweep below), e.g. the paper's Table 3 rows (A) and (C) in small:
 
-  python -m transformer_jax.sweep --config=experiments/configs/shakespeare_char.py \
+  python -m transformer_jax.sweep --config=shakespeare_char \
       --sweep=ffn_x_heads --workdir=runs/ffn_x_heads --config.total_steps=500
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'quick': 'a 300-step smoke run'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the full run) or 'quick' (a short smoke run)."""
+  """arg: '' (the full run) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'decoder'
   c.model.num_layers = 4
@@ -50,8 +54,6 @@ def get_config(arg: str = ''):
     c.total_steps = 300
     c.eval_every = 300
     c.eval_steps = 100
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c
 
 

@@ -3,10 +3,10 @@
 N=6, d_model=512, h=8, d_ff=2048, P_drop=0.1, label smoothing 0.1, shared
 ~37k-token vocabulary and shared embeddings; 100k steps of ~25k tokens.
 
-  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py \
+  python -m transformer_jax.main --config=wmt14_ende_base \
       --workdir=runs/wmt14_base
-  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py --mode=describe
-  python -m transformer_jax.main --config=experiments/configs/wmt14_ende_base.py:quick \
+  python -m transformer_jax.main --config=wmt14_ende_base --mode=describe
+  python -m transformer_jax.main --config=wmt14_ende_base:quick \
       --workdir=/tmp/wmt14_quick          # CPU smoke run: small model, the first 10k pairs
 
 The TFDS builder downloads and prepares WMT14 on first use (several GB, in
@@ -16,10 +16,14 @@ as tfrecord needs `tfds build wmt14_translate/de-en --file_format=array_record`)
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'quick': 'a CPU smoke run: small model, the first 10k pairs'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the paper's base model) or 'quick' (a CPU smoke run)."""
+  """arg: '' (the paper's base model) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'seq2seq'
   c.model.num_layers = 6
@@ -50,6 +54,4 @@ def get_config(arg: str = ''):
     c.update(seq_len=128, batch_size=32, total_steps=200, warmup_steps=100, eval_every=200,
              eval_steps=20, checkpoint_every=200, log_every=50)
     c.decode.max_examples = 200  # BLEU of --mode=eval on the first 200 test sentences.
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c

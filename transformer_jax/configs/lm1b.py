@@ -5,15 +5,19 @@ A GPT-style model over a 32k SentencePiece vocabulary trained on the fly from
 data: on a machine with internet TFDS downloads and prepares it (array_record,
 read record by record while training) into config.data.data_dir.
 
-  python -m transformer_jax.main --config=experiments/configs/lm1b.py --workdir=runs/lm1b
-  python -m transformer_jax.main --config=experiments/configs/lm1b.py:quick --workdir=/tmp/lm1b
+  python -m transformer_jax.main --config=lm1b --workdir=runs/lm1b
+  python -m transformer_jax.main --config=lm1b:quick --workdir=/tmp/lm1b
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'quick': 'a short run on the first 10k sentences'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the full run) or 'quick' (a short run on the first 10k sentences)."""
+  """arg: '' (the full run) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'decoder'
   c.model.num_layers = 6
@@ -50,6 +54,4 @@ def get_config(arg: str = ''):
     c.eval_every = 200
     c.eval_steps = 20
     c.checkpoint_every = 200
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c

@@ -5,16 +5,20 @@ corruption ([MASK] / random / unchanged); the loss and accuracy count only the
 masked positions. Split as the LM: first 90% of the corpus trains, last 10%
 evaluates.
 
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_mlm.py --workdir=runs/mlm
-  python -m transformer_jax.main --config=experiments/configs/shakespeare_mlm.py:quick \
+  python -m transformer_jax.main --config=shakespeare_mlm --workdir=runs/mlm
+  python -m transformer_jax.main --config=shakespeare_mlm:quick \
       --workdir=/tmp/mlm_quick
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'quick': 'a short smoke run'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the full run) or 'quick' (a short smoke run)."""
+  """arg: '' (the full run) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'encoder'
   c.model.encoder_head = 'mlm'
@@ -44,6 +48,4 @@ def get_config(arg: str = ''):
     c.eval_steps = 20
     c.checkpoint_every = 200
     c.log_every = 50
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use quick or nothing.')
   return c

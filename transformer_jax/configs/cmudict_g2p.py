@@ -6,10 +6,10 @@ dictionary order, every 20th to dev, positions 17 and 18 mod 20 to test, the
 rest to train. The model is the size of the CMU Sphinx g2p-seq2seq Transformer
 (3 layers, size 256), whose published word error rate on this dictionary is 30.2%.
 
-  python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py --workdir=runs/g2p
-  python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py:cpu \
+  python -m transformer_jax.main --config=cmudict_g2p --workdir=runs/g2p
+  python -m transformer_jax.main --config=cmudict_g2p:cpu \
       --workdir=runs/g2p_cpu                                   # the same model, sized for a CPU
-  python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py:quick \
+  python -m transformer_jax.main --config=cmudict_g2p:quick \
       --workdir=/tmp/g2p_quick                                 # a CPU smoke run
 
 The :cpu run resumed with --config.total_steps=4500 (a longer cosine schedule,
@@ -17,15 +17,19 @@ The :cpu run resumed with --config.total_steps=4500 (a longer cosine schedule,
 
 Evaluate the test split (every word, beam search) from a run's last checkpoint:
 
-  python -m transformer_jax.main --config=experiments/configs/cmudict_g2p.py:cpu \
+  python -m transformer_jax.main --config=cmudict_g2p:cpu \
       --workdir=runs/g2p_cpu --mode=eval --config.data.eval_split=test
 """
 
 from transformer_jax import config as config_lib
+from transformer_jax import configs
+
+ARGS = {'cpu': 'the same model in under 2 CPU-hours', 'quick': 'a CPU smoke run'}
 
 
 def get_config(arg: str = ''):
-  """arg: '' (the full run), 'cpu' (the same model in under 2 CPU-hours) or 'quick'."""
+  """arg: '' (the full run) or one of ARGS."""
+  arg = configs.parse_arg(arg, ARGS)
   c = config_lib.base_config()
   c.model.variant = 'seq2seq'
   c.model.num_layers = 3
@@ -74,6 +78,4 @@ def get_config(arg: str = ''):
     c.eval_steps = 20
     c.checkpoint_every = 200
     c.log_every = 50
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use cpu, quick or nothing.')
   return c
