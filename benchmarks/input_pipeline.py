@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from transformer_jax import configs
-from transformer_jax.data import pipeline
+from transformer_jax.data import datasets
 from transformer_jax.models import transformer
 
 config_flags.DEFINE_config_file('config', configs.config_file('shakespeare_char'),
@@ -90,7 +90,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   start = time.perf_counter()
-  data = pipeline.create_datasets(config, FLAGS.workdir)
+  data = datasets.create_datasets(config, FLAGS.workdir)
   setup = time.perf_counter() - start
   seconds, examples, tokens, batch = time_pipeline(data.train, FLAGS.batches)
   shape = 'x'.join(str(d) for d in batch['inputs'].shape)

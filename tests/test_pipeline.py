@@ -6,7 +6,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from transformer_jax import config as config_lib
-from transformer_jax.data import pipeline
+from transformer_jax.data import batching
+from transformer_jax.data import datasets
+from transformer_jax.data import examples
 from transformer_jax.data import sources
 
 
@@ -23,11 +25,11 @@ def small_config(variant='decoder', **data):
 
 @pytest.fixture(scope='module')
 def char_lm():
-  return pipeline.create_datasets(small_config(), None)
+  return datasets.create_datasets(small_config(), None)
 
 
 def test_char_lm_batches_follow_the_contract(char_lm):
-  batch = next(iter(pipeline.create_datasets(small_config(), None).train))
+  batch = next(iter(datasets.create_datasets(small_config(), None).train))
   assert set(batch) == {'inputs', 'targets', 'weights'}
   assert batch['inputs'].shape == batch['targets'].shape == (4, 16)
   assert batch['inputs'].dtype == np.int32 and batch['weights'].dtype == np.float32
@@ -62,7 +64,7 @@ def test_eval_covers_the_validation_split_once(char_lm):
 
 
 def test_train_order_is_seeded():
-  first = lambda config: next(pipeline.create_datasets(config, None).train)['inputs']
+  first = lambda config: next(datasets.create_datasets(config, None).train)['inputs']
   np.testing.assert_array_equal(first(small_config()), first(small_config()))
   other_seed = small_config()
   other_seed.seed = 1
@@ -70,17 +72,17 @@ def test_train_order_is_seeded():
 
 
 def test_shuffled_batches_cover_each_item_once_per_epoch():
-  batches = pipeline.ShuffledBatches(num_items=10, batch_size=3, seed=0)
+  batches = batching.ShuffledBatches(num_items=10, batch_size=3, seed=0)
   epoch0 = np.concatenate([batches[i] for i in range(3)])
   epoch1 = np.concatenate([batches[i] for i in range(3, 6)])
   assert len(set(epoch0)) == len(set(epoch1)) == 9
   assert not np.array_equal(epoch0, epoch1)
-  np.testing.assert_array_equal(batches[4], pipeline.ShuffledBatches(10, 3, 0)[4])
+  np.testing.assert_array_equal(batches[4], batching.ShuffledBatches(10, 3, 0)[4])
 
 
 def test_orbax_checkpoint_resumes_at_the_next_batch(tmp_path):
   config = small_config()
-  train = pipeline.create_datasets(config, None).train
+  train = datasets.create_datasets(config, None).train
   for _ in range(7):
     next(train)
   manager = ocp.CheckpointManager(tmp_path)
@@ -90,7 +92,7 @@ def test_orbax_checkpoint_resumes_at_the_next_batch(tmp_path):
   manager.wait_until_finished()
   expected = [next(train) for _ in range(3)]
 
-  resumed = pipeline.create_datasets(config, None).train
+  resumed = datasets.create_datasets(config, None).train
   manager.restore(7, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
                                              data=grain.checkpoint.CheckpointRestore(resumed)))
   for want in expected:
@@ -103,23 +105,23 @@ def test_batch_not_divisible_by_devices():
   config = small_config()
   config.batch_size = 6
   with pytest.raises(config_lib.ConfigError, match='uneven_batch=drop'):
-    pipeline.global_batch_size(config, num_devices=4)
+    datasets.global_batch_size(config, num_devices=4)
   config.data.uneven_batch = 'drop'
-  assert pipeline.global_batch_size(config, num_devices=4) == 4
+  assert datasets.global_batch_size(config, num_devices=4) == 4
 
 
 def test_vocab_larger_than_model_is_a_config_error():
   config = small_config()
   config.model.vocab_size = 50
   with pytest.raises(config_lib.ConfigError, match='config.model.vocab_size=88'):
-    pipeline.create_datasets(config, None)
+    datasets.create_datasets(config, None)
 
 
 def test_unknown_dataset_name():
   with pytest.raises(config_lib.ConfigError, match='unknown; use shakespeare'):
-    pipeline.create_datasets(small_config(name='shakespear'), None)
+    datasets.create_datasets(small_config(name='shakespear'), None)
   with pytest.raises(config_lib.ConfigError, match='empty'):
-    pipeline.create_datasets(small_config(name=''), None)
+    datasets.create_datasets(small_config(name=''), None)
 
 
 # ---------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_bert_masking_is_80_10_10():
   rng = np.random.default_rng(0)
   tokens = rng.integers(4, 90, (64, 256)).astype(np.int32)
   tokens[:, -10:] = 0  # padding is never chosen.
-  out = pipeline.bert_mask(tokens, np.random.default_rng(1), 90, rate=0.15)
+  out = examples.bert_mask(tokens, np.random.default_rng(1), 90, rate=0.15)
   chosen = out['weights'] > 0
   np.testing.assert_array_equal(out['targets'], tokens)
   assert not chosen[:, -10:].any()
@@ -143,13 +145,13 @@ def test_bert_masking_is_80_10_10():
 
 def test_shakespeare_mlm_batches_are_seeded_windows():
   config = small_config('encoder', task='mlm')
-  ds = pipeline.create_datasets(config, None)
+  ds = datasets.create_datasets(config, None)
   batch = next(ds.train)
   assert set(batch) == {'inputs', 'targets', 'weights'}
   assert batch['weights'].sum() > 0
   train_text, _ = sources.shakespeare_split()
   assert ds.tokenizer.decode(batch['targets'][0]) in train_text
-  again = next(pipeline.create_datasets(config, None).train)
+  again = next(datasets.create_datasets(config, None).train)
   for k in batch:
     np.testing.assert_array_equal(batch[k], again[k])
   first_eval = next(iter(ds.eval()))
@@ -160,7 +162,7 @@ def test_shakespeare_genre_passages():
   config = small_config('encoder', task='classify')
   config.model.encoder_head = 'classify'
   config.model.num_classes = 4
-  ds = pipeline.create_datasets(config, None)
+  ds = datasets.create_datasets(config, None)
   batch = next(ds.train)
   assert batch['inputs'].shape == (4, 16) and batch['targets'].shape == (4,)
   assert batch['weights'].shape == (4,) and set(batch['targets']) <= {0, 1, 2, 3}
@@ -170,12 +172,12 @@ def test_shakespeare_genre_passages():
   assert sum(b['weights'].sum() for b in ds.eval()) == info['eval_examples']
   config.model.num_classes = 2
   with pytest.raises(config_lib.ConfigError, match='num_classes=4'):
-    pipeline.create_datasets(config, None)
+    datasets.create_datasets(config, None)
 
 
 def test_task_must_match_the_model():
   with pytest.raises(config_lib.ConfigError, match='task=lm needs config.model.variant=decoder'):
-    pipeline.create_datasets(small_config('seq2seq'), None)
+    datasets.create_datasets(small_config('seq2seq'), None)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +195,7 @@ def cmudict_config(**data):
 
 @pytest.fixture(scope='module')
 def g2p():
-  return pipeline.create_datasets(cmudict_config(), None)
+  return datasets.create_datasets(cmudict_config(), None)
 
 
 def test_g2p_bucketed_batches(g2p):
@@ -201,7 +203,7 @@ def test_g2p_bucketed_batches(g2p):
   for _ in range(20):
     batch = next(g2p.train)
     length = batch['inputs'].shape[1]
-    assert length in pipeline.bucket_boundaries(24)
+    assert length in batching.bucket_boundaries(24)
     assert batch['targets'].shape == (8, length) == batch['weights'].shape
     # Rows end in <eos>; weights cover the target and its <eos>, nothing else.
     np.testing.assert_array_equal(batch['weights'], batch['targets'] > 0)
@@ -214,14 +216,14 @@ def test_g2p_eval_covers_every_dev_pronunciation(g2p):
   from transformer_jax.data import sources as src  # pylint: disable=g-import-not-at-top
   dev = src.cmudict_g2p()['dev']
   want = sum(len(p) for w, p in dev)
-  ds = pipeline.create_datasets(cmudict_config(max_examples=0), None)
+  ds = datasets.create_datasets(cmudict_config(max_examples=0), None)
   rows = sum(int((b['weights'].sum(1) > 0).sum()) for b in ds.eval())
   assert rows == ds.info['eval_examples'] == want - ds.info['eval_dropped']
   assert ds.info['eval_dropped'] < 5 and ds.info['dev_words'] == len(dev) == 6_302
 
 
 def test_packed_rows_have_segments_and_restarting_positions():
-  ds = pipeline.create_datasets(cmudict_config(packing=True), None)
+  ds = datasets.create_datasets(cmudict_config(packing=True), None)
   batch = next(ds.train)
   for side in ('inputs', 'targets'):
     seg, pos = batch[f'{side}_segment_ids'], batch[f'{side}_positions']
@@ -237,12 +239,12 @@ def test_packed_rows_have_segments_and_restarting_positions():
 @pytest.mark.parametrize('data', [dict(packing=True), dict(packing=False)])
 def test_g2p_iterators_resume_exactly(data):
   config = cmudict_config(**data)
-  train = pipeline.create_datasets(config, None).train
+  train = datasets.create_datasets(config, None).train
   for _ in range(3):
     next(train)
   state = train.get_state()
   expected = [next(train) for _ in range(2)]
-  resumed = pipeline.create_datasets(config, None).train
+  resumed = datasets.create_datasets(config, None).train
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
@@ -278,7 +280,7 @@ def test_packed_lm_logits_equal_unpacked(tmp_path):
   path.write_text('\n'.join(lines) + '\n')
   config = small_config(name='text', train_files=str(path), packing=True)
   config.seq_len = 48
-  ds = pipeline.create_datasets(config, None)
+  ds = datasets.create_datasets(config, None)
   batch = next(ds.train)
   assert set(batch) == {'inputs', 'targets', 'weights', 'segment_ids', 'positions'}
   row = int(np.argmax(batch['segment_ids'].max(1)))
@@ -295,7 +297,7 @@ def test_packed_lm_logits_equal_unpacked(tmp_path):
 
 
 def test_packed_seq2seq_logits_equal_unpacked():
-  ds = pipeline.create_datasets(cmudict_config(packing=True), None)
+  ds = datasets.create_datasets(cmudict_config(packing=True), None)
   batch = next(ds.train)
   model, params = tiny_model('seq2seq', ds.tokenizer.vocab_size)
   r = slice(0, 1)
@@ -333,14 +335,14 @@ def test_overflow_error_names_the_example_and_the_fix(lines_file):
   with pytest.raises(ValueError, match=r'train example 30: example has 41 tokens, more than '
                                        r'config.seq_len=20; raise seq_len or set '
                                        r'config.data.overflow=truncate or drop'):
-    pipeline.create_datasets(text_config(lines_file), None)
+    datasets.create_datasets(text_config(lines_file), None)
 
 
 def test_overflow_drop_and_truncate_are_counted(lines_file):
-  dropped = pipeline.create_datasets(text_config(lines_file, overflow='drop'), None)
+  dropped = datasets.create_datasets(text_config(lines_file, overflow='drop'), None)
   assert dropped.info['train_dropped'] == 1 and dropped.info['train_examples'] == 35
   assert dropped.info['eval_examples'] == 4  # the last 10% of the lines.
-  cut = pipeline.create_datasets(text_config(lines_file, overflow='truncate'), None)
+  cut = datasets.create_datasets(text_config(lines_file, overflow='truncate'), None)
   assert cut.info['train_truncated'] == 1 and cut.info['train_examples'] == 36
   for batch in cut.eval():
     assert batch['inputs'].shape == (4, 20)
@@ -359,7 +361,7 @@ def test_text_classification_from_tsv(tmp_path):
   config = small_config('encoder', name='text', task='classify', format='tsv',
                         train_files=str(train), eval_files=str(test))
   config.model.encoder_head = 'classify'
-  ds = pipeline.create_datasets(config, None)
+  ds = datasets.create_datasets(config, None)
   assert ds.info['classes'] == ('neg', 'pos')
   batches = list(ds.eval())
   assert len(batches) == 1
@@ -376,5 +378,5 @@ def test_text_classification_from_tsv(tmp_path):
 ])
 def test_config_errors_are_one_line(data, message):
   with pytest.raises(ValueError, match=message) as e:
-    pipeline.create_datasets(small_config(**data), None)
+    datasets.create_datasets(small_config(**data), None)
   assert '\n' not in str(e.value)

@@ -5,7 +5,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from transformer_jax import config as config_lib
-from transformer_jax.data import pipeline
+from transformer_jax.data import batching
+from transformer_jax.data import datasets
+from transformer_jax.data import examples
 from transformer_jax.data import sources
 
 
@@ -23,7 +25,7 @@ def tfds_config(name, variant, task, **data):
 @pytest.mark.parametrize('name', ['wmt14_translate/de-en', 'wmt17_translate/de-en'])
 def test_translation(name):
   with tfds.testing.mock_data(num_examples=12):
-    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
+    ds = datasets.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
   assert ds.info['train_examples'] == 12 and ds.info['eval_examples'] == 12
   batch = next(ds.train)
   assert {'inputs', 'targets', 'weights'} <= set(batch)
@@ -36,8 +38,8 @@ def test_translation_direction_and_sentencepiece(tmp_path):
     raw = sources.tfds_examples('wmt14_translate/de-en', 'train')
     config = tfds_config('wmt14_translate/de-en', 'seq2seq', 'seq2seq', packing=True,
                          tokenizer='sentencepiece', vocab_size=40)
-    ds = pipeline.create_datasets(config, str(tmp_path))
-  assert list(tmp_path.glob('spm_40_*.model'))
+    ds = datasets.create_datasets(config, str(tmp_path))
+  assert (tmp_path / 'tokenizer' / 'spm.model').exists()  # the run's own vocabulary.
   batch = next(ds.train)
   assert 'inputs_segment_ids' in batch and 'targets_positions' in batch
   # config.data.source_language=en: inputs are the English side.
@@ -47,7 +49,7 @@ def test_translation_direction_and_sentencepiece(tmp_path):
 
 def test_lm1b():
   with tfds.testing.mock_data(num_examples=10):
-    ds = pipeline.create_datasets(tfds_config('lm1b', 'decoder', 'lm'), None)
+    ds = datasets.create_datasets(tfds_config('lm1b', 'decoder', 'lm'), None)
   batch = next(ds.train)
   assert batch['inputs'].shape == batch['targets'].shape == (4, 32)
   assert 'unigram_entropy' in ds.info and ds.info['eval_examples'] == 10
@@ -57,7 +59,7 @@ def test_sst2():
   with tfds.testing.mock_data(num_examples=9):
     config = tfds_config('glue/sst2', 'encoder', 'classify')
     config.model.encoder_head = 'classify'
-    ds = pipeline.create_datasets(config, None)
+    ds = datasets.create_datasets(config, None)
   batch = next(ds.train)
   assert batch['targets'].shape == batch['weights'].shape == (4,)
   assert set(np.unique(batch['targets'])) <= {0, 1}
@@ -67,18 +69,18 @@ def test_sst2():
 
 def test_wrong_task_for_a_tfds_dataset():
   with pytest.raises(config_lib.ConfigError, match='not available for tfds:lm1b; use lm or mlm'):
-    pipeline.create_datasets(tfds_config('lm1b', 'seq2seq', 'seq2seq'), None)
+    datasets.create_datasets(tfds_config('lm1b', 'seq2seq', 'seq2seq'), None)
 
 
 def test_train_split_is_streamed_and_each_epoch_reads_every_example_once(monkeypatch):
   made = []
-  make_example = pipeline.make_example
-  monkeypatch.setattr(pipeline, 'make_example',
+  make_example = examples.make_example
+  monkeypatch.setattr(examples, 'make_example',
                       lambda raw, *args: made.append(raw) or make_example(raw, *args))
   name = 'wmt14_translate/de-en'
   with tfds.testing.mock_data(num_examples=12):
     raw = sources.tfds_examples(name, 'train')
-    ds = pipeline.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
+    ds = datasets.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
     assert len(made) == 12  # the eval split; no train example is tokenized up front.
     epoch = [next(ds.train) for _ in range(3)]  # 12 examples, batch 4.
   sources_read = sorted(ds.tokenizer.decode(row[row != 0][:-1])  # without <eos>
@@ -89,11 +91,11 @@ def test_train_split_is_streamed_and_each_epoch_reads_every_example_once(monkeyp
 def test_streamed_seq2seq_cannot_bucket():
   with tfds.testing.mock_data(num_examples=12):
     with pytest.raises(config_lib.ConfigError, match='set config.data.packing=True or bucketing'):
-      pipeline.create_datasets(tfds_config('wmt14_translate/de-en', 'seq2seq', 'seq2seq'), None)
+      datasets.create_datasets(tfds_config('wmt14_translate/de-en', 'seq2seq', 'seq2seq'), None)
 
 
 def test_streamed_dropped_examples_become_empty_rows():
-  rows = pipeline.pad_rows([{'inputs': np.array([5, 6], np.int32),
+  rows = batching.pad_rows([{'inputs': np.array([5, 6], np.int32),
                              'weights': np.ones(2, np.float32)}, None], 4)
   np.testing.assert_array_equal(rows['inputs'], [[5, 6, 0, 0], [0, 0, 0, 0]])
   np.testing.assert_array_equal(rows['weights'].sum(1), [2, 0])

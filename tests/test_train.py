@@ -156,10 +156,10 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, ca
 def test_default_experiment_beats_unigram_baseline(char_config, tmp_path):
   """The default experiment, shortened to 150 steps and a 40-batch eval (the
   full 2000-step run and its samples are in README)."""
-  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   config = override(char_config, {'total_steps': 150, 'eval_steps': 40, 'num_samples': 0})
   result = train.train(config, str(tmp_path))
-  unigram = pipeline.create_datasets(config).info['unigram_entropy']
+  unigram = datasets.create_datasets(config).info['unigram_entropy']
   assert result['loss'] < unigram - 0.5, (result, unigram)
 
 

@@ -17,7 +17,6 @@ from typing import Sequence
 
 from transformer_jax import decode
 from transformer_jax import eval_metrics
-from transformer_jax.data import sources
 
 
 def _decode_kwargs(config) -> dict:
@@ -30,10 +29,10 @@ def _first(items: list, limit: int) -> list:
   return items[:limit] if limit else items
 
 
-def g2p_metrics(config, model, params, tokenizer) -> dict:
-  """Word and phoneme error rates on the eval split's words (all of them)."""
-  split = config.data.eval_split or 'dev'
-  words = _first(sources.cmudict_g2p(config.data.keep_stress)[split], config.decode.max_examples)
+def g2p_metrics(config, model, params, tokenizer, datasets) -> dict:
+  """Word and phoneme error rates on the eval split's words (all of them:
+  datasets.references)."""
+  words = _first(datasets.references, config.decode.max_examples)
   predictions = decode.translate(model, params, tokenizer, [w for w, _ in words],
                                  batch_size=config.decode.batch_size, **_decode_kwargs(config))
   rates = eval_metrics.g2p_error_rates(predictions, [prons for _, prons in words])
@@ -41,29 +40,24 @@ def g2p_metrics(config, model, params, tokenizer) -> dict:
           'decoded_words': len(words)}
 
 
-def bleu_metrics(config, model, params, tokenizer) -> dict:
-  """Corpus BLEU of the decoded eval split against its raw references."""
-  d = config.data
-  name = d.name[len('tfds:'):]
-  split = d.eval_split or sources.TFDS_EVAL_SPLIT[name]
-  pairs = _first(sources.tfds_examples(name, split, d.data_dir, d.source_language,
-                                       d.target_language, d.max_examples),
-                 config.decode.max_examples)
+def bleu_metrics(config, model, params, tokenizer, datasets) -> dict:
+  """Corpus BLEU of the decoded eval split against its raw references
+  (datasets.references: (source, reference) pairs)."""
+  pairs = _first(datasets.references, config.decode.max_examples)
   hypotheses = decode.translate(model, params, tokenizer, [s for s, _ in pairs],
                                 batch_size=config.decode.batch_size, **_decode_kwargs(config))
   return {'bleu': eval_metrics.corpus_bleu(hypotheses, [t for _, t in pairs]),
           'decoded_sentences': len(pairs)}
 
 
-def describe(config) -> dict:
-  """How --mode=eval measured: the eval split and, where the task decodes, the
-  decoding method (recorded with the numbers in metrics.jsonl)."""
+def describe(config, datasets) -> dict:
+  """How --mode=eval measured: the eval split (where the dataset has a choice
+  of them) and, where the task decodes, the decoding method (recorded with the
+  numbers in metrics.jsonl)."""
   d = config.data
   tags = {}
-  if d.name == 'cmudict':
-    tags['eval_split'] = d.eval_split or 'dev'
-  elif d.name.startswith('tfds:'):
-    tags['eval_split'] = d.eval_split or sources.TFDS_EVAL_SPLIT[d.name[len('tfds:'):]]
+  if datasets.recipe.selects_eval_split:
+    tags['eval_split'] = datasets.eval_split
   if d.task == 'seq2seq':
     m = config.decode
     tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
@@ -72,15 +66,16 @@ def describe(config) -> dict:
   return tags
 
 
-def task_metrics(config, model, params, tokenizer, loss: float) -> dict:
-  """The metrics beyond loss and accuracy that the config's task reports."""
+def task_metrics(config, model, params, tokenizer, loss: float, datasets=None) -> dict:
+  """The metrics beyond loss and accuracy that the config's task reports;
+  decoding metrics score against `datasets.references`."""
   d = config.data
   if d.task == 'lm' and d.tokenizer == 'char':
     return {'bits_per_character': loss / math.log(2)}
   if d.task == 'seq2seq' and d.name == 'cmudict':
-    return g2p_metrics(config, model, params, tokenizer)
+    return g2p_metrics(config, model, params, tokenizer, datasets)
   if d.task == 'seq2seq' and d.name.startswith('tfds:'):
-    return bleu_metrics(config, model, params, tokenizer)
+    return bleu_metrics(config, model, params, tokenizer, datasets)
   return {}
 
 

@@ -28,16 +28,9 @@ from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
+from transformer_jax.data import batch as batch_lib
 from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
-
-# Batch keys each variant's model takes (the rest, targets and weights, feed the loss).
-MODEL_INPUTS = {
-    'decoder': ('inputs', 'segment_ids', 'positions'),
-    'encoder': ('inputs', 'segment_ids', 'positions'),
-    'seq2seq': ('inputs', 'targets', 'inputs_segment_ids', 'inputs_positions',
-                'targets_segment_ids', 'targets_positions'),
-}
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,7 +101,7 @@ def create_optimizer(config, learning_rate_fn: Callable) -> optax.GradientTransf
 
 def make_apply_fn(model, variant: str) -> Callable:
   """apply_fn(params, batch, deterministic, rngs) -> logits, for any variant."""
-  names = MODEL_INPUTS[variant]
+  names = batch_lib.MODEL_INPUTS[variant]
 
   def apply_fn(params, batch, deterministic=True, rngs=None):
     inputs = {k: v for k, v in batch.items() if k in names}
@@ -287,8 +280,8 @@ def train(config, workdir: str) -> dict:
 
 def _train(config, workdir: str, checkpointer) -> dict:
   """The body of `train` once the workdir is known to be compatible."""
-  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  datasets = pipeline.create_datasets(config, workdir)
+  from transformer_jax.data import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
+  datasets = datasets_lib.create_datasets(config, workdir)
   strategy = parallel.create(config, *make_steps(config))
   model = build_model(config.model)
   learning_rate_fn = learning_rate_schedule(config)
@@ -422,14 +415,14 @@ def print_samples(config, model, params, tokenizer):
 
 def restore_latest(config, workdir: str):
   """(step, strategy, placed state, datasets, model) from the workdir's latest checkpoint."""
-  from transformer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
     step = checkpointer.latest_step()
     if step is None:
       raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
     checkpointer.check_compatible(workdir)
-    datasets = pipeline.create_datasets(config, workdir)
+    datasets = datasets_lib.create_datasets(config, workdir)
     strategy = parallel.create(config, *make_steps(config))
     model = build_model(config.model)
     tx = create_optimizer(config, learning_rate_schedule(config))
@@ -449,8 +442,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                                  config.data.task)
   params = strategy.to_checkpoint(state).params
   values.update(evaluation.task_metrics(config, model, params, datasets.tokenizer,
-                                        values['loss']))
-  tags = evaluation.describe(config)
+                                        values['loss'], datasets))
+  tags = evaluation.describe(config, datasets)
   writer = metrics_lib.MetricWriter(workdir, config.total_steps)
   writer.write(step, 'eval', values, tags)
   writer.close()

@@ -10,20 +10,30 @@ pipeline never need to ask which one they got:
   3 <mask>  the masked-LM corruption token.
 
 `encode(str) -> list[int]` and `decode(list[int]) -> str` never add or strip
-<eos>; the pipeline decides where examples end. `decode` drops <pad>, <eos>
+<eos>; the data recipes decide where examples end. `decode` drops <pad>, <eos>
 and <mask>.
+
+A run owns its vocabulary: `tokenizer.save(directory)` writes it (a small
+tokenizer.json, plus the .model file for SentencePiece) and `load(directory)`
+reads it back, so a resumed run maps text to the ids it was trained on even if
+the data it was built from has changed since.
 """
 
 import hashlib
+import json
 import os
+import shutil
 import tempfile
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
+from absl import logging
 import numpy as np
 
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<mask>')
 NUM_SPECIALS = len(SPECIALS)
+VOCABULARY_FILE = 'tokenizer.json'
+RUN_DIRECTORY = 'tokenizer'  # under a run's workdir.
 
 
 class Tokenizer:
@@ -41,9 +51,23 @@ class Tokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     raise NotImplementedError
 
+  @property
+  def vocabulary(self) -> tuple:
+    """The symbols built from data (characters, graphemes and phonemes); ()
+    for a tokenizer that is not a symbol table."""
+    return ()
+
   def encode_array(self, text: str) -> np.ndarray:
     """encode() as an int32 array [n]."""
     return np.asarray(self.encode(text), dtype=np.int32)
+
+  def save(self, directory: str):
+    """Writes the vocabulary to `directory` (read back by `load`)."""
+    _write_json(directory, {'name': self.name, **self._fields(directory)})
+
+  def _fields(self, directory: str) -> dict:
+    del directory
+    return {}
 
   def _strip(self, ids):
     """Ids without <pad>, <eos>, <mask> (as plain ints)."""
@@ -75,6 +99,14 @@ class CharTokenizer(Tokenizer):
   @property
   def vocab_size(self) -> int:
     return NUM_SPECIALS + len(self.chars)
+
+  @property
+  def vocabulary(self) -> tuple:
+    return tuple(self.chars)
+
+  def _fields(self, directory: str) -> dict:
+    del directory
+    return {'chars': self.chars}
 
   def encode(self, text: str) -> list:
     return self.encode_array(text).tolist()
@@ -110,6 +142,9 @@ class ByteTokenizer(Tokenizer):
     return data.decode('utf-8', errors='replace')
 
 
+SPM_MODEL_FILE = 'spm.model'
+
+
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model, with newlines kept as their own piece.
 
@@ -131,6 +166,15 @@ class SentencePieceTokenizer(Tokenizer):
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
+
+  def _fields(self, directory: str) -> dict:
+    """The model file, copied into `directory` unless it already is there."""
+    path = os.path.join(directory, SPM_MODEL_FILE)
+    if os.path.abspath(self.model_path) != os.path.abspath(path):
+      os.makedirs(directory, exist_ok=True)
+      shutil.copyfile(self.model_path, path + '.tmp')
+      os.replace(path + '.tmp', path)
+    return {'model': SPM_MODEL_FILE}
 
   def encode(self, text: str) -> list:
     ids = []
@@ -166,13 +210,22 @@ class G2PTokenizer(Tokenizer):
   name = 'g2p'
 
   def __init__(self, graphemes: Iterable[str], phonemes: Iterable[str]):
-    self.symbols = sorted(set(graphemes)) + sorted(set(phonemes))
+    self.graphemes, self.phonemes = sorted(set(graphemes)), sorted(set(phonemes))
+    self.symbols = self.graphemes + self.phonemes
     self._id = {s: i + NUM_SPECIALS for i, s in enumerate(self.symbols)}
-    self._phonemes = set(phonemes)
+    self._phonemes = set(self.phonemes)
 
   @property
   def vocab_size(self) -> int:
     return NUM_SPECIALS + len(self.symbols)
+
+  @property
+  def vocabulary(self) -> tuple:
+    return tuple(self.symbols)
+
+  def _fields(self, directory: str) -> dict:
+    del directory
+    return {'graphemes': self.graphemes, 'phonemes': self.phonemes}
 
   def encode(self, text: str) -> list:
     ids = []
@@ -245,6 +298,67 @@ def load_or_train_sentencepiece(lines_fn, cache_dir: str, key: str, vocab_size: 
   if not os.path.exists(path):
     train_sentencepiece(lines_fn(), path, vocab_size, model_type)
   return SentencePieceTokenizer(path)
+
+
+def _write_json(directory: str, fields: dict):
+  """`directory`/tokenizer.json, written whole (to a temporary name, then renamed)."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, VOCABULARY_FILE)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(fields, f, ensure_ascii=False)
+  os.replace(path + '.tmp', path)
+
+
+def is_saved(directory: str) -> bool:
+  """Whether `directory` holds a saved vocabulary."""
+  return os.path.exists(os.path.join(directory, VOCABULARY_FILE))
+
+
+def load(directory: str) -> Tokenizer:
+  """The tokenizer `Tokenizer.save(directory)` wrote."""
+  with open(os.path.join(directory, VOCABULARY_FILE), encoding='utf-8') as f:
+    fields = json.load(f)
+  name = fields['name']
+  if name == 'char':
+    return CharTokenizer(fields['chars'])
+  if name == 'byte':
+    return ByteTokenizer()
+  if name == 'g2p':
+    return G2PTokenizer(fields['graphemes'], fields['phonemes'])
+  if name == 'sentencepiece':
+    return SentencePieceTokenizer(os.path.join(directory, fields['model']))
+  raise ValueError(f'{directory}/{VOCABULARY_FILE}: tokenizer {name!r} is unknown; remove '
+                   'the directory to rebuild the vocabulary from the data.')
+
+
+def run_tokenizer(workdir: Optional[str], name: str,
+                  build: Callable[[Optional[str]], Tokenizer]) -> Tokenizer:
+  """The run's tokenizer: read from <workdir>/tokenizer/ once saved there.
+
+  At a run's first start `build(directory)` makes it from the data (a
+  SentencePiece model is trained into `directory`) and it is saved; later
+  starts read it back, so a changed data file cannot shift ids. Symbols of
+  the data the saved vocabulary lacks map to <unk>, and one warning says so.
+  Without a workdir it is built, and not saved (`build(None)`).
+  """
+  if not workdir:
+    return build(None)
+  directory = os.path.join(workdir, RUN_DIRECTORY)
+  if not is_saved(directory):
+    tokenizer = build(directory)
+    tokenizer.save(directory)
+    return tokenizer
+  saved = load(directory)
+  if saved.name != name:
+    raise ValueError(f'{directory} holds the {saved.name} vocabulary this run started with, '
+                     f'not a {name} one; use a new workdir for another tokenizer.')
+  if saved.vocabulary:
+    known = set(saved.vocabulary)
+    lacks = sorted(s for s in build(None).vocabulary if s not in known)
+    if lacks:
+      logging.warning('The data holds %d symbols the run\'s vocabulary in %s lacks (%s); they '
+                      'map to <unk>.', len(lacks), directory, ' '.join(map(repr, lacks[:20])))
+  return saved
 
 
 def unigram_entropy(ids: np.ndarray, vocab_size: Optional[int] = None) -> float:

@@ -1,0 +1,125 @@
+"""One recipe per dataset, and `create_datasets`, the one entry point.
+
+A `Recipe` owns what is particular to a dataset: where its raw examples come
+from (sources.py), the tasks it serves, its eval split and the references the
+decoding metrics score against, and `encode`, the one way its text becomes
+model inputs, used alike by training examples, eval rows and
+`Datasets.encode_input` (decode inputs). `create_datasets(config, workdir)`
+picks the recipe for config.data.name and config.data.task from `RECIPES` and
+returns a `Datasets`:
+
+  tokenizer     encode/decode, vocab_size, pad_id = 0 (tokenizers.py); the
+                run's own, saved in <workdir>/tokenizer/ at its first start.
+  train         an infinite grain iterator of global batches (batch.py: the
+                keys). Shuffling is seeded by config.seed; the iterator's
+                position is saved with grain.checkpoint.CheckpointSave(train)
+                and restored with CheckpointRestore, after which it yields
+                exactly the batch the saved run would have seen next.
+  eval()        a fresh, finite, deterministic iterable over the full eval
+                split; the last batch is padded with weights 0.
+  info          split sizes, 'unigram_entropy' (nats/token on train, LM tasks).
+  eval_split    the eval split's name; references: its raw references for
+                decoding metrics (G2P words, translation pairs), or None.
+  encode_input  text -> the ids a training example of that text has as inputs.
+
+Examples are held in memory, except a TFDS train split: it is streamed
+(StreamedExamples over tfds.data_source, encoded batch by batch), so WMT14's
+4.5M pairs or lm1b's 30M sentences need no more memory than a batch.
+"""
+
+import dataclasses
+import sys
+from typing import Callable, Iterable, Optional
+
+from absl import logging
+import grain
+import jax
+
+from transformer_jax import config as config_lib
+from transformer_jax.data import examples as examples_lib
+from transformer_jax.data import recipes
+from transformer_jax.data import tokenizers as tok_lib
+
+ConfigError = config_lib.ConfigError
+
+
+
+def global_batch_size(config, num_devices: Optional[int] = None) -> int:
+  """config.global_batch_size on this run's devices, logged when uneven_batch=drop lowered it."""
+  n = num_devices or jax.device_count()
+  b = config_lib.global_batch_size(config, n)
+  if b != config.batch_size:
+    logging.warning('config.batch_size=%d does not split over %d devices; using %d '
+                    '(config.data.uneven_batch=drop).', config.batch_size, n, b)
+  return b
+
+
+def _check_vocab(config, tokenizer):
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ConfigError(
+        f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
+        f'{tokenizer.name} tokenizer\'s {tokenizer.vocab_size} ids; set '
+        f'config.model.vocab_size={tokenizer.vocab_size} or more.')
+
+
+# ----------------------------------------------------------------------------
+# The registry and the entry point.
+
+# Every recipe; create_datasets picks the one serving config.data.name and .task.
+RECIPES = (recipes.ShakespeareStream, recipes.ShakespeareGenres, recipes.Cmudict,
+           recipes.Tfds, recipes.TextFiles)
+
+
+def recipe_for(config) -> type:
+  """The recipe class for config.data.name and config.data.task."""
+  d = config.data
+  served = [recipe for recipe in RECIPES if recipe.serves(d.name)]
+  if not served:
+    raise ConfigError(f'config.data.name={d.name!r} is unknown; use shakespeare, cmudict, '
+                      'tfds:<name> (e.g. tfds:wmt14_translate/de-en) or text.')
+  tasks = []
+  for recipe in served:
+    if d.task in recipe.tasks_for(d.name):
+      return recipe
+    tasks.extend(recipe.tasks_for(d.name))
+  names = ', '.join(tasks[:-1]) + ' or ' + tasks[-1] if len(tasks) > 1 else tasks[0]
+  raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use {names}.')
+
+
+@dataclasses.dataclass
+class Datasets:
+  """A run's data (the module doc says what each field holds)."""
+  tokenizer: tok_lib.Tokenizer
+  train: grain.DatasetIterator
+  eval: Callable[[], Iterable[dict]]
+  info: dict
+  recipe: recipes.Recipe
+  eval_split: str
+  references: Optional[list]
+
+  def encode_input(self, text: str) -> list:
+    """The ids of `text` as a model input [n]: the `inputs` of a training
+    example of that text, made by the recipe's own encode (lm rows of lines
+    start with <eos>, seq2seq sources end with it). Not cut to seq_len."""
+    overflow = examples_lib.Overflow('error', sys.maxsize)
+    example = self.recipe.encode(self.recipe.input_example(text), self.tokenizer, overflow,
+                                 'input')
+    return example['inputs'].tolist()
+
+
+def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
+  """Tokenizer, train iterator, eval() and info for `config` (see module doc).
+
+  With a workdir the tokenizer is the run's: built and saved in
+  <workdir>/tokenizer/ at the first start, read back at later ones.
+  """
+  config_lib.validate(config)
+  batch_size = global_batch_size(config)
+  recipe = recipe_for(config)(config)
+  tokenizer = tok_lib.run_tokenizer(workdir, recipe.tokenizer_name, recipe.new_tokenizer)
+  _check_vocab(config, tokenizer)
+  train_ds, eval_ds, info = recipe.batches(tokenizer, batch_size)
+  info.update(batch_size=batch_size, vocab_size=tokenizer.vocab_size,
+              tokenizer=tokenizer.name)
+  return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds, info=info,
+                  recipe=recipe, eval_split=recipe.eval_split, references=recipe.references())

@@ -1,0 +1,194 @@
+"""Raw examples -> example dicts of variable-length int32 arrays, and BERT masking.
+
+`make_example` is the one place that decides how a raw example becomes model
+rows (where <eos> goes, what is cut); datasets.py's recipes encode training,
+eval and decode inputs through it. `StreamedExamples` does the same lazily for
+a random-access source too large to hold in memory.
+"""
+
+import collections.abc
+import functools
+from typing import Callable, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from transformer_jax import config as config_lib
+from transformer_jax.data import batching
+from transformer_jax.data import tokenizers as tok_lib
+
+
+class Overflow:
+  """Applies config.data.overflow to examples longer than the row, and counts."""
+
+  def __init__(self, policy: str, seq_len: int, streamed: bool = False):
+    self.policy, self.seq_len, self.streamed = policy, seq_len, streamed
+    self.dropped = self.truncated = 0
+
+  def fit(self, ids: list, where: str, reserve: int = 0) -> Optional[list]:
+    """ids cut to seq_len - reserve, None (drop), or a ValueError."""
+    limit = self.seq_len - reserve
+    if len(ids) <= limit:
+      return ids
+    if self.policy == 'error':
+      raise ValueError(f'{where}: example has {len(ids) + reserve} tokens, more than '
+                       f'config.seq_len={self.seq_len}; raise seq_len or set '
+                       'config.data.overflow=truncate or drop.')
+    if self.policy == 'truncate':
+      self.truncated += 1
+    else:
+      self.dropped += 1
+    if self.streamed:  # counted as batches are read, so logged as it goes.
+      logging.log_every_n_seconds(
+          logging.WARNING, '%s: so far %d examples longer than seq_len=%d dropped, %d '
+          'truncated (config.data.overflow=%s).', 60, where, self.dropped, self.seq_len,
+          self.truncated, self.policy)
+    return ids[:limit] if self.policy == 'truncate' else None
+
+  def report(self, split: str) -> dict:
+    if self.dropped or self.truncated:
+      logging.warning('%s: %d examples longer than seq_len=%d dropped, %d truncated '
+                      '(config.data.overflow=%s).', split, self.dropped, self.seq_len,
+                      self.truncated, self.policy)
+    return {f'{split}_dropped': self.dropped, f'{split}_truncated': self.truncated}
+
+
+def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> Optional[dict]:
+  """A raw example -> a dict of variable-length int32 arrays, or None when
+  config.data.overflow=drop drops it.
+
+  lm:       text -> inputs [<eos>, t1..tn], targets [t1..tn, <eos>]: <eos> both
+            starts and ends a line, so every token is predicted.
+  mlm:      text -> inputs [t1..tn] (masked per batch).
+  classify: (text, label) -> inputs [t1..tn], targets label, weights 1.
+  seq2seq:  (source, target) -> inputs [s1..sm, <eos>], targets [t1..tn, <eos>]
+            (the model shifts the targets right itself).
+  """
+  eos = tok_lib.EOS_ID
+  as_ids = lambda ids: np.asarray(ids, np.int32)
+  if task in ('lm', 'mlm'):
+    ids = overflow.fit(tokenizer.encode(raw), where, reserve=int(task == 'lm'))
+    if ids is None:
+      return None
+    if task == 'mlm':
+      return {'inputs': as_ids(ids)}
+    return {'inputs': as_ids([eos] + ids), 'targets': as_ids(ids + [eos]),
+            'weights': np.ones(len(ids) + 1, np.float32)}
+  if task == 'classify':
+    ids = overflow.fit(tokenizer.encode(raw[0]), where)
+    if ids is None:
+      return None
+    return {'inputs': as_ids(ids), 'targets': np.int32(raw[1]), 'weights': np.float32(1.0)}
+  source = overflow.fit(tokenizer.encode(raw[0]), where + ' (source)', reserve=1)
+  target = overflow.fit(tokenizer.encode(raw[1]), where + ' (target)', reserve=1)
+  if source is None or target is None:
+    return None
+  return {'inputs': as_ids(source + [eos]), 'targets': as_ids(target + [eos]),
+          'weights': np.ones(len(target) + 1, np.float32)}
+
+
+def make_examples(raw: list, encode: Callable, where: str) -> list:
+  """Raw examples -> the dicts `encode(raw, where=...)` makes, dropped ones left out."""
+  examples = (encode(ex, where=f'{where} example {n}') for n, ex in enumerate(raw))
+  return [ex for ex in examples if ex is not None]
+
+
+class StreamedExamples(collections.abc.Sequence):
+  """Examples of a random-access source (a TFDS data_source), read and
+  encoded when a batch asks for them, so a split of millions of sentences
+  never has to fit in memory. Element i is `encode(convert(record), where=...)`,
+  or None for an example config.data.overflow=drop drops (counted and logged
+  as read)."""
+
+  def __init__(self, source, convert: Callable, encode: Callable, where: str,
+               indices: Optional[np.ndarray] = None):
+    self.source, self.convert, self.encode, self.where = source, convert, encode, where
+    self.indices = np.arange(len(source)) if indices is None else indices
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):  # a view, e.g. this host's shard.
+      return StreamedExamples(self.source, self.convert, self.encode, self.where,
+                              self.indices[i])
+    index = int(self.indices[i])
+    return self.encode(self.convert(self.source[index]), where=f'{self.where} example {index}')
+
+
+def bert_mask(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int,
+              rate: float = 0.15) -> dict:
+  """BERT's corruption of real tokens [b, l] -> inputs, targets, weights [b, l].
+
+  Each real token is chosen with probability `rate`; a chosen token becomes
+  <mask> 80% of the time, a random non-special token 10%, and stays itself
+  10%. The loss is on the chosen positions only (weights 1 there).
+  """
+  real = tokens >= tok_lib.NUM_SPECIALS
+  chosen = (rng.random(tokens.shape) < rate) & real
+  action = rng.random(tokens.shape)
+  random_ids = rng.integers(tok_lib.NUM_SPECIALS, vocab_size, tokens.shape, dtype=np.int32)
+  inputs = np.where(chosen & (action < 0.8), tok_lib.MASK_ID, tokens)
+  inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+  return {'inputs': inputs.astype(np.int32), 'targets': tokens.astype(np.int32),
+          'weights': chosen.astype(np.float32)}
+
+
+def mlm_transform(seed: int, vocab_size: int, rate: float):
+  """(index, batch) -> batch with `inputs` masked; the mask of batch i is a
+  function of (seed, i, host) only, so resume and eval are reproducible."""
+  def transform(index, batch):
+    rng = np.random.default_rng([seed, index, jax.process_index()])
+    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate)}
+  return transform
+
+
+# ----------------------------------------------------------------------------
+# From raw examples to train and eval batches.
+
+
+def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
+                     batch_size: int, where: str):
+  """(train dataset, eval rows, info). `train` is a list of raw examples
+  (encoded here) or StreamedExamples (encoded as batches are read);
+  `eval_raw` a list of raw examples; `encode(raw, overflow=, where=)` the
+  recipe's encode."""
+  d, task, seq_len = config.data, config.data.task, config.seq_len
+  info = {}
+  if isinstance(train, list):
+    train_overflow = Overflow(d.overflow, seq_len)
+    train = make_examples(train, functools.partial(encode, overflow=train_overflow),
+                          f'{where} train')
+    info.update(train_overflow.report('train'))
+  elif task == 'seq2seq' and d.bucketing and not d.packing:
+    raise config_lib.ConfigError(
+        f'config.data.bucketing needs every example\'s length up front, which the streamed '
+        f'{where} train split does not give; set config.data.packing=True or bucketing=False.')
+  eval_overflow = Overflow(d.overflow, seq_len)
+  evals = make_examples(eval_raw, functools.partial(encode, overflow=eval_overflow),
+                        f'{where} eval')
+  if not len(train) or not evals:
+    raise ValueError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
+                     f'config.data.overflow={d.overflow}; raise config.seq_len.')
+  info.update({'train_examples': len(train), 'eval_examples': len(evals),
+               **eval_overflow.report('eval')})
+  transform = (mlm_transform(config.seed, vocab_size, d.mask_rate)
+               if task == 'mlm' else None)
+  options = batching.grain_read_options(config)
+  if d.packing:
+    train_ds = batching.packed_train(train, task, seq_len, batch_size, config.seed, options,
+                                     transform)
+  elif task == 'seq2seq' and d.bucketing:
+    train_ds = batching.bucketed_train(train, seq_len, batch_size, config.seed, options)
+  else:
+    train_ds = batching.array_train(train, seq_len, batch_size, config.seed, options, transform)
+  eval_transform = (mlm_transform(config.seed + 1, vocab_size, d.mask_rate)
+                    if task == 'mlm' else None)
+  eval_ds = batching.ArrayEval(batching.pad_rows(evals, seq_len), batch_size, eval_transform)
+  if task == 'lm':  # streamed: estimated on up to 100,000 examples spread over the split.
+    sample = train if isinstance(train, list) else [
+        train[i] for i in np.linspace(0, len(train) - 1, min(len(train), 100_000)).astype(int)]
+    info['unigram_entropy'] = tok_lib.unigram_entropy(
+        np.concatenate([ex['targets'] for ex in sample if ex is not None]))
+  return train_ds, eval_ds, info
