@@ -15,15 +15,24 @@ settings.
 import math
 from typing import Sequence
 
-from transformer_jax import decode
 from transformer_jax import eval_metrics
+from transformer_jax import generate
 from transformer_jax.data import sources
 
 
-def _decode_kwargs(config) -> dict:
+def _decode_kwargs(config, tokenizer) -> dict:
   d = config.decode
   return dict(method=d.method, beam_size=d.beam_size, alpha=d.alpha,
-              temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, seed=config.seed)
+              temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, seed=config.seed,
+              encode=_encode(config, tokenizer), context=config.seq_len)
+
+
+def _encode(config, tokenizer):
+  """Text -> model input ids, as today's pipeline makes them (sources end with <eos>)."""
+  # TODO(integration): replace with the data recipe's encode_input.
+  if config.model.variant == 'seq2seq':
+    return lambda s: tokenizer.encode(s) + [tokenizer.eos_id]
+  return tokenizer.encode
 
 
 def _first(items: list, limit: int) -> list:
@@ -34,8 +43,9 @@ def g2p_metrics(config, model, params, tokenizer) -> dict:
   """Word and phoneme error rates on the eval split's words (all of them)."""
   split = config.data.eval_split or 'dev'
   words = _first(sources.cmudict_g2p(config.data.keep_stress)[split], config.decode.max_examples)
-  predictions = decode.translate(model, params, tokenizer, [w for w, _ in words],
-                                 batch_size=config.decode.batch_size, **_decode_kwargs(config))
+  predictions = generate.translate(model, params, tokenizer, [w for w, _ in words],
+                                   batch_size=config.decode.batch_size,
+                                   **_decode_kwargs(config, tokenizer))
   rates = eval_metrics.g2p_error_rates(predictions, [prons for _, prons in words])
   return {'word_error_rate': rates['wer'], 'phoneme_error_rate': rates['per'],
           'decoded_words': len(words)}
@@ -49,8 +59,9 @@ def bleu_metrics(config, model, params, tokenizer) -> dict:
   pairs = _first(sources.tfds_examples(name, split, d.data_dir, d.source_language,
                                        d.target_language, d.max_examples),
                  config.decode.max_examples)
-  hypotheses = decode.translate(model, params, tokenizer, [s for s, _ in pairs],
-                                batch_size=config.decode.batch_size, **_decode_kwargs(config))
+  hypotheses = generate.translate(model, params, tokenizer, [s for s, _ in pairs],
+                                  batch_size=config.decode.batch_size,
+                                  **_decode_kwargs(config, tokenizer))
   return {'bleu': eval_metrics.corpus_bleu(hypotheses, [t for _, t in pairs]),
           'decoded_sentences': len(pairs)}
 
@@ -88,11 +99,12 @@ def decode_lines(config, model, params, tokenizer, lines: Sequence[str]) -> list
   """--mode=decode: a continuation of each prompt (decoder) or an output for
   each source (seq2seq)."""
   if config.model.variant == 'decoder':
-    return decode.generate_text(model, params, tokenizer, lines,
-                                max_new_tokens=config.sample_length,
-                                **_decode_kwargs(config))
+    return generate.generate_text(model, params, tokenizer, lines,
+                                  max_new_tokens=config.sample_length,
+                                  **_decode_kwargs(config, tokenizer))
   if config.model.variant == 'seq2seq':
-    return decode.translate(model, params, tokenizer, lines, batch_size=config.decode.batch_size,
-                            **_decode_kwargs(config))
+    return generate.translate(model, params, tokenizer, lines,
+                              batch_size=config.decode.batch_size,
+                              **_decode_kwargs(config, tokenizer))
   raise ValueError(f'config.model.variant={config.model.variant} does not generate text; '
                    '--mode=decode needs a decoder or seq2seq model.')
