@@ -2,7 +2,7 @@
 
 Greedy decoding of `--new_tokens` tokens after a `--prompt_len`-token prompt
 (random ids, a different one per row), at each of `--batch_sizes`, through the
-project's own decoder (`decode.sample_decoder`, one jitted `while_loop`):
+project's own decoder (`decode.sample`, one jitted `while_loop`):
 
 - cached: decode.py's default path; the prompt goes through the KV cache in
   one prefill call, then each step feeds one token, so token t costs O(t);
@@ -91,7 +91,7 @@ def experiment_config(longest: int):
 def time_greedy(model, params, prompts, length: int, cached: bool, repeats: int):
   """(median seconds, every repeat's seconds, tokens [b, length]) of greedy
   decoding; the first, untimed call compiles."""
-  run = lambda: decode.sample_decoder(model, params, prompts, length, cached=cached)
+  run = lambda: decode.sample(model, params, prompts, length, cached=cached)
   tokens = np.asarray(run())
   seconds = []
   for _ in range(repeats):

@@ -1,5 +1,7 @@
 """Decoding on the KV cache: agreement with the full forward pass, the greedy /
-sampling / beam search relations, EOS handling, and text in, text out.
+sampling / beam search relations, EOS handling, text in, text out (generate.py),
+the length rules against the trained context, and token-for-token agreement with
+the per-variant decoders `sample` and `beam_search` replaced.
 
 The models are tiny and random (untied output projections, so their greedy
 outputs vary by row and position and sometimes end in EOS). Shapes are shared
@@ -7,6 +9,9 @@ between tests so that each decoder compiles once.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,7 @@ import pytest
 
 from transformer_jax import config as config_lib
 from transformer_jax import decode
+from transformer_jax import generate
 from transformer_jax.models import transformer
 
 EOS = 1
@@ -89,7 +95,7 @@ def gnmt_scores(model, params, outputs, inputs=None, starts=None, alpha=0.6):
 
 def test_decoder_step_logits_equal_full_forward(lm):
   model, params = lm
-  tokens = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  tokens = decode.sample(model, params, PROMPTS, LENGTH)
   cached = decode.step_logits(model, params, tokens, prefill=4)  # 3 in one call, then steps.
   np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
 
@@ -104,8 +110,8 @@ def test_seq2seq_step_logits_equal_full_forward(seq2seq):
 
 def test_decoder_cached_greedy_equals_uncached(lm):
   model, params = lm
-  cached = decode.sample_decoder(model, params, PROMPTS, LENGTH)
-  uncached = decode.sample_decoder(model, params, PROMPTS, LENGTH, cached=False)
+  cached = decode.sample(model, params, PROMPTS, LENGTH)
+  uncached = decode.sample(model, params, PROMPTS, LENGTH, cached=False)
   np.testing.assert_array_equal(cached, uncached)
   for row, n in enumerate(PROMPT_LENGTHS):
     np.testing.assert_array_equal(cached[row, :n], PROMPTS[row, :n])
@@ -113,20 +119,20 @@ def test_decoder_cached_greedy_equals_uncached(lm):
 
 def test_seq2seq_cached_greedy_equals_uncached(seq2seq):
   model, params = seq2seq
-  cached = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN)
-  uncached = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, cached=False)
+  cached = decode.sample(model, params, SOURCES, DECODE_LEN)
+  uncached = decode.sample(model, params, SOURCES, DECODE_LEN, cached=False)
   np.testing.assert_array_equal(cached, uncached)
 
 
 def test_greedy_picks_the_argmax_of_the_full_forward(lm, seq2seq):
   model, params = lm
-  out = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH))
+  out = np.asarray(decode.sample(model, params, PROMPTS, LENGTH))
   logits = np.array(full_logits(model, params, out))
   logits[..., 0] = -np.inf  # pad is never generated.
   for row, n in enumerate(PROMPT_LENGTHS):
     np.testing.assert_array_equal(out[row, n:], logits[row, n - 1:-1].argmax(-1))
   model, params = seq2seq
-  out = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN))
+  out = np.asarray(decode.sample(model, params, SOURCES, DECODE_LEN))
   logits = np.array(full_logits(model, params, out, SOURCES))
   logits[..., 0] = -np.inf
   np.testing.assert_array_equal(out, logits.argmax(-1))
@@ -136,8 +142,8 @@ def test_a_prompt_decodes_as_if_alone(lm):
   # Row 0 (3 tokens) went through the step loop after a 2-token prefill; alone
   # (3 copies, so the shapes match) its whole prompt is prefilled.
   model, params = lm
-  together = decode.sample_decoder(model, params, PROMPTS, LENGTH)
-  alone = decode.sample_decoder(model, params, np.tile(PROMPTS[0, :3], (3, 1)), LENGTH)
+  together = decode.sample(model, params, PROMPTS, LENGTH)
+  alone = decode.sample(model, params, np.tile(PROMPTS[0, :3], (3, 1)), LENGTH)
   np.testing.assert_array_equal(together[0], alone[0])
 
 
@@ -164,30 +170,29 @@ def test_sample_logits_draws_only_from_the_nucleus():
 
 def test_top_k_1_top_p_0_and_temperature_0_equal_greedy(lm, seq2seq):
   model, params = lm
-  greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH)
+  greedy = decode.sample(model, params, PROMPTS, LENGTH)
   for kwargs in ({'top_k': 1}, {'top_p': 1e-6}, {'temperature': 1e-5}):
-    sampled = decode.sample_decoder(model, params, PROMPTS, LENGTH, **{
+    sampled = decode.sample(model, params, PROMPTS, LENGTH, **{
         'temperature': 1.0, **kwargs
     }, rng=jax.random.key(7))
     np.testing.assert_array_equal(sampled, greedy, err_msg=str(kwargs))
   model, params = seq2seq
-  greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN)
-  sampled = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, temperature=1e-5,
-                                  rng=jax.random.key(7))
+  greedy = decode.sample(model, params, SOURCES, DECODE_LEN)
+  sampled = decode.sample(model, params, SOURCES, DECODE_LEN, temperature=1e-5,
+                          rng=jax.random.key(7))
   np.testing.assert_array_equal(sampled, greedy)
 
 
 def test_sampling_is_seeded(lm, seq2seq):
   model, params = lm
   draw = lambda seed: np.asarray(
-      decode.sample_decoder(model, params, PROMPTS, LENGTH, temperature=1.0,
-                            rng=jax.random.key(seed)))
+      decode.sample(model, params, PROMPTS, LENGTH, temperature=1.0, rng=jax.random.key(seed)))
   np.testing.assert_array_equal(draw(0), draw(0))
   assert not np.array_equal(draw(0), draw(1))
   model, params = seq2seq
   draw = lambda seed: np.asarray(
-      decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, temperature=1.0,
-                            rng=jax.random.key(seed)))
+      decode.sample(model, params, SOURCES, DECODE_LEN, temperature=1.0,
+                    rng=jax.random.key(seed)))
   np.testing.assert_array_equal(draw(3), draw(3))
   assert not np.array_equal(draw(3), draw(4))
 
@@ -210,20 +215,20 @@ def assert_stops_at_eos(free, out, starts, eos):
 
 def test_eos_stops_a_row_and_pads_after_it(lm, seq2seq):
   model, params = lm
-  free = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH))
+  free = np.asarray(decode.sample(model, params, PROMPTS, LENGTH))
   for eos in {EOS, int(free[0, 3])}:
-    out = np.asarray(decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=eos))
+    out = np.asarray(decode.sample(model, params, PROMPTS, LENGTH, eos_id=eos))
     assert assert_stops_at_eos(free, out, PROMPT_LENGTHS, eos) >= 1
   model, params = seq2seq
-  free = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN))
-  out = np.asarray(decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS))
+  free = np.asarray(decode.sample(model, params, SOURCES, DECODE_LEN))
+  out = np.asarray(decode.sample(model, params, SOURCES, DECODE_LEN, eos_id=EOS))
   assert assert_stops_at_eos(free, out, [0] * 4, EOS) >= 2
 
 
 def test_a_prompt_token_equal_to_eos_does_not_stop_the_row(lm):
   model, params = lm
-  free = decode.sample_decoder(model, params, PROMPTS, LENGTH)
-  out = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=int(PROMPTS[1, 1]))
+  free = decode.sample(model, params, PROMPTS, LENGTH)
+  out = decode.sample(model, params, PROMPTS, LENGTH, eos_id=int(PROMPTS[1, 1]))
   np.testing.assert_array_equal(out[1, :6], free[1, :6])
 
 
@@ -233,21 +238,20 @@ def test_a_prompt_token_equal_to_eos_does_not_stop_the_row(lm):
 def test_beam_1_equals_greedy(lm, seq2seq):
   model, params = lm
   for eos in (None, EOS):
-    greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=eos)
-    beam, _ = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=1, eos_id=eos)
+    greedy = decode.sample(model, params, PROMPTS, LENGTH, eos_id=eos)
+    beam, _ = decode.beam_search(model, params, PROMPTS, LENGTH, beam_size=1, eos_id=eos)
     np.testing.assert_array_equal(beam[:, 0], greedy)
   model, params = seq2seq
   for eos in (None, EOS):
-    greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=eos)
-    beam, _ = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, beam_size=1,
-                                         eos_id=eos)
+    greedy = decode.sample(model, params, SOURCES, DECODE_LEN, eos_id=eos)
+    beam, _ = decode.beam_search(model, params, SOURCES, DECODE_LEN, beam_size=1, eos_id=eos)
     np.testing.assert_array_equal(beam[:, 0], greedy)
 
 
 def test_seq2seq_beam_scores_are_the_models_and_beat_greedy(seq2seq):
   model, params = seq2seq
-  beams, scores = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, beam_size=4,
-                                             alpha=0.6, eos_id=EOS)
+  beams, scores = decode.beam_search(model, params, SOURCES, DECODE_LEN, beam_size=4, alpha=0.6,
+                                     eos_id=EOS)
   beams, scores = np.asarray(beams), np.asarray(scores)
   for k in range(4):  # each reported score is the model's GNMT score of that hypothesis.
     np.testing.assert_allclose(gnmt_scores(model, params, beams[:, k], SOURCES), scores[:, k],
@@ -255,7 +259,7 @@ def test_seq2seq_beam_scores_are_the_models_and_beat_greedy(seq2seq):
     for row in beams[:, k]:  # pad after EOS.
       ends = np.nonzero(row == EOS)[0]
       assert not len(ends) or (row[ends[0] + 1:] == 0).all()
-  greedy = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
+  greedy = decode.sample(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
   greedy_scores = gnmt_scores(model, params, greedy, SOURCES)
   assert (scores[:, 0] >= greedy_scores - 1e-5).all()
   assert (scores[:, 0] > greedy_scores + 1e-3).any()  # and it does search.
@@ -263,43 +267,53 @@ def test_seq2seq_beam_scores_are_the_models_and_beat_greedy(seq2seq):
 
 def test_decoder_beam_search_with_prompts(lm):
   model, params = lm
-  beams, scores = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=4,
-                                             eos_id=EOS)
+  beams, scores = decode.beam_search(model, params, PROMPTS, LENGTH, beam_size=4, eos_id=EOS)
   beams, scores = np.asarray(beams), np.asarray(scores)
   for row, n in enumerate(PROMPT_LENGTHS):
     np.testing.assert_array_equal(beams[row, :, :n], np.tile(PROMPTS[row, :n], (4, 1)))
   best = gnmt_scores(model, params, beams[:, 0], starts=PROMPT_LENGTHS)
   np.testing.assert_allclose(best, scores[:, 0], rtol=1e-4)
-  greedy = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)
+  greedy = decode.sample(model, params, PROMPTS, LENGTH, eos_id=EOS)
   assert (best >= gnmt_scores(model, params, greedy, starts=PROMPT_LENGTHS) - 1e-5).all()
 
 
-def test_length_and_beam_checks(lm, seq2seq):
+def test_length_variant_and_beam_checks(lm, seq2seq):
   model, params = seq2seq  # sinusoidal positions: a table of max_len rows.
-  with pytest.raises(ValueError, match='max_decode_len is 40, longer than .*max_len=32'):
-    decode.sample_seq2seq(model, params, SOURCES, 40)
+  with pytest.raises(ValueError, match='the output length is 40, longer than .*max_len=32'):
+    decode.sample(model, params, SOURCES, 40)
+  with pytest.raises(ValueError, match='prompt_lengths is for decoder prompts'):
+    decode.sample(model, params, SOURCES, DECODE_LEN, prompt_lengths=[1, 1, 1, 1])
+  with pytest.raises(ValueError, match='step_logits got a seq2seq model; pass inputs'):
+    decode.step_logits(model, params, SOURCES)
   model, params = lm
   with pytest.raises(ValueError, match='beam_size=7'):
-    decode.beam_search_decoder(model, params, PROMPTS, LENGTH, beam_size=7)
+    decode.beam_search(model, params, PROMPTS, LENGTH, beam_size=7)
   with pytest.raises(ValueError, match='prompt is empty'):
-    decode.sample_decoder(model, params, np.zeros((1, 3), np.int32), LENGTH)
-  with pytest.raises(ValueError, match="variant='seq2seq' models, got 'decoder'; use sample_dec"):
-    decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN)
+    decode.sample(model, params, np.zeros((1, 3), np.int32), LENGTH)
+  with pytest.raises(ValueError, match="variant='encoder' models do not generate text"):
+    decode.beam_search(tiny_model('encoder'), params, PROMPTS, LENGTH)
 
 
 # --- Text in, text out. -----------------------------------------------------------
 
+NEWLINE = 12  # shares 'k''s id: the tests only need it to be a token.
+
 
 class CharTokenizer:
-  """pad 0, EOS 1, then 'a', 'b', ... as 2, 3, ..."""
+  """pad 0, EOS 1, then 'a', 'b', ... as 2, 3, ...; a newline is 12."""
   pad_id = 0
   eos_id = EOS
 
   def encode(self, text):
-    return [ord(c) - ord('a') + 2 for c in text]
+    return [NEWLINE if c == '\n' else ord(c) - ord('a') + 2 for c in text]
 
   def decode(self, ids):
     return ''.join(chr(i - 2 + ord('a')) for i in ids)
+
+
+def encode_source(text):
+  """A seq2seq source as the pipeline makes it: EOS ends it."""
+  return CharTokenizer().encode(text) + [EOS]
 
 
 def text_until_eos(tokenizer, ids):
@@ -312,36 +326,160 @@ def test_generate_text(lm):
   model, params = lm
   tokenizer = CharTokenizer()
   prompts = ['bcd', 'efghi', 'ja']  # PROMPTS
+  generate_text = functools.partial(generate.generate_text, model, params, tokenizer,
+                                    encode=tokenizer.encode, context=32)
   for method in ('greedy', 'beam'):
-    texts = decode.generate_text(model, params, tokenizer, prompts, method=method,
-                                 max_new_tokens=LENGTH - 5)
+    texts = generate_text(prompts, method=method, max_new_tokens=LENGTH - 5)
     if method == 'greedy':
-      ids = decode.sample_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)
+      ids = decode.sample(model, params, PROMPTS, LENGTH, eos_id=EOS)
     else:
-      ids = decode.beam_search_decoder(model, params, PROMPTS, LENGTH, eos_id=EOS)[0][:, 0]
+      ids = decode.beam_search(model, params, PROMPTS, LENGTH, eos_id=EOS)[0][:, 0]
     ids = np.asarray(ids)
     assert texts == [
         text_until_eos(tokenizer, row[n:n + LENGTH - 5]) for row, n in zip(ids, PROMPT_LENGTHS)
     ]
   with pytest.raises(ValueError, match='method'):
-    decode.generate_text(model, params, tokenizer, prompts, method='nucleus')
-  with pytest.raises(ValueError, match='no tokens'):
-    decode.generate_text(model, params, tokenizer, [''])
+    generate_text(prompts, method='nucleus')
+  # One output per prompt, in order; an empty prompt starts from a newline.
+  texts = generate_text(['', 'bcd', '\n'], method='greedy', max_new_tokens=LENGTH - 5)
+  assert len(texts) == 3 and texts[0] == texts[2]
+  assert generate_text([], method='greedy') == []
+  with pytest.raises(ValueError, match=r"prompt '' and a newline both encode to no tokens"):
+    generate.generate_text(model, params, tokenizer, [''], encode=lambda s: [], context=32)
 
 
 def test_translate(seq2seq):
   model, params = seq2seq
   tokenizer = CharTokenizer()
   sources = [tokenizer.decode([t for t in row if t > EOS]) for row in SOURCES]
+  translate = functools.partial(generate.translate, model, params, tokenizer,
+                                encode=encode_source, context=32, max_decode_len=DECODE_LEN)
   texts = {}
   for method in ('greedy', 'beam'):
-    texts[method] = decode.translate(model, params, (tokenizer, tokenizer), sources,
-                                     method=method, batch_size=4, max_decode_len=DECODE_LEN)
+    texts[method] = translate(sources, method=method, batch_size=4)
     if method == 'greedy':
-      ids = decode.sample_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
+      ids = decode.sample(model, params, SOURCES, DECODE_LEN, eos_id=EOS)
     else:
-      ids = decode.beam_search_seq2seq(model, params, SOURCES, DECODE_LEN, eos_id=EOS)[0][:, 0]
+      ids = decode.beam_search(model, params, SOURCES, DECODE_LEN, eos_id=EOS)[0][:, 0]
     assert texts[method] == [text_until_eos(tokenizer, row) for row in np.asarray(ids)]
   # Batches of 2, the last one filled up with a copy of its first row: same outputs.
-  assert decode.translate(model, params, tokenizer, sources[:3], method='greedy', batch_size=2,
-                          max_decode_len=DECODE_LEN) == texts['greedy'][:3]
+  assert translate(sources[:3], method='greedy', batch_size=2) == texts['greedy'][:3]
+  # One output per source, in order, an empty one ([<eos>]) included.
+  outputs = translate(['', sources[0], ''], method='greedy', batch_size=4)
+  assert len(outputs) == 3 and outputs[0] == outputs[2] and outputs[1] == texts['greedy'][0]
+
+
+# --- Length rules: never past the trained context. --------------------------------
+
+
+@pytest.mark.parametrize('position', ['sinusoidal', 'learned', 'rotary', 'none'])
+def test_prompts_longer_than_the_context_slide_a_window(position, monkeypatch):
+  # max_len == context: a learned or sinusoidal table has no row for position 16.
+  context = 16
+  model = tiny_model('decoder', position=position, max_len=context)
+  params = init(model, 2, jnp.ones((2, 8), jnp.int32))
+  tokenizer = CharTokenizer()
+  lengths = []
+  for name in ('sample', 'beam_search'):
+    original = getattr(decode, name)
+
+    def spy(model, params, inputs, length, *args, original=original, **kwargs):
+      lengths.append(length)
+      return original(model, params, inputs, length, *args, **kwargs)
+
+    monkeypatch.setattr(decode, name, spy)
+  prompts = ['bcdefghijk' * 3, '', 'b']  # 30 tokens, a newline, 1 token.
+  for method in ('greedy', 'sample', 'beam'):
+    texts = generate.generate_text(model, params, tokenizer, prompts, encode=tokenizer.encode,
+                                   context=context, max_new_tokens=40, method=method, eos_id=-1)
+    assert [len(text) for text in texts] == [40, 40, 40]  # no EOS: every token generated.
+  assert len(lengths) == 3 * 5  # windows of 8 new tokens after the last 8.
+  assert max(lengths) <= context  # a buffer of L tokens feeds positions 0..L-2.
+
+
+def test_sources_up_to_the_context_decode_and_longer_ones_fail():
+  # max_len == context == 12: padding to a power of two (16) would overflow the table.
+  context = 12
+  model = tiny_model('seq2seq', max_len=context)
+  params = init(model, 3, jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32))
+  tokenizer = CharTokenizer()
+  translate = functools.partial(generate.translate, model, params, tokenizer,
+                                encode=encode_source, context=context, method='greedy')
+  sources = ['bcdefghijkb'[:n] for n in range(context)]  # 1..12 tokens with <eos>.
+  assert len(translate(sources, batch_size=len(sources))) == context
+  with pytest.raises(ValueError, match=r'^source 1 has 13 tokens \(with <eos>\), more than the '
+                     r'12 the model was trained on \(config.seq_len\); shorten it.$'):
+    translate(['b', 'bcdefghijkbc'])
+
+
+# --- The same tokens as the per-variant decoders this API replaced. ---------------
+
+BASELINE = '/tmp/baseline_repo'
+BASELINE_SCRIPT = '''
+import sys
+import jax, jax.numpy as jnp, ml_collections, numpy as np
+from transformer_jax import config as config_lib, decode
+from transformer_jax.models import transformer
+P, L, S, D, EOS = {args}
+
+def tiny(variant, **overrides):
+  m = config_lib.model_config()
+  m.update(variant=variant, num_layers=1, d_model=16, num_heads=2, vocab_size=13, max_len=32,
+           dropout_rate=0.0, share_embeddings=False)
+  m.update(overrides)
+  return transformer.build_model(ml_collections.FrozenConfigDict(m))
+
+lm = tiny('decoder', num_layers=2, position='rotary', norm='pre')
+lm_params = lm.init(jax.random.key(4), jnp.ones((2, 8), jnp.int32))['params']
+s2s = tiny('seq2seq')
+s2s_params = s2s.init(jax.random.key(1), jnp.ones((2, 6), jnp.int32),
+                      jnp.ones((2, 6), jnp.int32))['params']
+P, S = np.array(P), np.array(S)
+out = {{
+    'greedy': decode.sample_decoder(lm, lm_params, P, L, eos_id=EOS),
+    'sample': decode.sample_decoder(lm, lm_params, P, L, temperature=1.0, top_k=5, top_p=0.9,
+                                    rng=jax.random.key(3)),
+    'beam': decode.beam_search_decoder(lm, lm_params, P, L, beam_size=3, alpha=0.6, eos_id=EOS),
+    's2s_greedy': decode.sample_seq2seq(s2s, s2s_params, S, D, eos_id=EOS),
+    's2s_sample': decode.sample_seq2seq(s2s, s2s_params, S, D, temperature=0.8,
+                                        rng=jax.random.key(5)),
+    's2s_beam': decode.beam_search_seq2seq(s2s, s2s_params, S, D, beam_size=4, alpha=1.0,
+                                           eos_id=EOS),
+}}
+flat = {{}}
+for name, value in out.items():
+  if isinstance(value, tuple):
+    flat[name], flat[name + '_scores'] = value
+  else:
+    flat[name] = value
+np.savez(sys.argv[1], **{{k: np.asarray(v) for k, v in flat.items()}})
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir(BASELINE), reason=f'no untouched copy at {BASELINE}')
+def test_same_tokens_as_the_replaced_per_variant_decoders(lm, seq2seq, tmp_path):
+  args = repr((PROMPTS.tolist(), LENGTH, SOURCES.tolist(), DECODE_LEN, EOS))
+  script = tmp_path / 'baseline.py'
+  script.write_text(BASELINE_SCRIPT.format(args=args))
+  env = dict(os.environ, PYTHONPATH=BASELINE)
+  subprocess.run([sys.executable, str(script), str(tmp_path / 'old.npz')], env=env, check=True,
+                 cwd=str(tmp_path))
+  old = np.load(tmp_path / 'old.npz')
+  (model, params), (s2s, s2s_params) = lm, seq2seq
+  beams, beam_scores = decode.beam_search(model, params, PROMPTS, LENGTH, beam_size=3, alpha=0.6,
+                                          eos_id=EOS)
+  s2s_beams, s2s_scores = decode.beam_search(s2s, s2s_params, SOURCES, DECODE_LEN, beam_size=4,
+                                             alpha=1.0, eos_id=EOS)
+  new = {
+      'greedy': decode.sample(model, params, PROMPTS, LENGTH, eos_id=EOS),
+      'sample': decode.sample(model, params, PROMPTS, LENGTH, temperature=1.0, top_k=5,
+                              top_p=0.9, rng=jax.random.key(3)),
+      'beam': beams, 'beam_scores': beam_scores,
+      's2s_greedy': decode.sample(s2s, s2s_params, SOURCES, DECODE_LEN, eos_id=EOS),
+      's2s_sample': decode.sample(s2s, s2s_params, SOURCES, DECODE_LEN, temperature=0.8,
+                                  rng=jax.random.key(5)),
+      's2s_beam': s2s_beams, 's2s_beam_scores': s2s_scores,
+  }
+  assert sorted(new) == sorted(old.files)
+  for name, value in new.items():
+    np.testing.assert_array_equal(np.asarray(value), old[name], err_msg=name)

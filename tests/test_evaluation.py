@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from transformer_jax import decode
 from transformer_jax import eval_metrics
 from transformer_jax import evaluation
+from transformer_jax import generate
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import train
 from transformer_jax.data import sources
@@ -47,8 +47,10 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   # The same numbers from decoding the first 24 dev words directly.
   _, strategy, state, datasets, model = train.restore_latest(config, g2p_workdir)
   words = sources.cmudict_g2p()['dev'][:24]
-  outputs = decode.translate(model, strategy.to_checkpoint(state).params, datasets.tokenizer,
-                             [w for w, _ in words], method='greedy')
+  encode = lambda word: datasets.tokenizer.encode(word) + [datasets.tokenizer.eos_id]
+  outputs = generate.translate(model, strategy.to_checkpoint(state).params, datasets.tokenizer,
+                               [w for w, _ in words], encode=encode, context=config.seq_len,
+                               method='greedy')
   rates = eval_metrics.g2p_error_rates(outputs, [p for _, p in words])
   assert result['word_error_rate'] == rates['wer']
   assert result['phoneme_error_rate'] == rates['per']
@@ -60,8 +62,9 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   config.data.eval_split = 'test'
   on_test = train.evaluate_checkpoint(config, g2p_workdir)
   test_words = sources.cmudict_g2p()['test'][:24]
-  outputs = decode.translate(model, strategy.to_checkpoint(state).params, datasets.tokenizer,
-                             [w for w, _ in test_words], method='greedy')
+  outputs = generate.translate(model, strategy.to_checkpoint(state).params, datasets.tokenizer,
+                               [w for w, _ in test_words], encode=encode, context=config.seq_len,
+                               method='greedy')
   assert on_test['word_error_rate'] == eval_metrics.g2p_error_rates(
       outputs, [p for _, p in test_words])['wer']
   # Each --mode=eval record says which split and which decoding it measured.

@@ -364,7 +364,10 @@ def _train(config, workdir: str, checkpointer) -> dict:
   finally:
     writer.close()
   if config.num_samples and config.model.variant == 'decoder':
-    print_samples(config, model, strategy.to_checkpoint(state).params, datasets.tokenizer)
+    from transformer_jax import generate  # pylint: disable=g-import-not-at-top
+    # TODO(integration): encode=the data recipe's encode_input; tokenizer.encode is today's.
+    generate.print_samples(config, model, strategy.to_checkpoint(state).params,
+                           datasets.tokenizer, encode=datasets.tokenizer.encode)
   return dict(eval_metrics, step=step)
 
 
@@ -384,33 +387,6 @@ def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
                                     strategy.num_devices))
   writer.write(step, 'train', values)
   interval.steps, interval.metrics = [], []
-
-
-def sample_texts(config, model, params, tokenizer) -> list:
-  """config.num_samples continuations of config.sample_prompt ('' = a newline).
-
-  The model only saw positions below seq_len in training, so longer samples are
-  made in windows: each continues the last seq_len / 2 tokens of the text so far.
-  """
-  from transformer_jax import decode  # pylint: disable=g-import-not-at-top
-  texts = [config.sample_prompt or '\n'] * config.num_samples
-  keep, remaining, window = config.seq_len // 2, config.sample_length, 0
-  while remaining > 0:
-    contexts = [tokenizer.decode(tokenizer.encode(text)[-keep:]) for text in texts]
-    width = max(len(tokenizer.encode(c)) for c in contexts)
-    new_tokens = min(remaining, config.seq_len - width)
-    continuations = decode.generate_text(
-        model, params, tokenizer, contexts, max_new_tokens=new_tokens, method='sample',
-        temperature=config.sample_temperature, seed=config.seed + window)
-    texts = [text + more for text, more in zip(texts, continuations)]
-    remaining -= new_tokens
-    window += 1
-  return texts
-
-
-def print_samples(config, model, params, tokenizer):
-  for i, text in enumerate(sample_texts(config, model, params, tokenizer)):
-    print(f'--- sample {i + 1} ---\n{text.strip()}', flush=True)
 
 
 def restore_latest(config, workdir: str):

@@ -1,0 +1,225 @@
+"""Text in, text out: continuations of prompts (decoder) and outputs for sources (seq2seq).
+
+Every function takes the text -> ids function `encode` explicitly: the ids of a
+text as a model input, exactly as a training example's inputs (the data
+recipe's `encode_input`: for line-based LMs it already starts with <eos>, for
+seq2seq it already ends with <eos>). Generation never adds special tokens
+itself. The tokenizer turns output ids back into text and names `eos_id`.
+
+Lengths follow the trained context (`context`, config.seq_len), checked here
+where text enters (see "Length rules" below): a decoder never sees a position at
+or past the context, however long the prompt and continuation (longer texts are
+made in windows); a seq2seq source longer than the context is an error. Every
+input gets exactly one output, in order.
+"""
+
+from typing import Callable, Optional, Protocol, Sequence
+
+import jax
+import numpy as np
+
+from transformer_jax import decode
+
+Encode = Callable[[str], list[int]]
+METHODS = ('greedy', 'sample', 'beam')
+
+
+class Tokenizer(Protocol):
+  """What generation needs from a tokenizer; `eos_id` is an optional attribute."""
+  pad_id: int
+
+  def decode(self, ids: list[int]) -> str:
+    ...
+
+
+# ---------------------------------------------------------------------------
+# Length rules.
+
+
+def _limit(model, context: int) -> int:
+  """Longest token sequence the model may see: the trained context, and no more
+  rows than a positional table (sinusoidal, learned) has."""
+  limit = context
+  if model.cfg.position in ('sinusoidal', 'learned'):
+    limit = min(limit, model.cfg.max_len)
+  if limit < 2:
+    raise ValueError(f'context={context} leaves room for {limit} tokens; generation needs '
+                     'at least 2 (pass config.seq_len).')
+  return limit
+
+
+def _prompt_ids(encode: Encode, prompt: str) -> list[int]:
+  """A decoder prompt's ids; an empty one (no ids) starts from a newline's ids."""
+  ids = list(encode(prompt)) or list(encode('\n'))
+  if not ids:
+    raise ValueError(f'prompt {prompt!r} and a newline both encode to no tokens; give a '
+                     'prompt with tokens.')
+  return ids
+
+
+def _windows(rows: list[list[int]], max_new_tokens: int, limit: int):
+  """(contexts, new tokens) of the next window of a decoder's buffer of at most
+  `limit` tokens. All of each row when prompt and continuation fit; otherwise
+  each window continues the last limit // 2 tokens of the row so far, so no
+  position >= limit is ever fed."""
+  widest = max(len(ids) for ids in rows)
+  if widest + max_new_tokens <= limit:
+    return rows, max_new_tokens
+  contexts = [ids[-(limit // 2):] for ids in rows]
+  return contexts, min(max_new_tokens, limit - max(len(ids) for ids in contexts))
+
+
+def _check_sources(encoded: list[list[int]], limit: int):
+  for i, ids in enumerate(encoded):
+    if len(ids) > limit:
+      raise ValueError(f'source {i} has {len(ids)} tokens (with <eos>), more than the {limit} '
+                       'the model was trained on (config.seq_len); shorten it.')
+
+
+def _source_width(encoded: list[list[int]], limit: int) -> int:
+  """Next power of two (at least 8), so a few shapes cover all batches; at most `limit`."""
+  longest = max(max(len(ids) for ids in encoded), 1)
+  return min(max(8, 1 << (longest - 1).bit_length()), limit)
+
+
+def _output_length(model, width: int, limit: int, max_decode_len: Optional[int]) -> int:
+  """Tokens a seq2seq model may produce: max_decode_len (default 2 * width + 8),
+  within max_len and the context."""
+  return min(max_decode_len or 2 * width + 8, model.cfg.max_len, limit)
+
+
+# ---------------------------------------------------------------------------
+# Generation.
+
+
+def _check_method(method: str):
+  if method not in METHODS:
+    raise ValueError(f'method={method!r} is unknown; use greedy, sample or beam.')
+
+
+def _eos_id(tokenizer: Tokenizer, eos_id: Optional[int]) -> Optional[int]:
+  return getattr(tokenizer, 'eos_id', None) if eos_id is None else eos_id
+
+
+def _until_eos(ids, eos_id, pad_id) -> tuple[list[int], bool]:
+  """Token ids up to (not including) EOS, without pad; and whether EOS came."""
+  out = []
+  for token in ids:
+    if eos_id is not None and token == eos_id:
+      return out, True
+    if token != pad_id:
+      out.append(int(token))
+  return out, False
+
+
+def _padded(rows: list[list[int]], width: int, pad_id: int) -> np.ndarray:
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  for row, ids in enumerate(rows):
+    tokens[row, :len(ids)] = ids
+  return tokens
+
+
+def _run(model, params, inputs, length: int, method: str, *, prompt_lengths=None,
+         temperature: float, top_k: int, top_p: float, beam_size: int, alpha: float, rng,
+         eos_id: Optional[int]) -> np.ndarray:
+  """Tokens [b, length] of one decode call: the best beam, or the sample."""
+  if method == 'beam':
+    sequences, _ = decode.beam_search(model, params, inputs, length,
+                                      prompt_lengths=prompt_lengths, beam_size=beam_size,
+                                      alpha=alpha, eos_id=eos_id)
+    return np.asarray(sequences[:, 0])
+  return np.asarray(
+      decode.sample(model, params, inputs, length, prompt_lengths=prompt_lengths,
+                    temperature=0.0 if method == 'greedy' else temperature, top_k=top_k,
+                    top_p=top_p, rng=rng, eos_id=eos_id))
+
+
+def generate_text(model, params, tokenizer: Tokenizer, prompts: Sequence[str], *, encode: Encode,
+                  context: int, max_new_tokens: int = 200, method: str = 'sample',
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  beam_size: int = 4, alpha: float = 0.6, seed: int = 0,
+                  eos_id: Optional[int] = None) -> list[str]:
+  """Continuations (without the prompt) of each prompt, from a DecoderOnly model.
+
+  method: 'greedy' | 'sample' (temperature, top_k, top_p) | 'beam' (beam_size,
+  alpha). eos_id defaults to `tokenizer.eos_id` when it has one. `context` is
+  the trained context (config.seq_len); longer texts are made in windows, window
+  w drawing with seed + w.
+  """
+  _check_method(method)
+  limit = _limit(model, context)
+  eos_id = _eos_id(tokenizer, eos_id)
+  pad_id = model.cfg.pad_id
+  rows = [_prompt_ids(encode, prompt) for prompt in prompts]
+  generated = [[] for _ in rows]
+  done = [False] * len(rows)
+  remaining, window = max_new_tokens, 0
+  while remaining > 0 and not all(done):
+    contexts, new_tokens = _windows(rows, remaining, limit)
+    lengths = np.array([len(ids) for ids in contexts], np.int32)
+    width = int(lengths.max())
+    out = _run(model, params, _padded(contexts, width, pad_id), width + new_tokens, method,
+               prompt_lengths=lengths, temperature=temperature, top_k=top_k, top_p=top_p,
+               beam_size=beam_size, alpha=alpha, rng=jax.random.key(seed + window),
+               eos_id=eos_id)
+    for i, (row, n) in enumerate(zip(out, lengths)):
+      if not done[i]:
+        ids, done[i] = _until_eos(row[n:n + new_tokens], eos_id, pad_id)
+        rows[i] = rows[i] + ids
+        generated[i] += ids
+    remaining -= new_tokens
+    window += 1
+  return [tokenizer.decode(ids) for ids in generated]
+
+
+def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, encode: Encode,
+              context: int, method: str = 'beam', beam_size: int = 4, alpha: float = 0.6,
+              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+              max_decode_len: Optional[int] = None, batch_size: int = 64,
+              eos_id: Optional[int] = None) -> list[str]:
+  """Outputs of a seq2seq Transformer for each source string (the target
+  tokenizer decodes them).
+
+  eos_id defaults to `tokenizer.eos_id`. Sources are decoded in batches of
+  `batch_size`, padded to a power-of-two width within the context; outputs are
+  at most max_decode_len (default 2 * width + 8) tokens, within max_len and
+  the context.
+  """
+  _check_method(method)
+  limit = _limit(model, context)
+  eos_id = _eos_id(tokenizer, eos_id)
+  pad_id = model.cfg.pad_id
+  encoded = [list(encode(s)) for s in sources]
+  _check_sources(encoded, limit)
+  outputs = []
+  for start in range(0, len(encoded), batch_size):
+    chunk = encoded[start:start + batch_size]
+    width = _source_width(chunk, limit)
+    # Fill the batch with copies of its first row: one shape, and rows that finish.
+    inputs = _padded(chunk + [chunk[0]] * (batch_size - len(chunk)), width, pad_id)
+    out = _run(model, params, inputs, _output_length(model, width, limit, max_decode_len), method,
+               temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
+               alpha=alpha, rng=jax.random.fold_in(jax.random.key(seed), start), eos_id=eos_id)
+    outputs.extend(
+        tokenizer.decode(_until_eos(row, eos_id, pad_id)[0]) for row in out[:len(chunk)])
+  return outputs
+
+
+# ---------------------------------------------------------------------------
+# Samples during training.
+
+
+def sample_texts(config, model, params, tokenizer: Tokenizer, *, encode: Encode) -> list[str]:
+  """config.num_samples continuations of config.sample_prompt (an empty prompt
+  starts from a newline), each config.sample_length tokens unless EOS comes."""
+  prompt = config.sample_prompt
+  continuations = generate_text(model, params, tokenizer, [prompt] * config.num_samples,
+                                encode=encode, context=config.seq_len,
+                                max_new_tokens=config.sample_length, method='sample',
+                                temperature=config.sample_temperature, seed=config.seed)
+  return [prompt + text for text in continuations]
+
+
+def print_samples(config, model, params, tokenizer: Tokenizer, *, encode: Encode):
+  for i, text in enumerate(sample_texts(config, model, params, tokenizer, encode=encode)):
+    print(f'--- sample {i + 1} ---\n{text.strip()}', flush=True)
