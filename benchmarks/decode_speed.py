@@ -37,7 +37,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -155,7 +154,7 @@ def main(argv):
   del argv
   config = experiment_config(FLAGS.prompt_len + FLAGS.new_tokens)
   config.model.share_embeddings = False  # see the module docstring.
-  model = build_model(ml_collections.FrozenConfigDict(config.model))
+  model = build_model(config.model)
   params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
   cfg = config.model
   shape = {name: cfg[name] for name in ('num_layers', 'num_heads', 'd_model', 'vocab_size',

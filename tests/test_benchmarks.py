@@ -9,7 +9,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -57,7 +56,7 @@ def test_check_same_tokens_rejects_a_real_difference():
   m = config_lib.model_config()
   m.update(variant='decoder', num_layers=1, d_model=16, num_heads=2, vocab_size=13, max_len=8,
            share_embeddings=False)
-  model = transformer.build_model(ml_collections.FrozenConfigDict(m))
+  model = transformer.build_model(m)
   tokens = np.array([[3, 4, 5, 6, 7, 8, 9, 10]])
   params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
   logits = np.array(jax.jit(model.apply)({'params': params}, tokens)[0, 2])  # for token 3.

@@ -20,8 +20,9 @@ import pytest
 from conftest import REPOSITORY, TINY, override, override_flags
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
-from transformer_jax import metrics as metrics_lib
-from transformer_jax import train
+from transformer_jax import run_log
+from transformer_jax import evaluation
+from transformer_jax import trainer
 
 
 def _saved_state(workdir, step):
@@ -38,7 +39,7 @@ def _data_position(workdir, step):
 
 def _losses(workdir):
   keys = ('step', 'loss', 'accuracy', 'grad_norm', 'learning_rate')
-  return [tuple(r[k] for k in keys) for r in metrics_lib.read_jsonl(workdir, 'train')]
+  return [tuple(r[k] for k in keys) for r in run_log.read_jsonl(workdir, 'train')]
 
 
 def _assert_same_state(a, b):
@@ -54,7 +55,7 @@ def straight_run(tmp_path_factory):
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   config = override(load_config(), {**TINY, 'parallelism': 'mesh'})
   workdir = str(tmp_path_factory.mktemp('straight'))
-  train.train(config, workdir)
+  trainer.train(config, workdir)
   return config, workdir
 
 
@@ -64,8 +65,8 @@ def test_resume_is_exact(straight_run, tmp_path):
   under pmap, the rest under mesh: one device is the same computation in both."""
   config, straight = straight_run
   resumed = str(tmp_path / 'resumed')
-  train.train(override(config, {'total_steps': 3, 'parallelism': 'pmap'}), resumed)
-  train.train(config, resumed)
+  trainer.train(override(config, {'total_steps': 3, 'parallelism': 'pmap'}), resumed)
+  trainer.train(config, resumed)
   _assert_same_state(_saved_state(straight, 6), _saved_state(resumed, 6))
   assert _data_position(straight, 6) == _data_position(resumed, 6)
   assert _losses(straight) == _losses(resumed)
@@ -76,28 +77,28 @@ def test_resume_is_exact(straight_run, tmp_path):
   # same end too.
   middle = tmp_path / 'from_step_3'
   shutil.copytree(os.path.join(straight, 'checkpoints', '3'), middle / 'checkpoints' / '3')
-  train.train(override(config, {'parallelism': 'pmap'}), str(middle))
+  trainer.train(override(config, {'parallelism': 'pmap'}), str(middle))
   _assert_same_state(_saved_state(straight, 6), _saved_state(str(middle), 6))
   assert _losses(middle) == _losses(straight)[3:]
 
 
 def test_eval_mode_evaluates_the_latest_checkpoint(straight_run, tmp_path):
   config, workdir = straight_run
-  final_eval = metrics_lib.read_jsonl(workdir, 'eval')[-1]
-  result = train.evaluate_checkpoint(config, workdir)
+  final_eval = run_log.read_jsonl(workdir, 'eval')[-1]
+  result = evaluation.evaluate_checkpoint(config, workdir)
   assert result['step'] == 6 and result['loss'] == final_eval['loss']
   # The same record, plus the task metric only --mode=eval computes.
-  assert metrics_lib.read_jsonl(workdir, 'eval')[-1] == dict(
+  assert run_log.read_jsonl(workdir, 'eval')[-1] == dict(
       final_eval, bits_per_character=final_eval['loss'] / math.log(2))
   with pytest.raises(FileNotFoundError):
-    train.evaluate_checkpoint(config, str(tmp_path))
+    evaluation.evaluate_checkpoint(config, str(tmp_path))
 
 
 def test_different_config_refuses_to_resume(straight_run):
   config, workdir = straight_run
   changed = override(config, {'model.num_heads': 4, 'optimizer.label_smoothing': 0.1})
   with pytest.raises(config_lib.ConfigError) as error:
-    train.train(changed, workdir)
+    trainer.train(changed, workdir)
   message = str(error.value)
   assert '\n' not in message
   assert 'model.num_heads (checkpoint 2, now 4)' in message
@@ -123,8 +124,8 @@ def test_keeps_latest_and_best(tmp_path, char_config):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
   config = tiny_config(learning_rate=1e30, optimizer__schedule='constant', warmup_steps=0,
                        checkpoint_every=1, total_steps=20, log_every=5)
-  with pytest.raises(train.TrainingDiverged) as error:
-    train.train(config, str(tmp_path))
+  with pytest.raises(trainer.TrainingDiverged) as error:
+    trainer.train(config, str(tmp_path))
   message = str(error.value)
   assert '\n' not in message and 'at step ' in message
   bad_step = int(re.search(r'at step (\d+)', message).group(1))
@@ -164,7 +165,7 @@ def _logged_steps(workdir):
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  return [r['step'] for r in metrics_lib.read_jsonl(workdir, 'train')]
+  return [r['step'] for r in run_log.read_jsonl(workdir, 'train')]
 
 
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):

@@ -15,7 +15,6 @@ from transformer_jax.data import tokenizers
 
 from conftest import REPOSITORY, load_config  # pylint: disable=g-bad-import-order
 
-G2P_CONFIG = os.path.join(REPOSITORY, 'experiments', 'configs', 'cmudict_g2p.py')
 
 
 def small_config(variant='decoder', **data):
@@ -125,7 +124,7 @@ def test_char_vocabulary_is_read_back_not_rebuilt(tmp_path, caplog):
 
 def test_g2p_symbol_tables_are_read_back(tmp_path, caplog):
   def config(max_examples):
-    c = load_config(G2P_CONFIG, 'quick')
+    c = load_config('cmudict_g2p:quick')
     c.data.update(max_examples=max_examples, bucketing=False)
     c.batch_size = 4
     return c
@@ -170,7 +169,7 @@ def test_cmudict_references_are_the_eval_splits_words(split):
   ds = datasets.create_datasets(c, None)
   assert ds.eval_split == (split or 'dev')
   assert ds.references == sources.cmudict_g2p()[ds.eval_split]  # every word.
-  assert evaluation.describe(c, ds)['eval_split'] == ds.eval_split
+  assert evaluation.eval_tags(c, ds)['eval_split'] == ds.eval_split
 
 
 def test_translation_references_are_the_eval_pairs():
@@ -185,4 +184,4 @@ def test_translation_references_are_the_eval_pairs():
 def test_datasets_without_references():
   ds = datasets.create_datasets(small_config(), None)
   assert ds.references is None and ds.eval_split == 'validation'
-  assert 'eval_split' not in evaluation.describe(small_config(), ds)
+  assert 'eval_split' not in evaluation.eval_tags(small_config(), ds)

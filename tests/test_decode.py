@@ -15,7 +15,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -41,7 +40,7 @@ def tiny_model(variant, **overrides):
   m.update(variant=variant, num_layers=1, d_model=16, num_heads=2, vocab_size=VOCAB, max_len=32,
            dropout_rate=0.0, share_embeddings=False)
   m.update(overrides)
-  return transformer.build_model(ml_collections.FrozenConfigDict(m))
+  return transformer.build_model(m)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -417,7 +416,7 @@ def test_sources_up_to_the_context_decode_and_longer_ones_fail():
 BASELINE = '/tmp/baseline_repo'
 BASELINE_SCRIPT = '''
 import sys
-import jax, jax.numpy as jnp, ml_collections, numpy as np
+import jax, jax.numpy as jnp, numpy as np
 from transformer_jax import config as config_lib, decode
 from transformer_jax.models import transformer
 P, L, S, D, EOS = {args}
@@ -427,7 +426,7 @@ def tiny(variant, **overrides):
   m.update(variant=variant, num_layers=1, d_model=16, num_heads=2, vocab_size=13, max_len=32,
            dropout_rate=0.0, share_embeddings=False)
   m.update(overrides)
-  return transformer.build_model(ml_collections.FrozenConfigDict(m))
+  return transformer.build_model(m)
 
 lm = tiny('decoder', num_layers=2, position='rotary', norm='pre')
 lm_params = lm.init(jax.random.key(4), jnp.ones((2, 8), jnp.int32))['params']

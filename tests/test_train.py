@@ -13,8 +13,9 @@ import numpy as np
 import optax
 
 from conftest import REPOSITORY, override
-from transformer_jax import metrics as metrics_lib
+from transformer_jax import run_log
 from transformer_jax import train
+from transformer_jax import trainer
 from transformer_jax.models.transformer import build_model
 
 
@@ -105,7 +106,7 @@ def test_dropout_differs_per_step_and_is_off_in_eval(tiny_config):
 
 def _records(workdir):
   drop = ('tokens_per_sec', 'data_wait_fraction', 'mfu')
-  return [{k: v for k, v in r.items() if k not in drop} for r in metrics_lib.read_jsonl(workdir)]
+  return [{k: v for k, v in r.items() if k not in drop} for r in run_log.read_jsonl(workdir)]
 
 
 def _tensorboard_scalars(workdir) -> dict:
@@ -129,7 +130,7 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, ca
   config = tiny_config(total_steps=4, eval_steps=1, num_samples=2, sample_length=40)
   samples = []
   for name, seed in (('a', 0), ('b', 0), ('c', 1)):
-    train.train(override(config, {'seed': seed}), str(tmp_path / name))
+    trainer.train(override(config, {'seed': seed}), str(tmp_path / name))
     out = capsys.readouterr().out
     samples.append(out[out.index('--- sample 1 ---'):])
   assert samples[0] == samples[1] != samples[2]
@@ -140,7 +141,7 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, ca
   assert [(r['step'], r['split']) for r in a] == [
       (1, 'train'), (2, 'train'), (3, 'train'), (4, 'train'), (4, 'eval')]
   # Throughput and MFU (against the measured CPU roof) after the compiling step.
-  timed = [r for r in metrics_lib.read_jsonl(tmp_path / 'a', 'train')][1:]
+  timed = [r for r in run_log.read_jsonl(tmp_path / 'a', 'train')][1:]
   assert timed and all(r['tokens_per_sec'] > 0 and 0 < r['mfu'] < 1 for r in timed)
   scalars = _tensorboard_scalars(tmp_path / 'a')
   for record in a:
@@ -158,7 +159,7 @@ def test_default_experiment_beats_unigram_baseline(char_config, tmp_path):
   full 2000-step run and its samples are in README)."""
   from transformer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   config = override(char_config, {'total_steps': 150, 'eval_steps': 40, 'num_samples': 0})
-  result = train.train(config, str(tmp_path))
+  result = trainer.train(config, str(tmp_path))
   unigram = datasets.create_datasets(config).info['unigram_entropy']
   assert result['loss'] < unigram - 0.5, (result, unigram)
 

@@ -43,7 +43,6 @@ from flax import struct
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 NEG_INF = -1.0e7  # log-probability of impossible hypotheses; finite so sums stay finite.
@@ -52,13 +51,6 @@ NEG_INF = -1.0e7  # log-probability of impossible hypotheses; finite so sums sta
 def length_penalty(length, alpha: float):
   """GNMT length penalty ((5 + |Y|) / 6)^alpha."""
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0)**alpha
-
-
-def _static(model: nn.Module) -> nn.Module:
-  """The same model with a frozen (hashable) config, so `jax.jit` can take it as static."""
-  if isinstance(model.cfg, ml_collections.FrozenConfigDict):
-    return model
-  return type(model)(ml_collections.FrozenConfigDict(model.cfg))
 
 
 def _check_variant(model: nn.Module):
@@ -330,7 +322,6 @@ def _check_length(model, length: int, what: str):
 
 def _prepare(model, inputs, length: int, prompt_lengths):
   """Checks the inputs on the host: (static model, inputs, prompt lengths, prefill)."""
-  model = _static(model)
   _check_variant(model)
   inputs = np.asarray(inputs, np.int32)
   if model.cfg.variant == 'seq2seq':
@@ -435,7 +426,6 @@ def step_logits(model, params, tokens, inputs=None, *, prefill: int = 1, cached:
   the very steppers decoding uses (prefill of `prefill - 1` tokens, then one
   token per step). `inputs` [n, ls] makes it seq2seq, where `tokens` are decoder
   inputs (0 first). Equal to the full forward pass; the tests check that."""
-  model = _static(model)
   _check_variant(model)
   if (inputs is None) != (model.cfg.variant == 'decoder'):
     raise ValueError(f'step_logits got a {model.cfg.variant} model; pass inputs (sources [n, ls]) '

@@ -1,64 +1,74 @@
-"""Task metrics that need the whole eval split decoded, and text-in/text-out decoding.
+"""--mode=eval and --mode=decode on a run's latest checkpoint.
 
-`--mode=eval` adds these to the loss/accuracy/perplexity of `train.evaluate`:
+`--mode=eval` adds the task's metrics to the loss/accuracy/perplexity of
+`trainer.evaluate` over the eval split (all of it unless config.eval_steps is
+set), and appends the record to metrics.jsonl:
 - character LMs: bits per character (the loss is in nats per character);
 - G2P on CMUdict: word and phoneme error rates over every word of the eval
   split, a word counting as right when the output equals any of its
-  pronunciations (`eval_metrics.g2p_error_rates`);
+  pronunciations (`metrics.g2p_error_rates`);
 - translation: corpus BLEU (sacrebleu) of the decoded eval split against the raw
   reference sentences.
-Decoding follows `config.decode` (beam search with the paper's alpha=0.6, beam 4
-by default). `--mode=decode` turns input lines into output lines with the same
-settings.
+Which of these a run reports follows from its dataset: the references come from
+its recipe (`Datasets.references`), and every input is encoded by the recipe's
+own `encode_input`, exactly as its training examples were. Decoding follows
+`config.decode` (beam search with the paper's alpha=0.6, beam 4 by default).
+`--mode=decode` turns input lines into output lines with the same settings.
 """
 
 import math
 from typing import Sequence
 
-from transformer_jax import decode
-from transformer_jax import eval_metrics
-
-
-def _decode_kwargs(config) -> dict:
-  d = config.decode
-  return dict(method=d.method, beam_size=d.beam_size, alpha=d.alpha,
-              temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, seed=config.seed)
+from transformer_jax import config as config_lib
+from transformer_jax import generate
+from transformer_jax import metrics as metrics_lib
+from transformer_jax import run_log
+from transformer_jax import trainer
 
 
 def _first(items: list, limit: int) -> list:
   return items[:limit] if limit else items
 
 
-def g2p_metrics(config, model, params, tokenizer, datasets) -> dict:
-  """Word and phoneme error rates on the eval split's words (all of them:
-  datasets.references)."""
-  words = _first(datasets.references, config.decode.max_examples)
-  predictions = decode.translate(model, params, tokenizer, [w for w, _ in words],
-                                 batch_size=config.decode.batch_size, **_decode_kwargs(config))
-  rates = eval_metrics.g2p_error_rates(predictions, [prons for _, prons in words])
-  return {'word_error_rate': rates['wer'], 'phoneme_error_rate': rates['per'],
-          'decoded_words': len(words)}
+def _generate(run: trainer.Run, lines: Sequence[str], max_new_tokens: int) -> list:
+  """The output for each line (a continuation for decoders, an output for
+  seq2seq), decoded as config.decode says."""
+  config, d = run.config, run.config.decode
+  common = dict(encode=run.datasets.encode_input, context=config.seq_len, method=d.method,
+                beam_size=d.beam_size, alpha=d.alpha, temperature=d.temperature, top_k=d.top_k,
+                top_p=d.top_p, seed=config.seed)
+  if config.model.variant == 'decoder':
+    return generate.generate_text(run.model, run.params, run.datasets.tokenizer, lines,
+                                  max_new_tokens=max_new_tokens, **common)
+  return generate.translate(run.model, run.params, run.datasets.tokenizer, lines,
+                            batch_size=d.batch_size, **common)
 
 
-def bleu_metrics(config, model, params, tokenizer, datasets) -> dict:
-  """Corpus BLEU of the decoded eval split against its raw references
-  (datasets.references: (source, reference) pairs)."""
-  pairs = _first(datasets.references, config.decode.max_examples)
-  hypotheses = decode.translate(model, params, tokenizer, [s for s, _ in pairs],
-                                batch_size=config.decode.batch_size, **_decode_kwargs(config))
-  return {'bleu': eval_metrics.corpus_bleu(hypotheses, [t for _, t in pairs]),
+def task_metrics(run: trainer.Run, loss: float) -> dict:
+  """The metrics beyond loss and accuracy that the run's task reports."""
+  config, references = run.config, run.datasets.references
+  if config.data.task == 'lm' and config.data.tokenizer == 'char':
+    return {'bits_per_character': loss / math.log(2)}
+  if config.data.task != 'seq2seq' or references is None:
+    return {}
+  pairs = _first(references, config.decode.max_examples)
+  outputs = _generate(run, [source for source, _ in pairs], 0)
+  if config.data.name == 'cmudict':  # (word, [pronunciations]) pairs.
+    rates = metrics_lib.g2p_error_rates(outputs, [prons for _, prons in pairs])
+    return {'word_error_rate': rates['wer'], 'phoneme_error_rate': rates['per'],
+            'decoded_words': len(pairs)}
+  return {'bleu': metrics_lib.corpus_bleu(outputs, [target for _, target in pairs]),
           'decoded_sentences': len(pairs)}
 
 
-def describe(config, datasets) -> dict:
+def eval_tags(config, datasets) -> dict:
   """How --mode=eval measured: the eval split (where the dataset has a choice
   of them) and, where the task decodes, the decoding method (recorded with the
   numbers in metrics.jsonl)."""
-  d = config.data
   tags = {}
   if datasets.recipe.selects_eval_split:
     tags['eval_split'] = datasets.eval_split
-  if d.task == 'seq2seq':
+  if config.data.task == 'seq2seq':
     m = config.decode
     tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
                       'sample': f'sample T={m.temperature} top_k={m.top_k} top_p={m.top_p}'
@@ -66,28 +76,31 @@ def describe(config, datasets) -> dict:
   return tags
 
 
-def task_metrics(config, model, params, tokenizer, loss: float, datasets=None) -> dict:
-  """The metrics beyond loss and accuracy that the config's task reports;
-  decoding metrics score against `datasets.references`."""
-  d = config.data
-  if d.task == 'lm' and d.tokenizer == 'char':
-    return {'bits_per_character': loss / math.log(2)}
-  if d.task == 'seq2seq' and d.name == 'cmudict':
-    return g2p_metrics(config, model, params, tokenizer, datasets)
-  if d.task == 'seq2seq' and d.name.startswith('tfds:'):
-    return bleu_metrics(config, model, params, tokenizer, datasets)
-  return {}
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """--mode=eval: the latest checkpoint's metrics on the eval split, with the
+  task's decoding metrics, also appended to metrics.jsonl."""
+  with trainer.setup(config, workdir, 'eval') as run:
+    sums = trainer.evaluate(run.strategy, run.state, run.datasets.eval(), config.eval_steps)
+    values = metrics_lib.summarize(sums, config.data.task)
+    values.update(task_metrics(run, values['loss']))
+    tags = eval_tags(config, run.datasets)
+  writer = run_log.MetricWriter(workdir, config.total_steps)
+  writer.write(run.step, 'eval', values, tags)
+  writer.close()
+  return dict(values, step=run.step, **tags)
 
 
-def decode_lines(config, model, params, tokenizer, lines: Sequence[str]) -> list:
-  """--mode=decode: a continuation of each prompt (decoder) or an output for
-  each source (seq2seq)."""
-  if config.model.variant == 'decoder':
-    return decode.generate_text(model, params, tokenizer, lines,
-                                max_new_tokens=config.sample_length,
-                                **_decode_kwargs(config))
-  if config.model.variant == 'seq2seq':
-    return decode.translate(model, params, tokenizer, lines, batch_size=config.decode.batch_size,
-                            **_decode_kwargs(config))
-  raise ValueError(f'config.model.variant={config.model.variant} does not generate text; '
-                   '--mode=decode needs a decoder or seq2seq model.')
+def check_decodable(config):
+  """Raises ConfigError before anything is restored when the model cannot generate."""
+  if config.model.variant == 'encoder':
+    raise config_lib.ConfigError(
+        'config.model.variant=encoder does not generate text; --mode=decode needs a decoder '
+        'or seq2seq run (--mode=eval scores an encoder).')
+
+
+def decode_checkpoint(config, workdir: str, lines: Sequence[str]) -> list:
+  """--mode=decode: the latest checkpoint's output for each input line, one per
+  line, in order (an empty line is an empty prompt or source)."""
+  check_decodable(config)
+  with trainer.setup(config, workdir, 'decode') as run:
+    return _generate(run, lines, config.sample_length)

@@ -63,11 +63,6 @@ _INPUT = flags.DEFINE_string('input', '-', 'decode mode: a text file, one input 
                              '(- = standard input).')
 
 
-def describe(config) -> dict:
-  from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
-  return accounting.describe(config.model, config.seq_len)
-
-
 def _config_files(argv):
   """argv with the --config value as the config's file (ml_collections reads files)."""
   argv = list(argv)
@@ -107,18 +102,33 @@ def _workdir() -> str:
 
 
 def _read_lines(path: str) -> list:
-  """Non-empty input lines for --mode=decode."""
+  """Every input line for --mode=decode (an empty line is an empty input)."""
   if path == '-':
-    lines = sys.stdin.read().splitlines()
+    text = sys.stdin.read()
   else:
-    if not os.path.exists(path):
-      sys.exit(f'--input={path} does not exist; give a text file with one input per line.')
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
-  lines = [line for line in lines if line.strip()]
+    if os.path.isdir(path):
+      _fail(f'--input={path} is a directory; give a text file with one input per line.')
+    try:
+      with open(path, encoding='utf-8') as f:
+        text = f.read()
+    except FileNotFoundError:
+      _fail(f'--input={path} does not exist; give a text file with one input per line.')
+    except UnicodeDecodeError as e:
+      _fail(f'--input={path} is not UTF-8 text (byte {e.start}); give a text file with one '
+            'input per line.')
+  if '\0' in text:
+    _fail(f'--input={path} holds NUL bytes, so it is not text; give a text file with one '
+          'input per line.')
+  lines = text.splitlines()
   if not lines:
-    sys.exit(f'--input={path} holds no non-empty line; give one input per line.')
+    _fail(f'--input={path} is empty; give one input per line.')
   return lines
+
+
+def _fail(message: str):
+  """An expected failure: one line on stderr, exit status 2, no traceback."""
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def main(argv):
@@ -132,27 +142,31 @@ def main(argv):
   except OSError as e:  # the config file could not be loaded.
     sys.exit(f'Config error: {" ".join(str(e).split())}')
   if _MODE.value == 'describe':
-    print(json.dumps(describe(config)))
+    from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
+    print(json.dumps(accounting.describe(config.model, config.seq_len)))
     return
   if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
     logging.set_verbosity(logging.WARNING)
   if config.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
-  from transformer_jax import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from transformer_jax import evaluation
+  from transformer_jax import trainer
+  # pylint: enable=g-import-not-at-top
   workdir = _workdir()
   try:
     if _MODE.value == 'eval':
-      result = train.evaluate_checkpoint(config, workdir)
+      result = evaluation.evaluate_checkpoint(config, workdir)
     elif _MODE.value == 'decode':
-      for line in train.decode_checkpoint(config, workdir, _read_lines(_INPUT.value)):
+      for line in evaluation.decode_checkpoint(config, workdir, _read_lines(_INPUT.value)):
         print(line, flush=True)
       return
     else:
-      result = train.train(config, workdir)
+      result = trainer.train(config, workdir)
   except config_lib.ConfigError as e:
     sys.exit(f'Config error: {e}')
-  except (train.TrainingDiverged, FileNotFoundError) as e:
+  except (trainer.TrainingDiverged, FileNotFoundError) as e:
     sys.exit(str(e))
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])

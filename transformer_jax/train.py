@@ -1,11 +1,9 @@
-"""Training: the state, the pure train and eval steps, the optimiser and the loop.
+"""Training maths: the state, the optimiser and schedule, the loss, and the
+pure train and eval steps.
 
 `train_step(state, batch, rng)` and `eval_step(state, batch)` are pure
 functions; `parallel.py` compiles the same two functions for one device, pmap
-or a device mesh. `train(config, workdir)` is the loop behind
-`python -m transformer_jax.main --mode=train`: it resumes from the workdir's
-latest checkpoint, logs metrics (metrics.py), evaluates, checkpoints
-(checkpoint.py), stops cleanly on SIGTERM / Ctrl-C and on a non-finite loss.
+or a device mesh, and `trainer.py` runs them in the loop.
 
 Losses are normalised by the total weight of the *global* batch, so the update
 is the same whatever the split over devices or gradient-accumulation
@@ -13,28 +11,15 @@ micro-batches.
 """
 
 import functools
-import time
 from typing import Any, Callable, Optional
 
-from absl import logging
 from flax import struct
 from flax.core import meta
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import config as config_lib
-from transformer_jax import metrics as metrics_lib
-from transformer_jax import parallel
 from transformer_jax.data import batch as batch_lib
-from transformer_jax.models import accounting
-from transformer_jax.models.transformer import build_model
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite; the message names the step."""
 
 
 class TrainState(struct.PyTreeNode):
@@ -218,217 +203,3 @@ def make_steps(config):
                            label_smoothing=config.optimizer.label_smoothing,
                            grad_accum_steps=config.optimizer.grad_accum_steps)
   return step, eval_step
-
-
-# ----------------------------------------------------------------------------
-# The loop.
-
-
-def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
-  """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
-  total = None
-  for i, batch in enumerate(batches):
-    if max_batches and i >= max_batches:
-      break
-    sums = strategy.eval_step(state, strategy.put_batch(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  if total is None:
-    raise ValueError('The eval split yielded no batches; check config.data.')
-  return strategy.fetch(total)
-
-
-def _tokens(batch: dict, variant: str) -> int:
-  """Positions a step computes on: target tokens (input tokens for encoders)."""
-  return int(np.size(batch['inputs'] if variant == 'encoder' else batch['targets']))
-
-
-class _Interval:
-  """Per-step device metrics since the last train record, fetched only when
-  logged, and the time, tokens and data wait they took."""
-
-  def __init__(self):
-    self.steps, self.metrics = [], []
-    self.restart_clock()
-
-  def restart_clock(self):
-    self.start, self.tokens, self.data_wait = time.perf_counter(), 0, 0.0
-
-  def check_finite(self, strategy):
-    """Host copies of the pending metrics; raises TrainingDiverged at the first bad step."""
-    fetched = [strategy.fetch(m) for m in self.metrics]
-    for step, m in zip(self.steps, fetched):
-      if not (np.isfinite(m['nll']) and np.isfinite(m['grad_norm'])):
-        raise TrainingDiverged(f'loss is {m["nll"] / max(m["weight"], 1e-9)} (grad norm '
-                               f'{m["grad_norm"]}) at step {step}')
-    return fetched
-
-
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
-
-  Raises ConfigError for a config that cannot work or does not match the
-  workdir's checkpoint, TrainingDiverged for a non-finite loss (after which the
-  last checkpoint is the last good state), and returns early (with
-  `result['interrupted']` set to the signal number) after saving on SIGTERM or
-  Ctrl-C.
-  """
-  config_lib.validate(config)
-  with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
-    checkpointer.check_compatible(workdir)
-    return _train(config, workdir, checkpointer)
-
-
-def _train(config, workdir: str, checkpointer) -> dict:
-  """The body of `train` once the workdir is known to be compatible."""
-  from transformer_jax.data import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
-  datasets = datasets_lib.create_datasets(config, workdir)
-  strategy = parallel.create(config, *make_steps(config))
-  model = build_model(config.model)
-  learning_rate_fn = learning_rate_schedule(config)
-  tx = create_optimizer(config, learning_rate_fn)
-  init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = strategy.init_state(init_fn(config, model, tx), init_rng)
-  train_iter = datasets.train
-  if checkpointer.latest_step() is not None:
-    restored, rng = checkpointer.restore(strategy.checkpoint_target(state), rng, train_iter)
-    state = strategy.from_checkpoint(restored)
-    logging.info('Resumed from step %d.', checkpointer.latest_step())
-  start_step = int(strategy.fetch({'step': state.step})['step'])
-  metrics_lib.write_run_info(workdir, config)
-  writer = metrics_lib.MetricWriter(workdir, config.total_steps)
-  task = config.data.task
-  flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
-  peak = metrics_lib.peak_flops(config)
-  baseline = datasets.info.get('unigram_entropy')
-  print(f'{workdir}: {accounting.count_params(config.model):,} parameters, '
-        f'{strategy.num_devices} {jax.devices()[0].platform} device(s) ({strategy.name}), '
-        + (f'resuming at step {start_step}' if start_step else 'starting at step 0')
-        + f' of {config.total_steps}'
-        + (f'; unigram baseline {baseline:.4f} nats/token.' if baseline else '.'), flush=True)
-
-  def run_eval(step):
-    sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
-    values = metrics_lib.summarize(sums, task)
-    writer.write(step, 'eval', values)
-    return values
-
-  def save(step, eval_metrics=None):
-    checkpointer.save(step, strategy.to_checkpoint(state), rng, train_iter, eval_metrics)
-
-  interval = _Interval()
-  eval_metrics = None
-  step = start_step
-  try:
-    with checkpoint_lib.StopSignal() as stop:
-      while step < config.total_steps and stop.signum is None:
-        wait_start = time.perf_counter()
-        batch = next(train_iter)
-        interval.data_wait += time.perf_counter() - wait_start
-        state, step_metrics = strategy.train_step(state, strategy.put_batch(batch), rng)
-        step += 1
-        interval.steps.append(step)
-        interval.metrics.append(step_metrics)
-        interval.tokens += _tokens(batch, config.model.variant)
-        if step == start_step + 1:  # the first step compiles: time the rest.
-          jax.block_until_ready(step_metrics)
-          interval.restart_clock()
-        is_last = step == config.total_steps
-        is_eval = step % config.eval_every == 0 or is_last
-        is_save = is_eval or step % config.checkpoint_every == 0
-        if step % config.log_every == 0 or is_last or is_save or stop.signum is not None:
-          _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
-          if is_eval:
-            eval_metrics = run_eval(step)
-          if is_save:
-            save(step, eval_metrics if is_eval else None)
-          interval.restart_clock()  # eval and saving are not train time.
-      if interval.metrics:
-        _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
-      if stop.signum is not None:
-        save(step)
-        checkpointer.wait()
-        print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
-              'command to resume.', flush=True)
-        return {'interrupted': stop.signum, 'step': step}
-    if eval_metrics is None:  # resumed a finished run: evaluate it again.
-      eval_metrics = run_eval(step)
-    save(step, eval_metrics)
-    checkpointer.wait()
-  except TrainingDiverged as e:
-    checkpointer.wait()
-    good = checkpointer.latest_step()
-    raise TrainingDiverged(
-        f'Training diverged: {e}; stopped. The last good checkpoint is '
-        + (f'step {good} in {checkpointer.directory}' if good is not None else 'none')
-        + '; lower config.learning_rate or set config.optimizer.grad_clip_norm.') from None
-  finally:
-    writer.close()
-  if config.num_samples and config.model.variant == 'decoder':
-    from transformer_jax import generate  # pylint: disable=g-import-not-at-top
-    # TODO(integration): encode=the data recipe's encode_input; tokenizer.encode is today's.
-    generate.print_samples(config, model, strategy.to_checkpoint(state).params,
-                           datasets.tokenizer, encode=datasets.tokenizer.encode)
-  return dict(eval_metrics, step=step)
-
-
-def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
-               flops_per_token: float, peak: Optional[float]):
-  """Writes one train record for the steps since the last one (after checking them)."""
-  fetched = interval.check_finite(strategy)
-  seconds = max(time.perf_counter() - interval.start, 1e-9)
-  sums = {k: sum(float(m[k]) for m in fetched) for k in ('nll', 'correct', 'weight')}
-  values = metrics_lib.summarize(sums, task)
-  tokens_per_sec = interval.tokens / seconds if interval.tokens else None
-  values.update(learning_rate=float(fetched[-1]['learning_rate']),
-                grad_norm=float(np.mean([m['grad_norm'] for m in fetched])),
-                tokens_per_sec=tokens_per_sec,
-                data_wait_fraction=interval.data_wait / seconds,
-                mfu=metrics_lib.mfu(flops_per_token, tokens_per_sec or 0.0, peak,
-                                    strategy.num_devices))
-  writer.write(step, 'train', values)
-  interval.steps, interval.metrics = [], []
-
-
-def restore_latest(config, workdir: str):
-  """(step, strategy, placed state, datasets, model) from the workdir's latest checkpoint."""
-  from transformer_jax.data import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config)
-  with checkpoint_lib.Checkpointer(workdir, config) as checkpointer:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
-    checkpointer.check_compatible(workdir)
-    datasets = datasets_lib.create_datasets(config, workdir)
-    strategy = parallel.create(config, *make_steps(config))
-    model = build_model(config.model)
-    tx = create_optimizer(config, learning_rate_schedule(config))
-    state = strategy.init_state(init_fn(config, model, tx), jax.random.PRNGKey(0))
-    restored, _ = checkpointer.restore(strategy.checkpoint_target(state),
-                                       jax.random.PRNGKey(0))
-  return step, strategy, strategy.from_checkpoint(restored), datasets, model
-
-
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """--mode=eval: the latest checkpoint's metrics on the eval split (all of it
-  unless config.eval_steps is set), with the task's decoding metrics
-  (evaluation.py), also appended to metrics.jsonl."""
-  from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top
-  step, strategy, state, datasets, model = restore_latest(config, workdir)
-  values = metrics_lib.summarize(evaluate(strategy, state, datasets.eval(), config.eval_steps),
-                                 config.data.task)
-  params = strategy.to_checkpoint(state).params
-  values.update(evaluation.task_metrics(config, model, params, datasets.tokenizer,
-                                        values['loss'], datasets))
-  tags = evaluation.describe(config, datasets)
-  writer = metrics_lib.MetricWriter(workdir, config.total_steps)
-  writer.write(step, 'eval', values, tags)
-  writer.close()
-  return dict(values, step=step, **tags)
-
-
-def decode_checkpoint(config, workdir: str, lines) -> list:
-  """--mode=decode: the latest checkpoint's output for each input line."""
-  from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top
-  _, strategy, state, datasets, model = restore_latest(config, workdir)
-  return evaluation.decode_lines(config, model, strategy.to_checkpoint(state).params,
-                                 datasets.tokenizer, lines)

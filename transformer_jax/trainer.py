@@ -1,0 +1,253 @@
+"""A run: one `setup` shared by every mode, and the training loop.
+
+`setup(config, workdir, mode)` builds everything a mode works on (the run's
+datasets, the parallel strategy, the model, the placed state restored from the
+workdir's latest checkpoint, the checkpointer) and returns it as one `Run`.
+`--mode=train` loops over it here (`train`); `--mode=eval` and `--mode=decode`
+use the same object (evaluation.py).
+
+The loop resumes from the latest checkpoint (state, dropout key and data
+position), logs metrics (run_log.py), evaluates, checkpoints (checkpoint.py),
+stops cleanly on SIGTERM / Ctrl-C and on a non-finite loss.
+"""
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import config as config_lib
+from transformer_jax import metrics as metrics_lib
+from transformer_jax import parallel
+from transformer_jax import run_log
+from transformer_jax import train as train_lib
+from transformer_jax.data import datasets as datasets_lib
+from transformer_jax.models import accounting
+from transformer_jax.models.transformer import build_model
+
+MODES = ('train', 'eval', 'decode')
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What every mode works on. Use as a context manager: leaving it waits for
+  checkpoint writes in flight and closes the checkpointer."""
+  config: Any
+  workdir: str
+  datasets: datasets_lib.Datasets
+  strategy: Any  # parallel.PmapStrategy | parallel.MeshStrategy
+  model: Any  # flax.linen.Module
+  state: train_lib.TrainState  # placed on the devices.
+  rng: jax.Array  # the dropout key.
+  step: int  # optimizer updates in `state`.
+  checkpointer: checkpoint_lib.Checkpointer
+
+  @property
+  def params(self):
+    """The parameters as one host-side copy (what decoding takes)."""
+    return self.strategy.to_checkpoint(self.state).params
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.checkpointer.close()
+    return False
+
+
+def setup(config, workdir: str, mode: str = 'train') -> Run:
+  """The run in `workdir` for `mode`, resumed from its latest checkpoint.
+
+  Training starts fresh when there is no checkpoint and restores the data
+  position with the state; eval and decode need a checkpoint.
+
+  Raises:
+    ConfigError: the config cannot work, or differs from the checkpoint's in a
+      field that changes what the run computes.
+    FileNotFoundError: eval or decode on a workdir without a checkpoint.
+  """
+  config_lib.validate(config)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config)
+  try:
+    latest = checkpointer.latest_step()
+    if latest is None and mode != 'train':
+      raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
+    checkpointer.check_compatible(workdir)
+    datasets = datasets_lib.create_datasets(config, workdir)
+    strategy = parallel.create(config, *train_lib.make_steps(config))
+    model = build_model(config.model)
+    tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+    if latest is not None:
+      data = datasets.train if mode == 'train' else None
+      restored, rng = checkpointer.restore(strategy.checkpoint_target(state), rng, data)
+      state = strategy.from_checkpoint(restored)
+      logging.info('Resumed from step %d.', latest)
+    step = int(strategy.fetch({'step': state.step})['step'])
+  except BaseException:
+    checkpointer.close()
+    raise
+  return Run(config=config, workdir=workdir, datasets=datasets, strategy=strategy, model=model,
+             state=state, rng=rng, step=step, checkpointer=checkpointer)
+
+
+def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
+  """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
+  total = None
+  for i, batch in enumerate(batches):
+    if max_batches and i >= max_batches:
+      break
+    sums = strategy.eval_step(state, strategy.put_batch(batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    raise ValueError('The eval split yielded no batches; check config.data.')
+  return strategy.fetch(total)
+
+
+def _tokens(batch: dict, variant: str) -> int:
+  """Positions a step computes on: target tokens (input tokens for encoders)."""
+  return int(np.size(batch['inputs'] if variant == 'encoder' else batch['targets']))
+
+
+class _Interval:
+  """Per-step device metrics since the last train record, fetched only when
+  logged, and the time, tokens and data wait they took."""
+
+  def __init__(self):
+    self.steps, self.metrics = [], []
+    self.restart_clock()
+
+  def restart_clock(self):
+    self.start, self.tokens, self.data_wait = time.perf_counter(), 0, 0.0
+
+  def check_finite(self, strategy):
+    """Host copies of the pending metrics; raises TrainingDiverged at the first bad step."""
+    fetched = [strategy.fetch(m) for m in self.metrics]
+    for step, m in zip(self.steps, fetched):
+      if not (np.isfinite(m['nll']) and np.isfinite(m['grad_norm'])):
+        raise TrainingDiverged(f'loss is {m["nll"] / max(m["weight"], 1e-9)} (grad norm '
+                               f'{m["grad_norm"]}) at step {step}')
+    return fetched
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
+
+  Raises ConfigError for a config that cannot work or does not match the
+  workdir's checkpoint, TrainingDiverged for a non-finite loss (after which the
+  last checkpoint is the last good state), and returns early (with
+  `result['interrupted']` set to the signal number) after saving on SIGTERM or
+  Ctrl-C.
+  """
+  with setup(config, workdir, 'train') as run:
+    return _loop(run)
+
+
+def _loop(run: Run) -> dict:
+  """The training loop over a set-up run."""
+  config, workdir, strategy, checkpointer = run.config, run.workdir, run.strategy, run.checkpointer
+  datasets, rng, state, start_step = run.datasets, run.rng, run.state, run.step
+  train_iter = datasets.train
+  run_log.write_run_info(workdir, config)
+  writer = run_log.MetricWriter(workdir, config.total_steps)
+  task = config.data.task
+  flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
+  peak = metrics_lib.peak_flops(config)
+  baseline = datasets.info.get('unigram_entropy')
+  print(f'{workdir}: {accounting.count_params(config.model):,} parameters, '
+        f'{strategy.num_devices} {jax.devices()[0].platform} device(s) ({strategy.name}), '
+        + (f'resuming at step {start_step}' if start_step else 'starting at step 0')
+        + f' of {config.total_steps}'
+        + (f'; unigram baseline {baseline:.4f} nats/token.' if baseline else '.'), flush=True)
+
+  def run_eval(step):
+    sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
+    values = metrics_lib.summarize(sums, task)
+    writer.write(step, 'eval', values)
+    return values
+
+  def save(step, eval_metrics=None):
+    checkpointer.save(step, strategy.to_checkpoint(state), rng, train_iter, eval_metrics)
+
+  interval = _Interval()
+  eval_metrics = None
+  step = start_step
+  try:
+    with checkpoint_lib.StopSignal() as stop:
+      while step < config.total_steps and stop.signum is None:
+        wait_start = time.perf_counter()
+        batch = next(train_iter)
+        interval.data_wait += time.perf_counter() - wait_start
+        state, step_metrics = strategy.train_step(state, strategy.put_batch(batch), rng)
+        step += 1
+        interval.steps.append(step)
+        interval.metrics.append(step_metrics)
+        interval.tokens += _tokens(batch, config.model.variant)
+        if step == start_step + 1:  # the first step compiles: time the rest.
+          jax.block_until_ready(step_metrics)
+          interval.restart_clock()
+        is_last = step == config.total_steps
+        is_eval = step % config.eval_every == 0 or is_last
+        is_save = is_eval or step % config.checkpoint_every == 0
+        if step % config.log_every == 0 or is_last or is_save or stop.signum is not None:
+          _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+          if is_eval:
+            eval_metrics = run_eval(step)
+          if is_save:
+            save(step, eval_metrics if is_eval else None)
+          interval.restart_clock()  # eval and saving are not train time.
+      if interval.metrics:
+        _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+      if stop.signum is not None:
+        save(step)
+        checkpointer.wait()
+        print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
+              'command to resume.', flush=True)
+        return {'interrupted': stop.signum, 'step': step}
+    if eval_metrics is None:  # resumed a finished run: evaluate it again.
+      eval_metrics = run_eval(step)
+    save(step, eval_metrics)
+    checkpointer.wait()
+  except TrainingDiverged as e:
+    checkpointer.wait()
+    good = checkpointer.latest_step()
+    raise TrainingDiverged(
+        f'Training diverged: {e}; stopped. The last good checkpoint is '
+        + (f'step {good} in {checkpointer.directory}' if good is not None else 'none')
+        + '; lower config.learning_rate or set config.optimizer.grad_clip_norm.') from None
+  finally:
+    writer.close()
+  run.state, run.step = state, step
+  if config.num_samples and config.model.variant == 'decoder':
+    from transformer_jax import generate  # pylint: disable=g-import-not-at-top
+    generate.print_samples(config, run.model, run.params, datasets.tokenizer,
+                           encode=datasets.encode_input)
+  return dict(eval_metrics, step=step)
+
+
+def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
+               flops_per_token: float, peak: Optional[float]):
+  """Writes one train record for the steps since the last one (after checking them)."""
+  fetched = interval.check_finite(strategy)
+  seconds = max(time.perf_counter() - interval.start, 1e-9)
+  sums = {k: sum(float(m[k]) for m in fetched) for k in ('nll', 'correct', 'weight')}
+  values = metrics_lib.summarize(sums, task)
+  tokens_per_sec = interval.tokens / seconds if interval.tokens else None
+  values.update(learning_rate=float(fetched[-1]['learning_rate']),
+                grad_norm=float(np.mean([m['grad_norm'] for m in fetched])),
+                tokens_per_sec=tokens_per_sec,
+                data_wait_fraction=interval.data_wait / seconds,
+                mfu=metrics_lib.mfu(flops_per_token, tokens_per_sec or 0.0, peak,
+                                    strategy.num_devices))
+  writer.write(step, 'train', values)
+  interval.steps, interval.metrics = [], []
