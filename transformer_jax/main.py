@@ -26,6 +26,7 @@ anything is compiled.
 import json
 import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -48,12 +49,18 @@ def _config_error(e: Exception) -> str:
   return f'Config error: {message} (in {overrides})'
 
 
+def _fail(message: str):
+  """An expected failure: one line on stderr, exit status 2, no traceback."""
+  print(' '.join(str(message).split()), file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 try:  # with a default file, config_flags applies the overrides in sys.argv right here.
   _CONFIG = config_flags.DEFINE_config_file(
       'config', DEFAULT_CONFIG, 'Experiment config: a name in transformer_jax/configs/, a '
       'module name or a .py file (get_config()), optionally :arg.', lock_config=True)
 except CONFIG_ERRORS as e:
-  sys.exit(_config_error(e))
+  _fail(_config_error(e))
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Run directory: checkpoints, metrics.jsonl, TensorBoard, '
                                'config.json. Default: runs/<config file name>.')
@@ -80,7 +87,7 @@ def _config_file(spec: str) -> str:
     configs.load(spec)
     return configs.config_file(spec)
   except config_lib.ConfigError as e:
-    sys.exit(f'Config error: {e}')
+    _fail(f'Config error: {e}')
 
 
 def parse_flags(argv):
@@ -88,9 +95,9 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(_config_files(argv))
   except flags.Error as e:
-    sys.exit(f'Flag error: {e}')
+    _fail(f'Flag error: {e}')
   except CONFIG_ERRORS as e:
-    sys.exit(_config_error(e))
+    _fail(_config_error(e))
 
 
 def _workdir() -> str:
@@ -125,10 +132,22 @@ def _read_lines(path: str) -> list:
   return lines
 
 
-def _fail(message: str):
-  """An expected failure: one line on stderr, exit status 2, no traceback."""
-  print(message, file=sys.stderr, flush=True)
-  sys.exit(2)
+def _check_workdir(workdir: str):
+  """A training workdir must be a directory this process can write."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail(f'--workdir={workdir} is a file, not a directory; give a directory for the run.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    _fail(f'--workdir={workdir} is not writable ({e.strerror}); give a directory you can '
+          'write to.')
+
+
+def _printable(text: str) -> str:
+  """An output as one line: newlines inside it become the two characters \\n."""
+  return text.replace('\\', '\\\\').replace('\n', '\\n')
 
 
 def main(argv):
@@ -138,9 +157,7 @@ def main(argv):
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
-    sys.exit(f'Config error: {e}')
-  except OSError as e:  # the config file could not be loaded.
-    sys.exit(f'Config error: {" ".join(str(e).split())}')
+    _fail(f'Config error: {e}')
   if _MODE.value == 'describe':
     from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
     print(json.dumps(accounting.describe(config.model, config.seq_len)))
@@ -153,21 +170,25 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from transformer_jax import evaluation
   from transformer_jax import trainer
+  from transformer_jax.data import DataError
   # pylint: enable=g-import-not-at-top
   workdir = _workdir()
   try:
     if _MODE.value == 'eval':
       result = evaluation.evaluate_checkpoint(config, workdir)
     elif _MODE.value == 'decode':
-      for line in evaluation.decode_checkpoint(config, workdir, _read_lines(_INPUT.value)):
-        print(line, flush=True)
+      evaluation.check_decodable(config)
+      lines = _read_lines(_INPUT.value)
+      for line in evaluation.decode_checkpoint(config, workdir, lines):
+        print(_printable(line), flush=True)
       return
     else:
+      _check_workdir(workdir)
       result = trainer.train(config, workdir)
   except config_lib.ConfigError as e:
-    sys.exit(f'Config error: {e}')
-  except (trainer.TrainingDiverged, FileNotFoundError) as e:
-    sys.exit(str(e))
+    _fail(f'Config error: {e}')
+  except (DataError, trainer.TrainingDiverged, FileNotFoundError) as e:
+    _fail(str(e))
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])
   print(json.dumps(result))

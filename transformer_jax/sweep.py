@@ -340,7 +340,8 @@ def main(argv):
     run_sweep(_CONFIG.value, _SWEEP.value, _WORKDIR.value, argv[1:], _METRIC.value,
               _REPORT_ONLY.value)
   except (config_lib.ConfigError, FileNotFoundError) as e:
-    sys.exit(f'Sweep error: {e}')
+    print(f'Sweep error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

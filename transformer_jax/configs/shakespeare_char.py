@@ -72,5 +72,5 @@ def get_sweep(name: str = 'ffn_x_heads'):
     from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
     scale = 'num_layers' if name == 'fixed_params_depth' else 'd_model'
     return sweep.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
-  raise ValueError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth or '
+  raise config_lib.ConfigError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth or '
                    'fixed_params_width.')

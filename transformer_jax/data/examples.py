@@ -17,6 +17,7 @@ import numpy as np
 from transformer_jax import config as config_lib
 from transformer_jax.data import batching
 from transformer_jax.data import tokenizers as tok_lib
+from transformer_jax.data import DataError
 
 
 class Overflow:
@@ -32,9 +33,9 @@ class Overflow:
     if len(ids) <= limit:
       return ids
     if self.policy == 'error':
-      raise ValueError(f'{where}: example has {len(ids) + reserve} tokens, more than '
-                       f'config.seq_len={self.seq_len}; raise seq_len or set '
-                       'config.data.overflow=truncate or drop.')
+      raise DataError(f'{where}: example has {len(ids) + reserve} tokens, more than '
+                      f'config.seq_len={self.seq_len}; raise seq_len or set '
+                      'config.data.overflow=truncate or drop.')
     if self.policy == 'truncate':
       self.truncated += 1
     else:
@@ -169,8 +170,8 @@ def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
   evals = make_examples(eval_raw, functools.partial(encode, overflow=eval_overflow),
                         f'{where} eval')
   if not len(train) or not evals:
-    raise ValueError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
-                     f'config.data.overflow={d.overflow}; raise config.seq_len.')
+    raise DataError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
+                    f'config.data.overflow={d.overflow}; raise config.seq_len.')
   info.update({'train_examples': len(train), 'eval_examples': len(evals),
                **eval_overflow.report('eval')})
   transform = (mlm_transform(config.seed, vocab_size, d.mask_rate)

@@ -20,6 +20,7 @@ from transformer_jax.data import batching
 from transformer_jax.data import examples as examples_lib
 from transformer_jax.data import sources
 from transformer_jax.data import tokenizers as tok_lib
+from transformer_jax.data import DataError
 
 ConfigError = config_lib.ConfigError
 
@@ -370,8 +371,8 @@ class TextFiles(Recipe):
       labels = sorted({label for _, label in train_raw})
       unknown = {label for _, label in eval_raw} - set(labels)
       if unknown:
-        raise ValueError(f'{d.eval_files}: labels {sorted(unknown)} never occur in '
-                         f'{d.train_files}; add training examples for them.')
+        raise DataError(f'{d.eval_files}: labels {sorted(unknown)} never occur in '
+                        f'{d.train_files}; add training examples for them.')
       _check_classes(config, len(labels))
       train_raw = [(t, labels.index(l)) for t, l in train_raw]
       eval_raw = [(t, labels.index(l)) for t, l in eval_raw]

@@ -19,7 +19,10 @@ import glob
 import importlib.util
 import os
 import re
+import socket
 from typing import Optional, Sequence
+
+from transformer_jax.data import DataError
 
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
 SHAKESPEARE_DIR = os.path.join(DATA_DIR, 'shakespeare')
@@ -32,7 +35,7 @@ def shakespeare_works() -> dict:
   """{file name: text} for the 42 works, in sorted file-name order."""
   paths = sorted(glob.glob(os.path.join(SHAKESPEARE_DIR, '*.txt')))
   if not paths:
-    raise FileNotFoundError(
+    raise DataError(
         f'No Shakespeare texts in {SHAKESPEARE_DIR}; reinstall the package with its '
         'package data (pip install -e .).')
   works = {}
@@ -153,19 +156,38 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
   first use."""
   _require_tfds()
   if name not in TFDS:
-    raise ValueError(f'tfds:{name} is not supported; use one of '
-                     f'{", ".join("tfds:" + n for n in TFDS)}.')
+    raise DataError(f'tfds:{name} is not supported; use one of '
+                    f'{", ".join("tfds:" + n for n in TFDS)}.')
   _hide_gpus_from_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  source = functools.partial(tfds.data_source, name, split=split, data_dir=data_dir,
+                             builder_kwargs={'file_format': 'array_record'})
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir,
-                            builder_kwargs={'file_format': 'array_record'})
+    try:
+      return source(download=False)
+    except tfds.core.DatasetNotFoundError:
+      _check_online(name, data_dir)
+      return source(download=True)
   except NotImplementedError:  # prepared earlier in a sequential format (tfrecord).
-    raise ValueError(
+    raise DataError(
         f'tfds:{name} in {data_dir or "the default TFDS data_dir"} is prepared as tfrecord, which '
         'has no random access; rebuild it with `tfds build '
         f'{name} --file_format=array_record` or set config.data.data_dir to a fresh '
         'directory.') from None
+
+
+def _check_online(name: str, data_dir: Optional[str]):
+  """Fails at once, naming the command that prepares the data, when TFDS would
+  have to download a dataset and this machine cannot reach the internet (TFDS
+  itself retries for minutes before giving up)."""
+  try:
+    socket.create_connection(('storage.googleapis.com', 443), timeout=5).close()
+  except OSError:
+    raise DataError(
+        f'tfds:{name} is not prepared in {data_dir or "the default TFDS data_dir"} and this '
+        f'machine cannot reach the internet to download it; run `tfds build {name} '
+        '--file_format=array_record` on a machine with network and set config.data.data_dir '
+        'to its data directory.') from None
 
 
 def tfds_example(name: str, record: dict, source_language: str = 'en',
@@ -202,8 +224,8 @@ def expand_files(patterns: str, field: str) -> list:
   for pattern in [p.strip() for p in patterns.split(',') if p.strip()]:
     matches = sorted(glob.glob(os.path.expanduser(pattern)))
     if not matches:
-      raise ValueError(f'{pattern}: no such file (config.data.{field}); give existing paths '
-                       'or globs, comma-separated.')
+      raise DataError(f'{pattern}: no such file (config.data.{field}); give existing paths '
+                      'or globs, comma-separated.')
     paths.extend(matches)
   return paths
 
@@ -214,20 +236,23 @@ def read_text_file(path: str, tsv: bool = False) -> list:
   with open(path, 'rb') as f:
     data = f.read()
   if not data.strip():
-    raise ValueError(f'{path}: the file is empty; give a file with one example per line.')
+    raise DataError(f'{path}: the file is empty; give a file with one example per line.')
+  if b'\0' in data:
+    raise DataError(f'{path}: holds NUL bytes, so it is not a text file; give a UTF-8 text '
+                    'file with one example per line.')
   examples = []
   for number, raw in enumerate(data.split(b'\n'), start=1):
     try:
       line = raw.decode('utf-8').rstrip('\r')
     except UnicodeDecodeError as e:
-      raise ValueError(f'{path}:{number}: invalid UTF-8 at byte {e.start} of the line; '
-                       're-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).') from None
+      raise DataError(f'{path}:{number}: invalid UTF-8 at byte {e.start} of the line; '
+                      're-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).') from None
     if not line.strip():
       continue
     if tsv:
       if '\t' not in line:
-        raise ValueError(f'{path}:{number}: no tab in the line; write each example as '
-                         'source<TAB>target (or set config.data.format=lines).')
+        raise DataError(f'{path}:{number}: no tab in the line; write each example as '
+                        'source<TAB>target (or set config.data.format=lines).')
       source, target = line.split('\t', 1)
       examples.append((source, target))
     else:

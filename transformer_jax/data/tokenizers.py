@@ -29,6 +29,8 @@ from typing import Callable, Iterable, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from transformer_jax.data import DataError
+
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<mask>')
 NUM_SPECIALS = len(SPECIALS)
@@ -327,8 +329,8 @@ def load(directory: str) -> Tokenizer:
     return G2PTokenizer(fields['graphemes'], fields['phonemes'])
   if name == 'sentencepiece':
     return SentencePieceTokenizer(os.path.join(directory, fields['model']))
-  raise ValueError(f'{directory}/{VOCABULARY_FILE}: tokenizer {name!r} is unknown; remove '
-                   'the directory to rebuild the vocabulary from the data.')
+  raise DataError(f'{directory}/{VOCABULARY_FILE}: tokenizer {name!r} is unknown; remove '
+                  'the directory to rebuild the vocabulary from the data.')
 
 
 def run_tokenizer(workdir: Optional[str], name: str,
@@ -350,8 +352,8 @@ def run_tokenizer(workdir: Optional[str], name: str,
     return tokenizer
   saved = load(directory)
   if saved.name != name:
-    raise ValueError(f'{directory} holds the {saved.name} vocabulary this run started with, '
-                     f'not a {name} one; use a new workdir for another tokenizer.')
+    raise DataError(f'{directory} holds the {saved.name} vocabulary this run started with, '
+                    f'not a {name} one; use a new workdir for another tokenizer.')
   if saved.vocabulary:
     known = set(saved.vocabulary)
     lacks = sorted(s for s in build(None).vocabulary if s not in known)
