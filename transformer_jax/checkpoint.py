@@ -66,6 +66,9 @@ class Checkpointer:
         enable_async_checkpointing=config.async_checkpointing,
         cleanup_tmp_directories=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Orbax cleans up partial saves in a background thread; finish it here, so a
+    # process that stops at once (a data error) does not exit under it.
+    self.manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
     self.config = config_json(config)
     self._last_step = self.manager.latest_step()
 

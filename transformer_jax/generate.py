@@ -17,8 +17,10 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
+import tqdm
 
 from transformer_jax import decode
+from transformer_jax.data import DataError
 
 Encode = Callable[[str], list[int]]
 METHODS = ('greedy', 'sample', 'beam')
@@ -72,8 +74,8 @@ def _windows(rows: list[list[int]], max_new_tokens: int, limit: int):
 def _check_sources(encoded: list[list[int]], limit: int):
   for i, ids in enumerate(encoded):
     if len(ids) > limit:
-      raise ValueError(f'source {i} has {len(ids)} tokens (with <eos>), more than the {limit} '
-                       'the model was trained on (config.seq_len); shorten it.')
+      raise DataError(f'source {i} has {len(ids)} tokens (with <eos>), more than the {limit} '
+                      'the model was trained on (config.seq_len); shorten it.')
 
 
 def _source_width(encoded: list[list[int]], limit: int) -> int:
@@ -192,7 +194,8 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
   encoded = [list(encode(s)) for s in sources]
   _check_sources(encoded, limit)
   outputs = []
-  for start in range(0, len(encoded), batch_size):
+  for start in tqdm.trange(0, len(encoded), batch_size, desc='decoding', unit='batch',
+                           leave=False, disable=None):
     chunk = encoded[start:start + batch_size]
     width = _source_width(chunk, limit)
     # Fill the batch with copies of its first row: one shape, and rows that finish.

@@ -19,6 +19,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
@@ -104,7 +105,10 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
 def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
   total = None
-  for i, batch in enumerate(batches):
+  count = max_batches or (len(batches) if hasattr(batches, '__len__') else None)
+  progress = tqdm.tqdm(batches, total=count, desc='evaluating', unit='batch', leave=False,
+                       disable=None)  # shown on a terminal only.
+  for i, batch in enumerate(progress):
     if max_batches and i >= max_batches:
       break
     sums = strategy.eval_step(state, strategy.put_batch(batch))

@@ -165,7 +165,7 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
   try:
     try:
       return source(download=False)
-    except tfds.core.DatasetNotFoundError:
+    except (tfds.core.DatasetNotFoundError, KeyError):  # KeyError: no split generated yet.
       _check_online(name, data_dir)
       return source(download=True)
   except NotImplementedError:  # prepared earlier in a sequential format (tfrecord).
