@@ -2,7 +2,6 @@
 eval references from the Datasets object."""
 
 import logging
-import os
 
 import pytest
 import tensorflow_datasets as tfds
@@ -13,7 +12,7 @@ from transformer_jax.data import datasets
 from transformer_jax.data import sources
 from transformer_jax.data import tokenizers
 
-from conftest import REPOSITORY, load_config  # pylint: disable=g-bad-import-order
+from conftest import load_config  # pylint: disable=g-bad-import-order
 
 
 

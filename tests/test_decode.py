@@ -9,9 +9,6 @@ between tests so that each decoder compiles once.
 """
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -409,76 +406,3 @@ def test_sources_up_to_the_context_decode_and_longer_ones_fail():
   with pytest.raises(ValueError, match=r'^source 1 has 13 tokens \(with <eos>\), more than the '
                      r'12 the model was trained on \(config.seq_len\); shorten it.$'):
     translate(['b', 'bcdefghijkbc'])
-
-
-# --- The same tokens as the per-variant decoders this API replaced. ---------------
-
-BASELINE = '/tmp/baseline_repo'
-BASELINE_SCRIPT = '''
-import sys
-import jax, jax.numpy as jnp, numpy as np
-from transformer_jax import config as config_lib, decode
-from transformer_jax.models import transformer
-P, L, S, D, EOS = {args}
-
-def tiny(variant, **overrides):
-  m = config_lib.model_config()
-  m.update(variant=variant, num_layers=1, d_model=16, num_heads=2, vocab_size=13, max_len=32,
-           dropout_rate=0.0, share_embeddings=False)
-  m.update(overrides)
-  return transformer.build_model(m)
-
-lm = tiny('decoder', num_layers=2, position='rotary', norm='pre')
-lm_params = lm.init(jax.random.key(4), jnp.ones((2, 8), jnp.int32))['params']
-s2s = tiny('seq2seq')
-s2s_params = s2s.init(jax.random.key(1), jnp.ones((2, 6), jnp.int32),
-                      jnp.ones((2, 6), jnp.int32))['params']
-P, S = np.array(P), np.array(S)
-out = {{
-    'greedy': decode.sample_decoder(lm, lm_params, P, L, eos_id=EOS),
-    'sample': decode.sample_decoder(lm, lm_params, P, L, temperature=1.0, top_k=5, top_p=0.9,
-                                    rng=jax.random.key(3)),
-    'beam': decode.beam_search_decoder(lm, lm_params, P, L, beam_size=3, alpha=0.6, eos_id=EOS),
-    's2s_greedy': decode.sample_seq2seq(s2s, s2s_params, S, D, eos_id=EOS),
-    's2s_sample': decode.sample_seq2seq(s2s, s2s_params, S, D, temperature=0.8,
-                                        rng=jax.random.key(5)),
-    's2s_beam': decode.beam_search_seq2seq(s2s, s2s_params, S, D, beam_size=4, alpha=1.0,
-                                           eos_id=EOS),
-}}
-flat = {{}}
-for name, value in out.items():
-  if isinstance(value, tuple):
-    flat[name], flat[name + '_scores'] = value
-  else:
-    flat[name] = value
-np.savez(sys.argv[1], **{{k: np.asarray(v) for k, v in flat.items()}})
-'''
-
-
-@pytest.mark.skipif(not os.path.isdir(BASELINE), reason=f'no untouched copy at {BASELINE}')
-def test_same_tokens_as_the_replaced_per_variant_decoders(lm, seq2seq, tmp_path):
-  args = repr((PROMPTS.tolist(), LENGTH, SOURCES.tolist(), DECODE_LEN, EOS))
-  script = tmp_path / 'baseline.py'
-  script.write_text(BASELINE_SCRIPT.format(args=args))
-  env = dict(os.environ, PYTHONPATH=BASELINE)
-  subprocess.run([sys.executable, str(script), str(tmp_path / 'old.npz')], env=env, check=True,
-                 cwd=str(tmp_path))
-  old = np.load(tmp_path / 'old.npz')
-  (model, params), (s2s, s2s_params) = lm, seq2seq
-  beams, beam_scores = decode.beam_search(model, params, PROMPTS, LENGTH, beam_size=3, alpha=0.6,
-                                          eos_id=EOS)
-  s2s_beams, s2s_scores = decode.beam_search(s2s, s2s_params, SOURCES, DECODE_LEN, beam_size=4,
-                                             alpha=1.0, eos_id=EOS)
-  new = {
-      'greedy': decode.sample(model, params, PROMPTS, LENGTH, eos_id=EOS),
-      'sample': decode.sample(model, params, PROMPTS, LENGTH, temperature=1.0, top_k=5,
-                              top_p=0.9, rng=jax.random.key(3)),
-      'beam': beams, 'beam_scores': beam_scores,
-      's2s_greedy': decode.sample(s2s, s2s_params, SOURCES, DECODE_LEN, eos_id=EOS),
-      's2s_sample': decode.sample(s2s, s2s_params, SOURCES, DECODE_LEN, temperature=0.8,
-                                  rng=jax.random.key(5)),
-      's2s_beam': s2s_beams, 's2s_beam_scores': s2s_scores,
-  }
-  assert sorted(new) == sorted(old.files)
-  for name, value in new.items():
-    np.testing.assert_array_equal(np.asarray(value), old[name], err_msg=name)

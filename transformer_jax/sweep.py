@@ -27,7 +27,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from transformer_jax import config as config_lib
 from transformer_jax import configs
