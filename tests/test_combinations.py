@@ -44,7 +44,7 @@ def _quick_compiles():
   """XLA's optimisation passes are most of the compile time of these tiny
   programs (2.7 s instead of 4.8 s a combination); the checks compare two
   computations compiled the same way."""
-  previous = jax.config.jax_disable_most_optimizations
+  previous = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', previous)
