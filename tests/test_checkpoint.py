@@ -69,7 +69,12 @@ def test_resume_is_exact(straight_run, tmp_path):
   trainer.train(config, resumed)
   _assert_same_state(_saved_state(straight, 6), _saved_state(resumed, 6))
   assert _data_position(straight, 6) == _data_position(resumed, 6)
-  assert _losses(straight) == _losses(resumed)
+  # Loss, accuracy and rate bitwise; the logged grad norm is reduced by another
+  # program under pmap than under mesh (steps 1-3), so it agrees to rounding.
+  exact = lambda records: [r[:3] + r[4:] for r in records]
+  assert exact(_losses(straight)) == exact(_losses(resumed))
+  np.testing.assert_allclose([r[3] for r in _losses(straight)],
+                             [r[3] for r in _losses(resumed)], rtol=1e-6)
   assert [r[0] for r in _losses(resumed)] == [1, 2, 3, 4, 5, 6]
 
   # The straight run's mid-run checkpoint (saved asynchronously while training

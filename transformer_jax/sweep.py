@@ -318,15 +318,16 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
     check_extra(config_path, extra_args)
   os.makedirs(os.path.join(workdir, 'runs'), exist_ok=True)
   if not report_only:
-    todo = [run for run in runs if not finished(os.path.join(workdir, 'runs', run.name))]
+    todo = [(i, run) for i, run in enumerate(runs)
+            if not finished(os.path.join(workdir, 'runs', run.name))]
     if len(todo) < len(runs):
       print(f'{len(runs) - len(todo)} of {len(runs)} runs finished earlier: skipped.', flush=True)
     spent = 0.0
-    for i, run in enumerate(todo):
+    for done, (i, run) in enumerate(todo, start=1):
       status = launch(config_path, run, os.path.join(workdir, 'runs', run.name), extra_args)
       spent += status['seconds']
-      eta = spent / (i + 1) * (len(todo) - i - 1)
-      print(f'[{i + 1}/{len(todo)}] {run.name}: '
+      eta = spent / done * (len(todo) - done)
+      print(f'[{i + 1}/{len(runs)}] {run.name}: '
             f"{'ok' if status['returncode'] == 0 else 'FAILED (see log.txt)'} "
             f"in {status['seconds']:.0f}s; about {eta / 60:.0f} min left", flush=True)
   rows = report(runs, workdir, metric)
