@@ -119,7 +119,7 @@ def test_train_step_and_cached_decoding_run(values):
     return  # nothing to decode.
   params = new_state.params
   tokens = jnp.asarray(rng.integers(4, VOCAB, (BATCH, LENGTH)), jnp.int32)
-  tolerance = 5e-2 if config.model.dtype == 'bfloat16' else 1e-4
+  tolerance = 2e-1 if config.model.dtype == 'bfloat16' else 1e-4  # bf16: 8 mantissa bits.
   if variant == 'decoder':
     full = model.apply({'params': params}, tokens)
     cached = decode.step_logits(model, params, tokens, prefill=3)
