@@ -92,6 +92,7 @@ def test_eval_mode_evaluates_the_latest_checkpoint(straight_run, tmp_path):
   final_eval = run_log.read_jsonl(workdir, 'eval')[-1]
   result = evaluation.evaluate_checkpoint(config, workdir)
   assert result['step'] == 6 and result['loss'] == final_eval['loss']
+  evaluation.record_eval(config, workdir, result)
   # The same record, plus the task metric only --mode=eval computes.
   assert run_log.read_jsonl(workdir, 'eval')[-1] == dict(
       final_eval, bits_per_character=final_eval['loss'] / math.log(2))
@@ -101,13 +102,13 @@ def test_eval_mode_evaluates_the_latest_checkpoint(straight_run, tmp_path):
 
 def test_different_config_refuses_to_resume(straight_run):
   config, workdir = straight_run
-  changed = override(config, {'model.num_heads': 4, 'optimizer.label_smoothing': 0.1})
+  changed = override(config, {'model.num_heads': 4, 'optimizer.grad_accum_steps': 2})
   with pytest.raises(config_lib.ConfigError) as error:
     trainer.train(changed, workdir)
   message = str(error.value)
   assert '\n' not in message
   assert 'model.num_heads (checkpoint 2, now 4)' in message
-  assert 'optimizer.label_smoothing (checkpoint 0.0, now 0.1)' in message
+  assert 'optimizer.grad_accum_steps (checkpoint 1, now 2)' in message
 
 
 def test_keeps_latest_and_best(tmp_path, char_config):
@@ -121,7 +122,8 @@ def test_keeps_latest_and_best(tmp_path, char_config):
     checkpointer.save(step, state, rng, eval_metrics={'loss': loss} if loss else None)
   checkpointer.wait()
   assert checkpointer.all_steps() == [2, 5, 6]
-  restored, _ = checkpointer.restore({'w': jnp.zeros(3)}, rng, step=2)
+  step, restored, _ = checkpointer.restore({'w': jnp.zeros(3)}, rng, step=2)
+  assert step == 2
   np.testing.assert_array_equal(restored['w'], state['w'])
   checkpointer.close()
 

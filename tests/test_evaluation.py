@@ -44,6 +44,7 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   config = tiny_g2p_config()
   config.decode.method = 'greedy'
   result = evaluation.evaluate_checkpoint(config, g2p_workdir)
+  evaluation.record_eval(config, g2p_workdir, result)
   assert result['decoded_words'] == 24
   # The same numbers from decoding the first 24 dev words directly.
   with trainer.setup(config, g2p_workdir, 'eval') as run:
@@ -63,6 +64,7 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   # The same checkpoint on the test split: the split is the only thing that changes.
   config.data.eval_split = 'test'
   on_test = evaluation.evaluate_checkpoint(config, g2p_workdir)
+  evaluation.record_eval(config, g2p_workdir, on_test)
   test_words = sources.cmudict_g2p()['test'][:24]
   outputs = generate.translate(model, params, datasets.tokenizer,
                                [w for w, _ in test_words], encode=encode, context=config.seq_len,

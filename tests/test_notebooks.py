@@ -22,7 +22,9 @@ import pytest
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPOSITORY, 'notebooks', '*.ipynb')))
-NOTEBOOK_BUDGET_S = 120  # quick mode, per notebook; four notebooks stay under CI's 10 minutes.
+# Quick mode, per notebook: a hang guard, not a speed test. A quick run takes
+# 30-70 s on 2 idle cores; a busy or slower machine may take several times that.
+NOTEBOOK_BUDGET_S = 1200
 FULL_BUDGET_S = 1800  # refreshing the committed outputs in full mode.
 COLAB = ('https://colab.research.google.com/github/transformer-jax/transformer_jax/blob/main/'
          'notebooks/')

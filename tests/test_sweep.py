@@ -1,14 +1,18 @@
 """The ablation runner: one process per run, crash isolation, skip on re-launch, report."""
 
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from transformer_jax import config as config_lib
+from transformer_jax import run_log
 from transformer_jax import sweep
 from transformer_jax.models import accounting
 
@@ -41,6 +45,8 @@ def config_file(tmp_path):
       def get_sweep(name='grid'):
         if name == 'grid':
           return {{'model.num_heads': [1, 2], 'seed': [0, 1]}}
+        if name == 'seed':
+          return {{'seed': [0]}}
         return [{{'model.num_heads': 2}}, {{'data.name': 'no_such_dataset'}}]
   '''))
   return str(path)
@@ -83,9 +89,11 @@ def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
   cmd = [sys.executable, '-m', 'transformer_jax.sweep', f'--config={config_file}',
          '--sweep=crash', f'--workdir={workdir}']
   first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.returncode == 1, first.stderr[-2000:]  # a run failed: the sweep fails.
+  assert '1 of 2 runs failed: data.name=no_such_dataset' in first.stderr
   assert '[1/2] model.num_heads=2: ok' in first.stdout
-  assert '[2/2] data.name=no_such_dataset: FAILED' in first.stdout
+  # The failed run's own one-line error, where the sweep reports it.
+  assert "[2/2] data.name=no_such_dataset: FAILED: Config error: config.data.name='no_such_dataset'" in first.stdout
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = {r['run']: r for r in csv.DictReader(f)}
   assert rows['model.num_heads=2']['status'] == 'ok'
@@ -93,9 +101,14 @@ def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
   assert rows['data.name=no_such_dataset']['status'] == 'failed'
 
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert 'model.num_heads=2' not in again.stdout.split('|')[0]  # skipped: not re-run.
+  assert again.returncode == 1, again.stderr[-2000:]
+  assert '1 of 2 runs finished earlier with this config: skipped.' in again.stdout
+  assert '[1/2]' not in again.stdout  # skipped: not re-run.
   assert '[2/2] data.name=no_such_dataset: FAILED' in again.stdout  # failed runs retry.
+  # Every launch's log is kept.
+  with open(os.path.join(workdir, 'runs', 'data.name=no_such_dataset', 'log.txt')) as f:
+    log = f.read()
+  assert log.count('=== launched') == 2 and log.count('no_such_dataset') >= 4
 
 
 def test_grid_report_has_table_csv_and_plots(config_file, tmp_path):
@@ -112,3 +125,94 @@ def test_grid_report_has_table_csv_and_plots(config_file, tmp_path):
   for png in ('loss_vs_num_heads.png', 'learning_curves.png'):
     with open(os.path.join(workdir, png), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_relaunch_skips_only_runs_finished_with_the_requested_config(config_file, tmp_path,
+                                                                      capsys):
+  workdir = str(tmp_path / 'seed')
+  log = os.path.join(workdir, 'runs', 'seed=0', 'log.txt')
+  rows = sweep.run_sweep(config_file, 'seed', workdir, ['--config.total_steps=2'])
+  assert rows[0]['status'] == 'ok' and rows[0]['train_step'] == 2
+  assert os.path.exists(os.path.join(workdir, 'loss_vs_seed.png'))  # a seed-only grid plots.
+
+  # A longer run is another config: the run resumes and trains on.
+  rows = sweep.run_sweep(config_file, 'seed', workdir, ['--config.total_steps=4'])
+  assert rows[0]['status'] == 'ok' and rows[0]['train_step'] == 4
+  assert 'resuming at step 2 of 4' in open(log).read()
+
+  capsys.readouterr()
+  sweep.run_sweep(config_file, 'seed', workdir, ['--config.total_steps=4'])
+  assert '1 of 1 runs finished earlier with this config: skipped.' in capsys.readouterr().out
+
+  # A changed model cannot resume that workdir: the run fails in one line, reported.
+  rows = sweep.run_sweep(config_file, 'seed', workdir,
+                         ['--config.total_steps=4', '--config.model.d_model=32'])
+  assert rows[0]['status'] == 'failed'
+  out = capsys.readouterr().out
+  assert 'seed=0: FAILED: Config error:' in out and 'model.d_model (checkpoint 16, now 32)' in out
+  assert open(log).read().count('=== launched') == 3  # every launch's log kept.
+
+
+def test_ctrl_c_reaches_the_training_run_which_saves_before_the_sweep_stops(config_file,
+                                                                              tmp_path):
+  workdir = str(tmp_path / 'stopped')
+  run_dir = os.path.join(workdir, 'runs', 'seed=0')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'transformer_jax.sweep', f'--config={config_file}', '--sweep=seed',
+       f'--workdir={workdir}', '--config.total_steps=100000', '--config.log_every=1',
+       '--config.checkpoint_every=100000'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600  # a hang guard.
+  while not (os.path.exists(os.path.join(run_dir, 'metrics.jsonl'))
+             and len(open(os.path.join(run_dir, 'metrics.jsonl')).readlines()) >= 3):
+    assert process.poll() is None and time.time() < deadline, process.communicate()
+    time.sleep(0.1)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+  assert 'Sweep stopped by SIGINT during seed=0' in err
+  with open(os.path.join(run_dir, 'log.txt')) as f:
+    log = f.read()
+  saved = [int(n) for n in os.listdir(os.path.join(run_dir, 'checkpoints')) if n.isdigit()]
+  assert len(saved) == 1 and f'Saved a checkpoint at step {saved[0]}' in log
+  with open(os.path.join(run_dir, sweep.STATUS_FILE)) as f:
+    assert json.load(f)['returncode'] == 128 + signal.SIGINT  # not finished: relaunch resumes.
+
+
+def _fake_run(runs_dir, run, loss, seconds=1.0):
+  """A run directory as a finished run leaves it (records and status only)."""
+  run_dir = os.path.join(runs_dir, run.name)
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
+    for step in (1, 2):
+      f.write(json.dumps({'step': step, 'split': 'eval', 'loss': loss + 1 / step}) + '\n')
+  with open(os.path.join(run_dir, sweep.STATUS_FILE), 'w') as f:
+    json.dump({'returncode': 0, 'seconds': seconds}, f)
+
+
+@pytest.mark.parametrize('grid,plot_name', [
+    ({'seed': [0, 1, 2]}, 'loss_vs_seed.png'),
+    ({'model.norm': ['pre', 'post'], 'seed': [0, 1]}, 'loss_vs_norm.png'),
+    ({'model.num_heads': [1, 2], 'model.norm': ['pre', 'post'], 'model.ffn_ratio': [1, 4],
+      'seed': [0]}, 'loss_vs_num_heads.png'),
+    ([{'model.num_heads': 2}, {'model.norm': 'pre'}], 'loss_vs_num_heads.png'),
+])
+def test_every_grid_shape_reports_and_plots(tmp_path, grid, plot_name):
+  runs = sweep.expand(grid)
+  runs_dir = tmp_path / 'runs'
+  for i, run in enumerate(runs):
+    _fake_run(str(runs_dir), run, loss=2.0 + 0.1 * i)
+  rows = sweep.report(runs, str(tmp_path), 'loss')
+  assert len(rows) == len(runs) and all(r['status'] == 'ok' for r in rows)
+  for png in (plot_name, 'learning_curves.png'):
+    with open(tmp_path / png, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_the_report_names_a_bad_record_file(tmp_path):
+  runs = sweep.expand({'seed': [0]})
+  _fake_run(str(tmp_path / 'runs'), runs[0], loss=2.0)
+  path = tmp_path / 'runs' / 'seed=0' / 'metrics.jsonl'
+  path.write_text(path.read_text().replace('"eval"', '"eval', 1))
+  with pytest.raises(run_log.RecordError, match=f'{path} line 1'):
+    sweep.report(runs, str(tmp_path), 'loss')

@@ -148,8 +148,8 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config, tmp_path, ca
     np.testing.assert_allclose(scalars[(record['step'], f'{record["split"]}/loss')],
                                record['loss'], rtol=1e-6)
   with open(tmp_path / 'a' / 'environment.json') as f:
-    environment = json.load(f)
-  assert environment['packages']['jax'] == jax.__version__ and 'git_commit' in environment
+    environment = json.load(f)['starts'][0]
+  assert environment['step'] == 0 and environment['packages']['jax'] == jax.__version__ and 'git_commit' in environment
   with open(tmp_path / 'a' / 'config.json') as f:
     assert json.load(f)['seed'] == 0
 

@@ -1,30 +1,51 @@
 """Checkpoints of a run with Orbax: periodic, keep-last-N plus keep-best, async, exact resume.
 
-<workdir>/checkpoints/<step>/ holds three items:
-  state   params, optimizer state, step and the dropout key (StandardSave);
-  data    the train iterator's position (grain CheckpointSave), so a resumed
-          run sees exactly the batches the uninterrupted run would have seen;
-  config  the resolved config (JSON); resuming with a config that differs in a
-          field that changes the run is refused, naming the fields.
+<workdir>/checkpoints/<step>/ holds four items:
+  state      params, optimizer state, step and the dropout key (StandardSave);
+  data       the train iterator's position (grain CheckpointSave), so a resumed
+             run sees exactly the batches the uninterrupted run would have seen;
+  config     the resolved config (JSON); resuming with a config that differs in a
+             field that changes the run is refused, naming the fields;
+  integrity  a checksum of every state array and of the data position, taken
+             when the checkpoint was written and checked when it is restored.
 Orbax writes a checkpoint into a temporary directory and renames it once every
 item is complete, so a process killed mid-save leaves the previous checkpoints
 intact and the partial one is ignored (and cleaned up on the next start).
+
+A checkpoint damaged after it was written (a truncated or deleted file, a
+flipped bit, an empty step directory) fails to restore or to match its
+checksums. Resuming then falls back to the newest checkpoint that restores
+intact and moves each damaged newer one to <workdir>/damaged_checkpoints/,
+saying so in one line. When no checkpoint restores, nothing is moved (the cause
+may be the code, not the files) and the error is one line.
 
 The latest `config.keep_checkpoints` are kept, plus the
 `config.keep_best_checkpoints` with the lowest eval loss.
 """
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
+import time
 from typing import Optional
 
 import grain
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from transformer_jax import config as config_lib
+
+DAMAGED_DIR = 'damaged_checkpoints'
+
+
+class NoIntactCheckpoint(RuntimeError):
+  """Every checkpoint of a workdir failed to restore; the message names why."""
+
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
   out = {}
@@ -35,27 +56,84 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
       out[f'{prefix}{key}'] = value
   return out
 
+
 def config_json(config) -> dict:
   """The config as plain JSON values (what a checkpoint stores)."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
-def config_differences(saved: dict, current: dict) -> list:
-  """Fields (dotted names) whose values differ and that change what a run computes
-  (every field not marked `resumable` in config.py).
+
+def _changed(saved: dict, current: dict) -> list:
+  """(dotted name, saved value, current value) of every field that differs.
 
   Fields the code gained after the checkpoint was written count as their defaults.
   """
   saved, current = _flatten(config_json(config_lib.from_saved(saved))), _flatten(current)
   names = sorted(set(saved) | set(current))
   return [(n, saved.get(n, '<absent>'), current.get(n, '<absent>')) for n in names
-          if saved.get(n, '<absent>') != current.get(n, '<absent>')
-          and n not in config_lib.RESUMABLE_FIELDS]
+          if saved.get(n, '<absent>') != current.get(n, '<absent>')]
+
+
+def config_differences(saved: dict, current: dict) -> list:
+  """Fields that differ and change what a run computes, so a resume is refused
+  (every field marked neither `resumable` nor `tunable` in config.py)."""
+  allowed = config_lib.RESUMABLE_FIELDS | config_lib.TUNABLE_FIELDS
+  return [d for d in _changed(saved, current) if d[0] not in allowed]
+
+
+def tuned_fields(saved: dict, current: dict) -> list:
+  """`tunable` fields (the optimiser's settings) that differ: a resume continues
+  from the checkpoint with the new values and says so."""
+  return [d for d in _changed(saved, current) if d[0] in config_lib.TUNABLE_FIELDS]
+
+
+@jax.jit
+def _checksums(tree):
+  """A uint32 checksum per array: sum over its words of word x (2 i + 1) mod 2^32.
+  The weights are odd, so any change of one word (a flipped bit) changes it."""
+
+  def checksum(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    words = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
+    words = words.astype(jnp.uint32).ravel()
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+  return jax.tree.map(checksum, tree)
+
+
+def fingerprint(state_item: dict, data_iterator=None) -> dict:
+  """{'state': {array path: checksum}, 'data': sha256 of the iterator's state}."""
+  sums = jax.device_get(_checksums(state_item))
+  out = {'state': {jax.tree_util.keystr(path): int(v)
+                   for path, v in jax.tree_util.tree_leaves_with_path(sums)}}
+  if data_iterator is not None:
+    out['data'] = hashlib.sha256(
+        json.dumps(data_iterator.get_state(), sort_keys=True, default=str).encode()).hexdigest()
+  return out
+
+
+def _reason(e: BaseException) -> str:
+  """One short line from an exception (Orbax's can run to pages)."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  text = lines[0].split(' See full TensorStore details')[0] if lines else ''
+  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
+
 
 class Checkpointer:
-  """An Orbax CheckpointManager for one workdir."""
+  """An Orbax CheckpointManager for one workdir.
 
-  def __init__(self, workdir: str, config):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  `writable=False` (eval and decode) opens the checkpoints read-only: nothing
+  is created or cleaned up, so it works on a read-only workdir and never
+  touches a save that a trainer has in flight.
+  """
+
+  def __init__(self, workdir: str, config, writable: bool = True):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.writable = writable
     policies = [checkpoint_managers.LatestN(n=config.keep_checkpoints)]
     if config.keep_best_checkpoints > 0:
       policies.append(checkpoint_managers.BestN(
@@ -64,11 +142,12 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=config.async_checkpointing,
-        cleanup_tmp_directories=True, create=True)
+        cleanup_tmp_directories=writable, create=writable)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    # Orbax cleans up partial saves in a background thread; finish it here, so a
-    # process that stops at once (a data error) does not exit under it.
-    self.manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+    if writable:
+      # Orbax cleans up partial saves in a background thread; finish it here, so a
+      # process that stops at once (a data error) does not exit under it.
+      self.manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
     self.config = config_json(config)
     self._last_step = self.manager.latest_step()
 
@@ -78,43 +157,110 @@ class Checkpointer:
   def all_steps(self) -> list:
     return list(self.manager.all_steps())
 
-  def check_compatible(self, workdir: str):
-    """Raises ConfigError if the latest checkpoint was written by a different config."""
-    step = self.latest_step()
-    if step is None:
+  def _saved_config(self, step: int) -> dict:
+    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored['config']
+
+  def saved_config(self) -> Optional[dict]:
+    """The config of the newest checkpoint whose config reads (None if none)."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self._saved_config(step)
+      except Exception:  # pylint: disable=broad-except  # damaged: restore() deals with it.
+        continue
+    return None
+
+  def check_compatible(self):
+    """Raises ConfigError if the newest checkpoint was written by a config that
+    differs in a field that changes what the run computes."""
+    saved = self.saved_config()
+    if saved is None:
       return
-    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    differences = config_differences(saved['config'], self.config)
+    differences = config_differences(saved, self.config)
     if differences:
       fields = ', '.join(f'{name} (checkpoint {old!r}, now {new!r})'
                          for name, old, new in differences)
       raise config_lib.ConfigError(
-          f'{workdir} holds a checkpoint (step {step}) of a different config: {fields}; '
+          f'{self.workdir} holds a checkpoint of a different config: {fields}; '
           'use another --workdir, or set those fields back to resume.')
 
   def save(self, step: int, state, rng, data_iterator=None, eval_metrics: Optional[dict] = None):
     """Starts saving (asynchronously if configured); a step already saved is skipped."""
     if step == self._last_step:
       return
-    items = {'state': ocp.args.StandardSave({'train_state': state, 'rng': rng}),
-             'config': ocp.args.JsonSave(self.config)}
+    state_item = {'train_state': state, 'rng': rng}
+    items = {'state': ocp.args.StandardSave(state_item),
+             'config': ocp.args.JsonSave(self.config),
+             'integrity': ocp.args.JsonSave(fingerprint(state_item, data_iterator))}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = {'loss': float(eval_metrics['loss'])} if eval_metrics else None
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     self._last_step = step
 
-  def restore(self, target_state, target_rng, data_iterator=None, step: Optional[int] = None):
-    """(state, rng) of a checkpoint (the latest by default), restored into the
-    targets' shapes and shardings; the data iterator, if given, is moved to the
-    saved position in place."""
-    step = self.latest_step() if step is None else step
-    target = {'train_state': target_state, 'rng': target_rng}
+  def _restore_verified(self, step: int, target: dict, data_iterator):
+    """The state item of `step`, after checking it (and the data position the
+    iterator was moved to) against the checksums saved with it."""
     items = {'state': ocp.args.StandardRestore(target)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    step_dir = os.path.join(self.directory, str(step))
+    has_integrity = os.path.isdir(os.path.join(step_dir, 'integrity'))
+    if has_integrity:
+      items['integrity'] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']['train_state'], restored['state']['rng']
+    if has_integrity:
+      saved = restored['integrity']
+      now = fingerprint(restored['state'], data_iterator)
+      bad = [path for path, value in saved['state'].items() if now['state'].get(path) != value]
+      if bad or set(now['state']) != set(saved['state']):
+        raise ValueError(f'the checksum of state{(bad or ["(array set)"])[0]} differs from '
+                         'the one saved with it')
+      if data_iterator is not None and saved.get('data') != now.get('data'):
+        raise ValueError('the data position differs from the one saved with it')
+    return restored['state']
+
+  def restore(self, target_state, target_rng, data_iterator=None, step: Optional[int] = None):
+    """(step, state, rng) of the newest checkpoint that restores intact (or of
+    `step`), restored into the targets' shapes and shardings; the data
+    iterator, if given, is moved to the saved position in place.
+
+    Damaged newer checkpoints are moved aside (writable) or skipped, each with
+    one line; see the module doc.
+
+    Raises:
+      NoIntactCheckpoint: no checkpoint (or not `step`) restores.
+    """
+    target = {'train_state': target_state, 'rng': target_rng}
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    failures = []
+    for candidate in steps:
+      try:
+        restored = self._restore_verified(candidate, target, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
+        failures.append((candidate, _reason(e)))
+        continue
+      for damaged, reason in failures:
+        self._set_aside(damaged, reason, candidate)
+      return candidate, restored['train_state'], restored['rng']
+    listed = '; '.join(f'step {s}: {reason}' for s, reason in failures)
+    raise NoIntactCheckpoint(
+        f'No checkpoint in {self.directory} restores ({listed}); if the files are damaged, '
+        'move them away to start afresh; if the code changed, use the version that wrote them.')
+
+  def _set_aside(self, step: int, reason: str, fallback: int):
+    source = os.path.join(self.directory, str(step))
+    if not self.writable:
+      print(f'Checkpoint step {step} in {self.directory} is damaged ({reason}); using step '
+            f'{fallback}.', flush=True)
+      return
+    destination = os.path.join(self.workdir, DAMAGED_DIR, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    shutil.move(source, destination)
+    self.manager.reload()
+    self._last_step = self.manager.latest_step()
+    print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; resuming '
+          f'from step {fallback}.', flush=True)
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -129,6 +275,7 @@ class Checkpointer:
   def __exit__(self, *exc):
     self.close()
     return False
+
 
 class StopSignal:
   """Context manager: SIGTERM or Ctrl-C (SIGINT) sets `signum` instead of killing

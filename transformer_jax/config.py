@@ -8,7 +8,12 @@ is built, so a config that cannot work fails with one line naming the field and
 the fix. A field wrapped in `resumable(...)` only changes how long a run goes,
 how it reports, where it runs or how it decodes, not what it computes, so it
 may differ between a checkpoint and the run that resumes it
-(`checkpoint.config_differences`); every other field must match.
+(`checkpoint.config_differences`). A field wrapped in `tunable(...)` is an
+optimiser setting that does change what the run computes from then on, but
+not the shape of its state: it too may change on resume, which is how a run
+continues from its last good checkpoint after a divergence (e.g. with a lower
+learning rate or gradient clipping); the resume names the changes in one line
+and records them in environment.json. Every other field must match.
 
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
@@ -53,19 +58,29 @@ class resumable:  # pylint: disable=invalid-name
   value: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class tunable:  # pylint: disable=invalid-name
+  """Marks an optimiser setting that may change when a run resumes (announced)."""
+  value: Any
+
+
 def _section(fields: dict, prefix: str = '') -> config_dict.ConfigDict:
-  """A ConfigDict of `fields`, the `resumable` marks taken off (and recorded
-  when `prefix` names the section's place in the run config)."""
+  """A ConfigDict of `fields`, the `resumable` and `tunable` marks taken off
+  (and recorded when `prefix` names the section's place in the run config)."""
   plain = {}
   for name, value in fields.items():
     if isinstance(value, resumable):
       _RESUMABLE.add(prefix + name)
+      value = value.value
+    elif isinstance(value, tunable):
+      _TUNABLE.add(prefix + name)
       value = value.value
     plain[name] = value
   return config_dict.ConfigDict(plain)
 
 
 _RESUMABLE = set()
+_TUNABLE = set()
 
 
 def model_config() -> config_dict.ConfigDict:
@@ -134,15 +149,15 @@ def optimizer_config() -> config_dict.ConfigDict:
   """Optimiser and schedule (transformer_jax/train.py)."""
   return _section(dict(
       name='adam',  # adam | adamw
-      b1=0.9,  # the paper's Adam: beta1 0.9, beta2 0.98, eps 1e-9.
-      b2=0.98,
-      eps=1e-9,
-      weight_decay=0.0,
-      schedule='rsqrt',  # rsqrt (paper) | cosine | constant
-      grad_clip_norm=0.0,  # 0 = off.
+      b1=tunable(0.9),  # the paper's Adam: beta1 0.9, beta2 0.98, eps 1e-9.
+      b2=tunable(0.98),
+      eps=tunable(1e-9),
+      weight_decay=tunable(0.0),
+      schedule=tunable('rsqrt'),  # rsqrt (paper) | cosine | constant
+      grad_clip_norm=tunable(0.0),  # 0 = off.
       grad_accum_steps=1,
-      label_smoothing=0.1,
-      end_learning_rate=0.0,  # cosine only: the rate reached at total_steps.
+      label_smoothing=tunable(0.1),
+      end_learning_rate=tunable(0.0),  # cosine only: the rate reached at total_steps.
   ), 'optimizer.')
 
 
@@ -167,8 +182,8 @@ def base_config() -> config_dict.ConfigDict:
       seq_len=256,  # context length / maximum example length.
       batch_size=64,  # global, split over devices.
       total_steps=resumable(1000),
-      learning_rate=1.0,  # multiplies the schedule (the paper's rsqrt is 1.0).
-      warmup_steps=4000,
+      learning_rate=tunable(1.0),  # multiplies the schedule (the paper's rsqrt is 1.0).
+      warmup_steps=tunable(4000),
       seed=0,
       eval_every=resumable(500),
       checkpoint_every=resumable(500),
@@ -197,6 +212,7 @@ def base_config() -> config_dict.ConfigDict:
 
 base_config()  # records the resumable marks.
 RESUMABLE_FIELDS = frozenset(_RESUMABLE)
+TUNABLE_FIELDS = frozenset(_TUNABLE)
 
 
 def from_saved(saved: dict) -> config_dict.ConfigDict:

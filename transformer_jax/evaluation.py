@@ -78,16 +78,29 @@ def eval_tags(config, datasets) -> dict:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: the latest checkpoint's metrics on the eval split, with the
-  task's decoding metrics, also appended to metrics.jsonl."""
+  task's decoding metrics and tags; `record_eval` writes them."""
   with trainer.setup(config, workdir, 'eval') as run:
     sums = trainer.evaluate(run.strategy, run.state, run.datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, config.data.task)
     values.update(task_metrics(run, values['loss']))
     tags = eval_tags(config, run.datasets)
-  writer = run_log.MetricWriter(workdir, config.total_steps)
-  writer.write(run.step, 'eval', values, tags)
-  writer.close()
   return dict(values, step=run.step, **tags)
+
+
+def record_eval(config, workdir: str, result: dict):
+  """Appends an evaluate_checkpoint result to the run's records (metrics.jsonl
+  and TensorBoard).
+
+  Raises:
+    OSError: the workdir cannot be written (e.g. it is read-only).
+  """
+  values = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != 'step'}
+  tags = {k: v for k, v in result.items() if isinstance(v, str)}
+  writer = run_log.MetricWriter(workdir, config.total_steps, echo=False)  # main prints it.
+  try:
+    writer.write(result['step'], 'eval', values, tags)
+  finally:
+    writer.close()
 
 
 def check_decodable(config):

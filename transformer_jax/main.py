@@ -168,7 +168,10 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
   # pylint: disable=g-import-not-at-top
+  from transformer_jax import checkpoint
   from transformer_jax import evaluation
+  from transformer_jax import lock
+  from transformer_jax import run_log
   from transformer_jax import trainer
   from transformer_jax.data import DataError
   # pylint: enable=g-import-not-at-top
@@ -176,6 +179,13 @@ def main(argv):
   try:
     if _MODE.value == 'eval':
       result = evaluation.evaluate_checkpoint(config, workdir)
+      print(json.dumps(result), flush=True)  # first: a failed write must not lose it.
+      try:
+        evaluation.record_eval(config, workdir, result)
+      except OSError as e:
+        _fail(f'Could not record the result above in {workdir} ({e.strerror or e}); it is '
+              'printed only. Make the workdir writable to record evaluations.')
+      return
     elif _MODE.value == 'decode':
       evaluation.check_decodable(config)
       lines = _read_lines(_INPUT.value)
@@ -187,7 +197,8 @@ def main(argv):
       result = trainer.train(config, workdir)
   except config_lib.ConfigError as e:
     _fail(f'Config error: {e}')
-  except (DataError, trainer.TrainingDiverged, FileNotFoundError) as e:
+  except (DataError, trainer.TrainingDiverged, FileNotFoundError, lock.WorkdirLocked,
+          checkpoint.NoIntactCheckpoint, run_log.RecordError) as e:
     _fail(str(e))
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])

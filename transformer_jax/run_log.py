@@ -8,11 +8,19 @@ Every metric record goes to three places at once:
       {"step": 500, "split": "eval", "loss": 1.98, "accuracy": 0.41, "perplexity": 7.2, ...}
 `step` counts optimizer updates done; what the numbers mean: metrics.py.
 
+A resumed run continues its records: `cut_back` first drops every record past
+the checkpoint it resumed from (steps that are trained again, and a line torn
+by a crash mid-write), so each step appears once in metrics.jsonl, and the
+TensorBoard writer marks the restart so TensorBoard drops the old events past
+it. Readers name the file and line of a record that does not parse.
+
 A run also writes <workdir>/config.json (the resolved config) and
-<workdir>/environment.json (its provenance: package versions, git commit,
-devices, command), so any run can be reproduced.
+<workdir>/environment.json, the provenance of every start of the run (package
+versions, git commit, devices, command, the step it started at and the config
+fields changed since the previous start), so any run can be reproduced.
 """
 
+import itertools
 import json
 import os
 import socket
@@ -54,31 +62,84 @@ def provenance() -> dict:
           'time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
 
 
-def write_run_info(workdir: str, config):
-  """<workdir>/config.json and <workdir>/environment.json (main process only)."""
+class RecordError(ValueError):
+  """A record file that does not parse; the message names the file and line."""
+
+
+def _write_atomically(path: str, text: str):
+  """Replaces `path` with `text` in one rename, so a crash leaves the old or the new."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def write_run_info(workdir: str, config, step: int = 0):
+  """<workdir>/config.json (the config of this start) and a start record, with
+  the config fields changed since the previous start, appended to
+  <workdir>/environment.json {"starts": [...]} (main process only)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  with open(os.path.join(workdir, 'environment.json'), 'w') as f:
-    json.dump(provenance(), f, indent=2)
-    f.write('\n')
+  config_path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort(sort_keys=True))
+  start = {'step': int(step), **provenance()}
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      before, now = _flat(json.load(f)), _flat(current)
+    start['config_changes'] = {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
+                               if before.get(k) != now.get(k)}
+  env_path = os.path.join(workdir, 'environment.json')
+  starts = []
+  if os.path.exists(env_path):
+    with open(env_path) as f:
+      try:
+        previous = json.load(f)
+      except ValueError as e:
+        raise RecordError(f'{env_path} is not JSON ({e}); repair or move it away.') from None
+    starts = previous['starts'] if 'starts' in previous else [previous]
+  _write_atomically(env_path, json.dumps({'starts': starts + [start]}, indent=2) + '\n')
+  _write_atomically(config_path, json.dumps(current, indent=2, sort_keys=True) + '\n')
+
+
+_WRITERS = itertools.count()
 
 
 class TensorBoardWriter:
   """Scalar summaries as a TensorBoard event file (TFRecord of Event protos),
   written with tensorboard's own record writer so TensorFlow is never imported."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, resume_step: int = 0):
+    """A new event file; `resume_step` > 0 starts it with a restart marker
+    (SessionLog START at resume_step + 1), on which TensorBoard drops the events
+    of earlier files from that step on, as it does for TensorFlow's restarts."""
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
     os.makedirs(logdir, exist_ok=True)
     now = time.time()
-    name = f'events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}'
-    self._file = open(os.path.join(logdir, name), 'wb')
+    # TensorFlow's naming, with a count: two writers of one process in one second
+    # (train, then eval) must not share a file.
+    name = (f'events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.'
+            f'{next(_WRITERS):04d}')
+    self._file = open(os.path.join(logdir, name), 'xb')
     self._writer = record_writer.RecordWriter(self._file)
     self._write(event_pb2.Event(wall_time=now, file_version='brain.Event:2'))
+    if resume_step:
+      self._write(event_pb2.Event(wall_time=now, step=resume_step + 1,
+                                  session_log=event_pb2.SessionLog(
+                                      status=event_pb2.SessionLog.START)))
 
   def _write(self, event):
     self._writer.write(event.SerializeToString())
@@ -109,13 +170,15 @@ def _format(name: str, value) -> str:
 class MetricWriter:
   """Writes each record to stdout, TensorBoard and metrics.jsonl (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, echo: bool = True):
+    """`echo=False` leaves out the stdout line."""
     self.total_steps = total_steps
+    self.echo = echo
     self.enabled = jax.process_index() == 0
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      self._tensorboard = TensorBoardWriter(os.path.join(workdir, 'tensorboard'))
+      self._tensorboard = TensorBoardWriter(os.path.join(workdir, 'tensorboard'), resume_step)
     self._start = time.time()
 
   def write(self, step: int, split: str, values: dict, tags: Optional[dict] = None):
@@ -130,6 +193,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     self._tensorboard.write(step, split, values)
+    if not self.echo:
+      return
     line = self._line(step, split, values)
     print(line + ''.join(f' | {k} {v}' for k, v in tags.items()), flush=True)
 
@@ -148,8 +213,52 @@ class MetricWriter:
       self._tensorboard.close()
 
 
+def _parse(path: str) -> tuple:
+  """(records, torn): the records of a metrics.jsonl, and whether its last line
+  is torn (cut off without its newline by a crash, or still being written).
+
+  Raises:
+    RecordError: a complete line that is not a JSON record (names file and line).
+  """
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = f.read().split('\n')
+  # After the last newline: '' normally, else a line without its newline.
+  complete, last = lines[:-1], lines[-1]
+  records = []
+  for number, line in enumerate(complete, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or 'step' not in record:
+        raise ValueError('not a record with a step')
+    except ValueError as e:
+      raise RecordError(f'{path} line {number} is not a JSON record ({e}): {line[:80]!r}; '
+                        'repair or delete that line.') from None
+    records.append(record)
+  return records, bool(last.strip())
+
+
 def read_jsonl(workdir: str, split: Optional[str] = None) -> list:
-  """The records of <workdir>/metrics.jsonl, optionally of one split."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if split is None or r['split'] == split]
+  """The records of <workdir>/metrics.jsonl, optionally of one split; a torn
+  last line (a write cut off) is left out.
+
+  Raises:
+    FileNotFoundError: no metrics.jsonl; RecordError: a line that does not parse.
+  """
+  records, _ = _parse(os.path.join(workdir, 'metrics.jsonl'))
+  return [r for r in records if split is None or r.get('split') == split]
+
+
+def cut_back(workdir: str, step: int) -> int:
+  """Drops the records of <workdir>/metrics.jsonl past `step` (the checkpoint a
+  run resumes from) and a torn last line; returns how many were dropped."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return 0
+  records, torn = _parse(path)
+  kept = [r for r in records if r['step'] <= step]
+  dropped = len(records) - len(kept) + torn
+  if dropped:
+    _write_atomically(path, ''.join(json.dumps(r) + '\n' for r in kept))
+  return dropped

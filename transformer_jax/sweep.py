@@ -8,10 +8,18 @@ other), or an explicit list of override dicts.
       --sweep=ffn_x_heads --workdir=runs/ffn_x_heads [--config.total_steps=300 ...]
 
 Each run trains in its own process (`python -m transformer_jax.main`), so a
-crash of one run does not kill the grid; a run that finished is skipped when the
-command is launched again. Then the report: `results.csv` (one row per run),
-`results.md` (mean +/- std over seeds, with parameters and FLOPs per token so
-capacity effects can be told from shape effects) and PNG plots.
+crash of one run does not kill the grid. Launched again, the sweep skips a run
+only if it finished with exactly the config now requested (its resolved config
+in config.json equals the grid point's with the command's overrides); any other
+run is launched again and resumes from its checkpoint (a longer
+`--config.total_steps` trains on) or fails in one line (a changed model needs
+another --workdir). Each launch appends to the run's log.txt, nothing is
+overwritten. SIGTERM or Ctrl-C goes to the training run, which saves a
+checkpoint; the sweep waits for it, then stops (launch it again to go on). The
+sweep exits non-zero when any run failed. Then the report: `results.csv` (one
+row per run), `results.md` (mean +/- std over seeds, with parameters and FLOPs
+per token so capacity effects can be told from shape effects) and PNG plots,
+for any grid shape (a seed-only grid included).
 """
 
 import csv
@@ -20,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,9 +36,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
 from transformer_jax import configs
+from transformer_jax import run_log
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment config: a name in '
                                'transformer_jax/configs/, a module or a .py file; optionally :arg.')
@@ -77,19 +88,44 @@ def apply_overrides(config, overrides: Dict[str, Any]):
   return config
 
 
+def _config_args(extra: Sequence[str]) -> List[str]:
+  """The --config.* overrides among the extra command-line arguments."""
+  out, args = [], list(extra)
+  for i, arg in enumerate(args):
+    if arg.startswith('--config.'):
+      out.append(arg)
+      if '=' not in arg and i + 1 < len(args):
+        out.append(args[i + 1])
+  return out
+
+
+def requested_config(config_path: str, run: Run, extra: Sequence[str]):
+  """The resolved config a run is launched with: the base config, the grid
+  point and the command's --config.* overrides, parsed as main parses them.
+
+  Raises:
+    ConfigError: an override names no field, does not parse or fails validation.
+  """
+  args = ['sweep', *[f'--config.{k}={v}' for k, v in run.overrides.items()],
+          *_config_args(extra)]
+  values = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict('config', configs.load(config_path), flag_values=values,
+                                    sys_argv=args)
+    values(args)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = ' '.join(str(e).split())
+    raise config_lib.ConfigError(f'the overrides of run {run.name or "(base)"} '
+                                 f'({" ".join(args[1:])}) do not work: {message}') from None
+  config = values.config
+  config_lib.validate(config)
+  return config
+
+
 def check_runs(base, runs: Sequence[Run]):
   """Every run's overrides name existing fields and give a config that validates."""
   for run in runs:
     config_lib.validate(apply_overrides(base.copy_and_resolve_references(), run.overrides))
-
-
-def check_extra(config_path: str, extra: Sequence[str]):
-  """Command-line overrides for every run are checked once, by describing the model."""
-  out = subprocess.run([sys.executable, '-m', 'transformer_jax.main', f'--config={config_path}',
-                        '--mode=describe', *extra], capture_output=True, text=True)
-  if out.returncode != 0:
-    lines = out.stderr.strip().splitlines() or ['(no output)']
-    raise config_lib.ConfigError(f'the overrides {" ".join(extra)} do not work: {lines[-1]}')
 
 
 def fixed_params_grid(base, ffn_ratios: Sequence[float], scale: str = 'num_layers',
@@ -129,35 +165,89 @@ def fixed_params_grid(base, ffn_ratios: Sequence[float], scale: str = 'num_layer
   return runs
 
 
+class _Forward:
+  """While a run trains: SIGTERM / Ctrl-C go to the run (in its own session, so
+  a terminal's Ctrl-C reaches it only this way, once), which saves and exits;
+  the sweep then stops. A second signal is forwarded too (the run exits at once)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, process: subprocess.Popen):
+    self.process, self.signum, self._previous = process, None, {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    print(f'\nReceived {signal.Signals(signum).name}: passed to the training run, which saves '
+          'a checkpoint; the sweep stops after it.', flush=True)
+    if self.process.poll() is None:
+      self.process.send_signal(signum)
+
+  def __enter__(self):
+    for s in self.SIGNALS:
+      self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    return False
+
+
+def _last_line(path: str, start: int) -> str:
+  """The last non-empty line written to `path` after byte `start`."""
+  with open(path, encoding='utf-8', errors='replace') as f:
+    f.seek(start)
+    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+  return lines[-1] if lines else '(no output)'
+
+
 def launch(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> dict:
-  """Trains one run in its own process; returns and stores its status."""
+  """Trains one run in its own process; returns and stores its status.
+
+  The run's output is appended to its log.txt under a header naming the launch.
+  The status has `signal` set when the sweep was stopped by one meanwhile.
+  """
   os.makedirs(run_dir, exist_ok=True)
   cmd = [sys.executable, '-m', 'transformer_jax.main', f'--config={config_path}',
          f'--workdir={run_dir}', *[f'--config.{k}={v}' for k, v in run.overrides.items()],
          *extra]
   start = time.time()
-  with open(os.path.join(run_dir, 'log.txt'), 'w') as log:
-    returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  status = {'returncode': returncode, 'seconds': time.time() - start, 'command': cmd}
+  log_path = os.path.join(run_dir, 'log.txt')
+  with open(log_path, 'a') as log:
+    log.write(f'=== launched {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(cmd)}\n')
+    log.flush()
+    offset = log.tell()
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with _Forward(process) as forward:
+      returncode = process.wait()
+  status = {'returncode': returncode, 'seconds': time.time() - start, 'command': cmd,
+            'signal': forward.signum}
+  if returncode != 0:
+    status['last_line'] = _last_line(log_path, offset)
   with open(os.path.join(run_dir, STATUS_FILE), 'w') as f:
     json.dump(status, f)
   return status
 
 
-def finished(run_dir: str) -> bool:
-  path = os.path.join(run_dir, STATUS_FILE)
-  if not os.path.exists(path):
+def finished(run_dir: str, requested) -> bool:
+  """Whether the run in `run_dir` finished (exit 0) with exactly the `requested` config."""
+  status_path, config_path = (os.path.join(run_dir, name) for name in (STATUS_FILE, 'config.json'))
+  if not (os.path.exists(status_path) and os.path.exists(config_path)):
     return False
-  with open(path) as f:
-    return json.load(f)['returncode'] == 0
+  with open(status_path) as f:
+    if json.load(f)['returncode'] != 0:
+      return False
+  with open(config_path) as f:
+    return json.load(f) == json.loads(requested.to_json_best_effort(sort_keys=True))
 
 
 def read_metrics(run_dir: str) -> List[dict]:
-  path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  """The run's records ([] before its first); a bad line is a RecordError naming it."""
+  try:
+    return run_log.read_jsonl(run_dir)
+  except FileNotFoundError:
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def summarise(run: Run, run_dir: str) -> dict:
@@ -227,35 +317,48 @@ def markdown_table(rows: List[dict], axes: List[str], metric: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _positions(values: list) -> tuple:
+  """x positions and tick labels: the values themselves when all are numbers,
+  else their order (categorical axis)."""
+  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    return list(values), None
+  return list(range(len(values))), [str(v) for v in values]
+
+
 def plot(rows: List[dict], axes: List[str], metric: str, workdir: str, runs_dir: str):
-  """metric vs the first axis, one line per value of the second; and learning curves."""
+  """metric vs the first axis, one line per setting of the other axes (mean and
+  std over seeds; a seed-only grid plots each seed); and learning curves."""
   # Figure objects, not pyplot: no backend is chosen for (or forced on) the caller.
   from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   group_axes = [a for a in axes if a != 'seed']
   column = f'eval_{metric}'
-  x_axis = group_axes[0]
-  line_axis = group_axes[1] if len(group_axes) > 1 else None
+  x_axis = group_axes[0] if group_axes else 'seed'
+  line_axes = group_axes[1:]
   rows = [r for r in rows if x_axis in r]
+  x_values = sorted({r[x_axis] for r in rows}, key=_order)
+  positions, labels = _positions(x_values)
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  for line_value in sorted({r.get(line_axis) for r in rows}, key=str):
+  for line in sorted({tuple(r.get(a) for a in line_axes) for r in rows}, key=str):
     xs, means, stds = [], [], []
-    for x in sorted({r[x_axis] for r in rows}):
-      values = [r[column] for r in rows if r[x_axis] == x and r.get(line_axis) == line_value
-                and r['status'] == 'ok' and column in r]
+    for x, position in zip(x_values, positions):
+      values = [r[column] for r in rows if r[x_axis] == x and r['status'] == 'ok'
+                and column in r and tuple(r.get(a) for a in line_axes) == line]
       if values:
         mean = sum(values) / len(values)
-        xs.append(x)
+        xs.append(position)
         means.append(mean)
         stds.append(math.sqrt(sum((v - mean)**2 for v in values) / max(len(values) - 1, 1)))
-    label = f'{line_axis}={line_value}' if line_axis else None
+    label = ', '.join(f'{a}={v}' for a, v in zip(line_axes, line)) or None
     ax.errorbar(xs, means, yerr=stds, marker='o', capsize=3, label=label)
   ax.set_xlabel(x_axis)
   ax.set_ylabel(f'final eval {metric}')
-  if all(isinstance(r[x_axis], (int, float)) and r[x_axis] > 0 for r in rows):
+  if labels is not None:
+    ax.set_xticks(positions, labels)
+  elif x_axis != 'seed' and x_values and min(x_values) > 0 and max(x_values) >= 4 * min(x_values):
     ax.set_xscale('log', base=2)
-  if line_axis:
+  if line_axes:
     ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -274,8 +377,8 @@ def plot(rows: List[dict], axes: List[str], metric: str, workdir: str, runs_dir:
     records = [r for r in curves[row['run']] if r.get('split') == split and metric in r]
     if records:
       setting = tuple(row.get(a) for a in group_axes)
-      label = None if setting in labelled else ', '.join(
-          f'{a.split(".")[-1]}={v}' for a, v in zip(group_axes, setting))
+      label = None if setting in labelled else (', '.join(
+          f'{a.split(".")[-1]}={v}' for a, v in zip(group_axes, setting)) or 'every seed')
       labelled.add(setting)
       ax.plot([r['step'] for r in records], [r[metric] for r in records],
               color=cmap(settings.index(setting) / max(len(settings) - 1, 1)),
@@ -308,42 +411,69 @@ def report(runs: List[Run], workdir: str, metric: str) -> List[dict]:
 
 def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: Sequence[str],
               metric: str = 'loss', report_only: bool = False) -> List[dict]:
+  """Runs the grid (what is not finished yet) and writes the report; returns its rows.
+
+  Raises:
+    ConfigError: the grid or the overrides cannot work.
+    SweepStopped: a signal stopped the sweep (after the running run saved).
+  """
   module = configs.load_module(config_path)
   if not hasattr(module, 'get_sweep'):
     raise config_lib.ConfigError(f'{config_path} has no get_sweep(); declare the grid there.')
   runs = expand(module.get_sweep(sweep) if sweep else module.get_sweep())
-  base = configs.load(config_path)
-  check_runs(base, runs)
-  if extra_args and not report_only:
-    check_extra(config_path, extra_args)
+  check_runs(configs.load(config_path), runs)
+  requested = {run.name: requested_config(config_path, run, extra_args) for run in runs}
   os.makedirs(os.path.join(workdir, 'runs'), exist_ok=True)
   if not report_only:
     todo = [(i, run) for i, run in enumerate(runs)
-            if not finished(os.path.join(workdir, 'runs', run.name))]
+            if not finished(os.path.join(workdir, 'runs', run.name), requested[run.name])]
     if len(todo) < len(runs):
-      print(f'{len(runs) - len(todo)} of {len(runs)} runs finished earlier: skipped.', flush=True)
+      print(f'{len(runs) - len(todo)} of {len(runs)} runs finished earlier with this config: '
+            'skipped.', flush=True)
     spent = 0.0
     for done, (i, run) in enumerate(todo, start=1):
       status = launch(config_path, run, os.path.join(workdir, 'runs', run.name), extra_args)
       spent += status['seconds']
       eta = spent / done * (len(todo) - done)
-      print(f'[{i + 1}/{len(runs)}] {run.name}: '
-            f"{'ok' if status['returncode'] == 0 else 'FAILED (see log.txt)'} "
-            f"in {status['seconds']:.0f}s; about {eta / 60:.0f} min left", flush=True)
+      outcome = 'ok' if status['returncode'] == 0 else f"FAILED: {status.get('last_line')}"
+      print(f'[{i + 1}/{len(runs)}] {run.name}: {outcome} (in {status["seconds"]:.0f}s; log: '
+            f'{os.path.join(workdir, "runs", run.name, "log.txt")}); about {eta / 60:.0f} min '
+            'left', flush=True)
+      if status['signal'] is not None:
+        raise SweepStopped(status['signal'], f'Sweep stopped by {signal.Signals(status["signal"]).name} '
+                           f'during {run.name} (exit {status["returncode"]}); launch the same '
+                           'command to go on.')
   rows = report(runs, workdir, metric)
   print(open(os.path.join(workdir, 'results.md')).read())
   return rows
+
+
+class SweepStopped(Exception):
+  """A signal stopped the sweep; `signum` is the signal."""
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = signum
 
 
 def main(argv):
   if not _CONFIG.value or not _WORKDIR.value:
     raise app.UsageError('--config and --workdir are required.')
   try:
-    run_sweep(_CONFIG.value, _SWEEP.value, _WORKDIR.value, argv[1:], _METRIC.value,
-              _REPORT_ONLY.value)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+    rows = run_sweep(_CONFIG.value, _SWEEP.value, _WORKDIR.value, argv[1:], _METRIC.value,
+                     _REPORT_ONLY.value)
+  except (config_lib.ConfigError, FileNotFoundError, run_log.RecordError) as e:
     print(f'Sweep error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
+  except SweepStopped as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  failed = [r['run'] for r in rows if r['status'] != 'ok']
+  if failed:
+    print(f'{len(failed)} of {len(rows)} runs failed: {", ".join(failed)}; see each run\'s '
+          'log.txt, fix the cause and launch the same command (finished runs are skipped).',
+          file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

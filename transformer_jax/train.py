@@ -75,9 +75,10 @@ def create_optimizer(config, learning_rate_fn: Callable) -> optax.GradientTransf
                      mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
   else:
     tx = optax.adam(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps)
-  if o.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-  return tx
+  # The same chain with clipping on or off, so the optimizer state has one shape
+  # and grad_clip_norm may change when a run resumes (config.tunable).
+  clip = optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm > 0 else optax.identity()
+  return optax.chain(clip, tx)
 
 
 # ----------------------------------------------------------------------------

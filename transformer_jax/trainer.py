@@ -23,6 +23,7 @@ import tqdm
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import lock as lock_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
 from transformer_jax import run_log
@@ -41,7 +42,8 @@ class TrainingDiverged(RuntimeError):
 @dataclasses.dataclass
 class Run:
   """What every mode works on. Use as a context manager: leaving it waits for
-  checkpoint writes in flight and closes the checkpointer."""
+  checkpoint writes in flight, closes the checkpointer and releases the
+  workdir's lock."""
   config: Any
   workdir: str
   datasets: datasets_lib.Datasets
@@ -51,38 +53,56 @@ class Run:
   rng: jax.Array  # the dropout key.
   step: int  # optimizer updates in `state`.
   checkpointer: checkpoint_lib.Checkpointer
+  lock: Optional[lock_lib.WorkdirLock] = None  # train mode only.
 
   @property
   def params(self):
     """The parameters as one host-side copy (what decoding takes)."""
     return self.strategy.to_checkpoint(self.state).params
 
+  def close(self):
+    try:
+      self.checkpointer.close()
+    finally:
+      if self.lock is not None:
+        self.lock.release()
+
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
-    self.checkpointer.close()
+    self.close()
     return False
 
 
 def setup(config, workdir: str, mode: str = 'train') -> Run:
-  """The run in `workdir` for `mode`, resumed from its latest checkpoint.
+  """The run in `workdir` for `mode`, resumed from its newest intact checkpoint.
 
-  Training starts fresh when there is no checkpoint and restores the data
-  position with the state; eval and decode need a checkpoint.
+  Training takes the workdir's lock (lock.py), starts fresh when there is no
+  checkpoint, and restores the data position with the state; it may change the
+  optimiser's `tunable` settings on resume (said in one line). Eval and decode
+  need a checkpoint, and only read the workdir.
 
   Raises:
-    ConfigError: the config cannot work, or differs from the checkpoint's in a
-      field that changes what the run computes.
+    ConfigError: the config cannot work, differs from the checkpoint's in a
+      field that changes what the run computes, or (train) asks for fewer
+      steps than the checkpoint has done.
+    WorkdirLocked: (train) another process trains in the workdir.
     FileNotFoundError: eval or decode on a workdir without a checkpoint.
+    NoIntactCheckpoint: no checkpoint of the workdir restores.
   """
   config_lib.validate(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config)
+  training = mode == 'train'
+  lock = lock_lib.WorkdirLock(workdir).acquire() if training and jax.process_index() == 0 else None
+  checkpointer = None
   try:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config, writable=training)
     latest = checkpointer.latest_step()
-    if latest is None and mode != 'train':
+    if latest is None and not training:
       raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
-    checkpointer.check_compatible(workdir)
+    checkpointer.check_compatible()
+    if training and latest is not None:
+      _announce_tuned(checkpointer)
     datasets = datasets_lib.create_datasets(config, workdir)
     strategy = parallel.create(config, *train_lib.make_steps(config))
     model = build_model(config.model)
@@ -90,16 +110,33 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
     init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
     if latest is not None:
-      data = datasets.train if mode == 'train' else None
-      restored, rng = checkpointer.restore(strategy.checkpoint_target(state), rng, data)
+      data = datasets.train if training else None
+      step, restored, rng = checkpointer.restore(strategy.checkpoint_target(state), rng, data)
       state = strategy.from_checkpoint(restored)
-      logging.info('Resumed from step %d.', latest)
+      logging.info('Resumed from step %d.', step)
     step = int(strategy.fetch({'step': state.step})['step'])
+    if training and step > config.total_steps:
+      raise config_lib.ConfigError(
+          f'{workdir} is already at step {step}, past config.total_steps={config.total_steps}; '
+          f'set --config.total_steps above {step} to train on, or use another --workdir.')
   except BaseException:
-    checkpointer.close()
+    if checkpointer is not None:
+      checkpointer.close()
+    if lock is not None:
+      lock.release()
     raise
   return Run(config=config, workdir=workdir, datasets=datasets, strategy=strategy, model=model,
-             state=state, rng=rng, step=step, checkpointer=checkpointer)
+             state=state, rng=rng, step=step, checkpointer=checkpointer, lock=lock)
+
+
+def _announce_tuned(checkpointer: checkpoint_lib.Checkpointer):
+  """One line naming the optimiser settings that differ from the checkpoint's."""
+  saved = checkpointer.saved_config()
+  tuned = checkpoint_lib.tuned_fields(saved, checkpointer.config) if saved else []
+  if tuned:
+    changes = ', '.join(f'{name} {old!r} -> {new!r}' for name, old, new in tuned)
+    print(f'Resuming with changed optimiser settings: {changes} (recorded in '
+          'environment.json).', flush=True)
 
 
 def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
@@ -162,8 +199,12 @@ def _loop(run: Run) -> dict:
   config, workdir, strategy, checkpointer = run.config, run.workdir, run.strategy, run.checkpointer
   datasets, rng, state, start_step = run.datasets, run.rng, run.state, run.step
   train_iter = datasets.train
-  run_log.write_run_info(workdir, config)
-  writer = run_log.MetricWriter(workdir, config.total_steps)
+  dropped = run_log.cut_back(workdir, start_step)
+  if dropped:
+    print(f'Dropped {dropped} record(s) past step {start_step} from metrics.jsonl (steps that '
+          'are trained again).', flush=True)
+  run_log.write_run_info(workdir, config, start_step)
+  writer = run_log.MetricWriter(workdir, config.total_steps, resume_step=start_step)
   task = config.data.task
   flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
   peak = metrics_lib.peak_flops(config)
@@ -228,7 +269,9 @@ def _loop(run: Run) -> dict:
     raise TrainingDiverged(
         f'Training diverged: {e}; stopped. The last good checkpoint is '
         + (f'step {good} in {checkpointer.directory}' if good is not None else 'none')
-        + '; lower config.learning_rate or set config.optimizer.grad_clip_norm.') from None
+        + '; to continue from it, run the same command with a lower --config.learning_rate or '
+        'a --config.optimizer.grad_clip_norm (optimiser settings may change on resume).'
+    ) from None
   finally:
     writer.close()
   run.state, run.step = state, step
