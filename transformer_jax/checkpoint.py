@@ -19,6 +19,11 @@ intact and moves each damaged newer one to <workdir>/damaged_checkpoints/,
 saying so in one line. When no checkpoint restores, nothing is moved (the cause
 may be the code, not the files) and the error is one line.
 
+Multi-host: every process calls save and restore together; arrays are global
+(parallel.to_checkpoint), the data position is one file per process, and the
+processes agree on which checkpoint is intact before any of them uses it. A
+checkpoint is restored by as many processes as wrote it.
+
 The latest `config.keep_checkpoints` are kept, plus the
 `config.keep_best_checkpoints` with the lowest eval loss.
 """
@@ -32,9 +37,14 @@ import threading
 import time
 from typing import Optional
 
+import glob
+import re
+
 import grain
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -233,12 +243,20 @@ class Checkpointer:
     """
     target = {'train_state': target_state, 'rng': target_rng}
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if steps and data_iterator is not None:
+      self._check_process_count(steps[0])
     failures = []
     for candidate in steps:
       try:
-        restored = self._restore_verified(candidate, target, data_iterator)
+        restored, reason = self._restore_verified(candidate, target, data_iterator), None
       except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
-        failures.append((candidate, _reason(e)))
+        restored, reason = None, _reason(e)
+      if jax.process_count() > 1:  # intact only if intact for every process.
+        oks = multihost_utils.process_allgather(np.int32(reason is None))
+        if reason is None and not np.all(oks):
+          reason = 'damaged as another process reads it'
+      if reason is not None:
+        failures.append((candidate, reason))
         continue
       for damaged, reason in failures:
         self._set_aside(damaged, reason, candidate)
@@ -248,6 +266,15 @@ class Checkpointer:
         f'No checkpoint in {self.directory} restores ({listed}); if the files are damaged, '
         'move them away to start afresh; if the code changed, use the version that wrote them.')
 
+  def _check_process_count(self, step: int):
+    """Raises ConfigError when `step` was written by another number of processes."""
+    names = glob.glob(os.path.join(self.directory, str(step), 'data', 'process_*-of-*.json'))
+    counts = {int(m.group(1)) for m in (re.search(r'-of-(\d+)\.json$', n) for n in names) if m}
+    if counts and counts != {jax.process_count()}:
+      raise config_lib.ConfigError(
+          f'{self.directory}/{step} was written by {max(counts)} process(es), and this run has '
+          f'{jax.process_count()}; resume it with {max(counts)} (config.distributed).')
+
   def _set_aside(self, step: int, reason: str, fallback: int):
     source = os.path.join(self.directory, str(step))
     if not self.writable:
@@ -255,12 +282,16 @@ class Checkpointer:
             f'{fallback}.', flush=True)
       return
     destination = os.path.join(self.workdir, DAMAGED_DIR, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    shutil.move(source, destination)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      shutil.move(source, destination)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self.manager.reload()
     self._last_step = self.manager.latest_step()
-    print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; resuming '
-          f'from step {fallback}.', flush=True)
+    if jax.process_index() == 0:
+        print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; '
+            f'resuming from step {fallback}.', flush=True)
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -278,13 +309,21 @@ class Checkpointer:
 
 
 class StopSignal:
-  """Context manager: SIGTERM or Ctrl-C (SIGINT) sets `signum` instead of killing
-  the process, so the loop can save a checkpoint and exit. A second signal
-  interrupts at once."""
+  """Context manager: SIGTERM or Ctrl-C (SIGINT) asks the loop to save a
+  checkpoint and exit instead of killing the process; `should_stop(step)` says
+  when. A second signal interrupts at once.
+
+  Multi-host (`sync=True`), every process must stop at the same step, wherever
+  the signal landed: SIGTERM is left to JAX's preemption notifier (installed by
+  jax.distributed.initialize), Ctrl-C is passed on to it as a SIGTERM, and
+  `should_stop` is Orbax's/JAX's preemption sync point, true on every process
+  at the same step.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, sync: bool = False):
+    self.sync = sync
     self.signum: Optional[int] = None
     self._previous = {}
 
@@ -296,10 +335,21 @@ class StopSignal:
     self.signum = signum
     print(f'\nReceived {signal.Signals(signum).name}: saving a checkpoint after this step '
           '(signal again to exit at once).', flush=True)
+    if self.sync:
+      os.kill(os.getpid(), signal.SIGTERM)  # to the preemption notifier, which tells all.
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and exit after `step` (called once per step, by every process)."""
+    if not self.sync:
+      return self.signum is not None
+    if multihost_utils.reached_preemption_sync_point(step):
+      self.signum = self.signum or signal.SIGTERM
+      return True
+    return False
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for s in self.SIGNALS:
+      for s in ((signal.SIGINT,) if self.sync else self.SIGNALS):
         self._previous[s] = signal.signal(s, self._handle)
     return self
 

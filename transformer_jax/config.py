@@ -176,6 +176,20 @@ def decode_config() -> config_dict.ConfigDict:
   ), 'decode.')
 
 
+def distributed_config() -> config_dict.ConfigDict:
+  """Multi-host training on JAX's multi-controller runtime (`jax.distributed`):
+  the same command runs on every host, each process feeding its own rows."""
+  return _section(dict(
+      enabled=resumable(False),  # call jax.distributed.initialize() before anything else.
+      # HOST:PORT of process 0's coordinator; '' = auto-detect (SLURM, Open MPI, TPU pods,
+      # Kubernetes), as jax.distributed.initialize() does.
+      coordinator_address=resumable(''),
+      num_processes=resumable(0),  # 0 = auto-detect.
+      process_id=resumable(-1),  # this process, 0 .. num_processes - 1; -1 = auto-detect.
+      initialization_timeout=resumable(300),  # seconds to wait for every process to join.
+  ), 'distributed.')
+
+
 def base_config() -> config_dict.ConfigDict:
   """Every field the code reads, with defaults."""
   c = _section(dict(
@@ -190,7 +204,6 @@ def base_config() -> config_dict.ConfigDict:
       parallelism=resumable('pmap'),  # pmap | mesh; one device is the degenerate case.
       # mesh only: devices on the 'fsdp' axis (parameters sharded); the rest on 'data'.
       fsdp=resumable(1),
-      distributed=resumable(False),  # multi-host: call jax.distributed.initialize() first.
       log_every=resumable(50),  # steps per train record (stdout, TensorBoard, metrics.jsonl).
       eval_steps=resumable(0),  # batches per evaluation; 0 = the full eval split.
       keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
@@ -207,6 +220,7 @@ def base_config() -> config_dict.ConfigDict:
   c.data = data_config()
   c.optimizer = optimizer_config()
   c.decode = decode_config()
+  c.distributed = distributed_config()
   return c
 
 
@@ -222,6 +236,9 @@ def from_saved(saved: dict) -> config_dict.ConfigDict:
     return {**defaults, **{k: merge(defaults[k], v) if isinstance(v, dict)
                            and isinstance(defaults.get(k), dict) else v
                            for k, v in values.items()}}
+  saved = dict(saved)
+  if isinstance(saved.get('distributed'), bool):  # a flag before it became a section.
+    saved['distributed'] = {'enabled': saved['distributed']}
   return config_dict.ConfigDict(merge(base_config().to_dict(), saved))
 
 
@@ -396,6 +413,32 @@ def validate_run(c):
   _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+  validate_distributed(c.distributed)
+
+
+def validate_distributed(d):
+  """Raises ConfigError for config.distributed fields that cannot work."""
+  given = [f'{name}={d[name]!r}' for name, unset in
+           (('coordinator_address', ''), ('num_processes', 0), ('process_id', -1))
+           if d[name] != unset]
+  _check(d.enabled or not given,
+         f'config.distributed.{given[0] if given else ""} is set but config.distributed.enabled '
+         'is False; set --config.distributed.enabled=True.')
+  _check(d.num_processes >= 0, f'config.distributed.num_processes={d.num_processes} must be '
+         '>= 1 (or 0 = auto-detect).')
+  _check(d.process_id >= -1 and (d.num_processes == 0 or d.process_id < d.num_processes),
+         f'config.distributed.process_id={d.process_id} must be in 0..num_processes-1 '
+         f'(num_processes={d.num_processes}), or -1 = auto-detect.')
+  if d.coordinator_address:
+    host, _, port = d.coordinator_address.rpartition(':')
+    _check(bool(host) and port.isdigit(),
+           f'config.distributed.coordinator_address={d.coordinator_address!r} is not HOST:PORT; '
+           'give e.g. 10.0.0.1:12345 (the host of process 0).')
+    _check(d.num_processes > 0 and d.process_id >= 0,
+           'config.distributed.coordinator_address is set, so num_processes and process_id must '
+           'be too (e.g. --config.distributed.num_processes=2 --config.distributed.process_id=0).')
+  _check(d.initialization_timeout > 0, 'config.distributed.initialization_timeout='
+         f'{d.initialization_timeout} must be positive (seconds).')
 
 
 def validate_data(c):

@@ -145,6 +145,32 @@ def _check_workdir(workdir: str):
           'write to.')
 
 
+class _Labelled:
+  """A text stream that starts every line with a label (a process of a multi-host run)."""
+
+  def __init__(self, stream, label: str):
+    self._stream, self._label, self._at_line_start = stream, label, True
+
+  def write(self, text: str) -> int:
+    for piece in text.splitlines(keepends=True):
+      if self._at_line_start:
+        self._stream.write(self._label)
+      self._stream.write(piece)
+      self._at_line_start = piece.endswith('\n')
+    return len(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _label_output():
+  """Processes other than 0 write no records; their output lines say which they are."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    label = f'[process {jax.process_index()} of {jax.process_count()}] '
+    sys.stdout, sys.stderr = _Labelled(sys.stdout, label), _Labelled(sys.stderr, label)
+
+
 def _printable(text: str) -> str:
   """An output as one line: newlines inside it become the two characters \\n."""
   return text.replace('\\', '\\\\').replace('\n', '\\n')
@@ -164,9 +190,16 @@ def main(argv):
     return
   if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
     logging.set_verbosity(logging.WARNING)
-  if config.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  if config.distributed.enabled:
+    if _MODE.value != 'train':
+      _fail(f'--mode={_MODE.value} runs in one process; drop --config.distributed.* (eval and '
+            'decode read the checkpoint that the multi-host run wrote).')
+    from transformer_jax import parallel  # pylint: disable=g-import-not-at-top
+    try:
+      parallel.initialize_distributed(config.distributed)
+    except parallel.DistributedError as e:
+      _fail(str(e))
+    _label_output()
   # pylint: disable=g-import-not-at-top
   from transformer_jax import checkpoint
   from transformer_jax import evaluation

@@ -15,6 +15,11 @@
 
 One device is the degenerate case of either. The steps themselves never
 change: a strategy only adds placement and, for pmap, the axis name.
+
+Multi-host (`config.distributed`, `initialize_distributed`): the same program
+runs in one process per host, each feeding its own rows of the global batch;
+pmap averages over every device of every host, the mesh spans them all, and
+checkpoints hold global arrays that all processes write and read together.
 """
 
 import functools
@@ -29,6 +34,77 @@ from transformer_jax import config as config_lib
 PMAP_AXIS = 'batch'
 
 
+class DistributedError(RuntimeError):
+  """Joining the multi-host runtime failed; the message names the cause and the fix."""
+
+
+def initialize_distributed(d) -> None:
+  """Joins JAX's multi-controller runtime as config.distributed `d` says (a no-op
+  when it is off). Must run before anything touches a device. On CPU, the
+  collectives between processes go through gloo.
+
+  Raises:
+    DistributedError: the coordinator could not be reached or the processes did
+      not all join within d.initialization_timeout seconds.
+  """
+  if not d.enabled:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  explicit = {}
+  if d.coordinator_address:
+    explicit = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                    process_id=d.process_id)
+  try:
+    jax.distributed.initialize(**explicit, initialization_timeout=d.initialization_timeout)
+  except (RuntimeError, ValueError) as e:
+    where = d.coordinator_address or 'the auto-detected coordinator'
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise DistributedError(
+        f'Could not join the multi-host run at {where} ({first}); start the same command on '
+        'every host with the same coordinator_address and num_processes and a distinct '
+        'process_id, or set config.distributed.enabled=False.') from None
+
+
+class _InStep:
+  """A step function of a multi-host run whose processes enter each new program
+  together: compiled ahead on its first call, then a barrier of every process
+  (the runtime's, not a collective) before it first runs. On CPU, gloo gives the
+  processes 30 s to start a new collective program together, and under load one
+  may still be compiling when another starts."""
+
+  def __init__(self, fn: Callable, name: str):
+    self._fn, self._name, self._ready = fn, name, jax.process_count() == 1
+
+  def __call__(self, *args):
+    if not self._ready:
+      from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+      self._fn.lower(*args).compile()
+      multihost.get_barrier_sync_fn()(key=f'transformer_jax {self._name} compiled',
+                                      timeout_ms=3_600_000)
+      self._ready = True
+    return self._fn(*args)
+
+
+def replicated_everywhere(x) -> jax.Array:
+  """A host-local value (the same on every process) -> one global array,
+  replicated on every device of every process (what a multi-host checkpoint
+  can hold)."""
+  value = np.asarray(x)
+  sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), P())
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def replicated_target(x) -> jax.ShapeDtypeStruct:
+  """The abstract `replicated_everywhere(x)`: what a checkpoint restores it into."""
+  sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), P())
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+def local_value(x) -> jax.Array:
+  """This process's copy of a replicated global array, as an uncommitted value."""
+  return jax.numpy.asarray(np.asarray(x.addressable_data(0)))
+
+
 class PmapStrategy:
   """Replicated state, batch split over local devices, gradients pmean'd."""
 
@@ -37,31 +113,45 @@ class PmapStrategy:
   def __init__(self, train_step: Callable, eval_step: Callable):
     self.devices = jax.local_devices()
     self.num_devices = jax.device_count()
-    self._train_step = jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS),
-                                axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
-    self._eval_step = jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS),
-                               axis_name=PMAP_AXIS)
+    self._train_step = _InStep(jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS),
+                                        axis_name=PMAP_AXIS, in_axes=(0, 0, None),
+                                        donate_argnums=(0,)), 'pmap train_step')
+    self._eval_step = _InStep(jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS),
+                                       axis_name=PMAP_AXIS), 'pmap eval_step')
 
   def init_state(self, init_fn: Callable, rng):
     """Builds the state on the first device and replicates it."""
     return self.from_checkpoint(jax.jit(init_fn)(rng))
 
   def checkpoint_target(self, state):
-    """The abstract single-copy state a checkpoint restores into."""
-    sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+    """The abstract state a checkpoint restores into: one copy, replicated on
+    every device of every process."""
+    sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), P())
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding),
                         state)
 
   def to_checkpoint(self, state):
-    """One copy of the replicated state."""
+    """The replicated state as global arrays (the local devices' copies, no
+    host transfer), so every process of a multi-host run saves it jointly."""
+    sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), P())
+
+    def global_copy(x):
+      copies = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
+      return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, copies)
+
+    return jax.tree.map(global_copy, state)
+
+  def one_copy(self, state):
+    """One copy of the replicated state, on the first local device."""
     return jax.tree.map(lambda x: x[0], state)
 
   def from_checkpoint(self, state):
-    """One copy -> a copy per device, placed exactly as pmap places its outputs
-    (so the step compiles once, not again for its own output)."""
+    """One copy -> a copy per local device, placed exactly as pmap places its
+    outputs (so the step compiles once, not again for its own output)."""
     sharding = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
     return jax.tree.map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(self.devices)), sharding), state)
+        lambda x: jax.device_put(np.stack([np.asarray(x.addressable_data(0))] * len(self.devices)),
+                                 sharding), state)
 
   def put_batch(self, batch: dict) -> dict:
     """This host's rows [b, ...] -> [local devices, b / local devices, ...]."""
@@ -110,12 +200,12 @@ class MeshStrategy:
 
   def _compile(self, state_shardings):
     train_step, eval_step = self._steps
-    self._train_step = jax.jit(train_step, in_shardings=(state_shardings, self.batch_sharding,
-                                                         self.replicated),
-                               out_shardings=(state_shardings, self.replicated),
-                               donate_argnums=(0,))
-    self._eval_step = jax.jit(eval_step, in_shardings=(state_shardings, self.batch_sharding),
-                              out_shardings=self.replicated)
+    self._train_step = _InStep(jax.jit(
+        train_step, in_shardings=(state_shardings, self.batch_sharding, self.replicated),
+        out_shardings=(state_shardings, self.replicated), donate_argnums=(0,)), 'mesh train_step')
+    self._eval_step = _InStep(jax.jit(
+        eval_step, in_shardings=(state_shardings, self.batch_sharding),
+        out_shardings=self.replicated), 'mesh eval_step')
 
   def init_state(self, init_fn: Callable, rng):
     """Builds the state directly in its shards (never whole on one device)."""
@@ -128,6 +218,9 @@ class MeshStrategy:
                         state)
 
   def to_checkpoint(self, state):
+    return state
+
+  def one_copy(self, state):
     return state
 
   def from_checkpoint(self, state):

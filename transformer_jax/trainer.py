@@ -58,7 +58,7 @@ class Run:
   @property
   def params(self):
     """The parameters as one host-side copy (what decoding takes)."""
-    return self.strategy.to_checkpoint(self.state).params
+    return self.strategy.one_copy(self.state).params
 
   def close(self):
     try:
@@ -111,8 +111,9 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
     state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
     if latest is not None:
       data = datasets.train if training else None
-      step, restored, rng = checkpointer.restore(strategy.checkpoint_target(state), rng, data)
-      state = strategy.from_checkpoint(restored)
+      step, restored, rng = checkpointer.restore(strategy.checkpoint_target(state),
+                                                 parallel.replicated_target(rng), data)
+      state, rng = strategy.from_checkpoint(restored), parallel.local_value(rng)
       logging.info('Resumed from step %d.', step)
     step = int(strategy.fetch({'step': state.step})['step'])
     if training and step > config.total_steps:
@@ -222,14 +223,16 @@ def _loop(run: Run) -> dict:
     return values
 
   def save(step, eval_metrics=None):
-    checkpointer.save(step, strategy.to_checkpoint(state), rng, train_iter, eval_metrics)
+    checkpointer.save(step, strategy.to_checkpoint(state), parallel.replicated_everywhere(rng),
+                      train_iter, eval_metrics)
 
   interval = _Interval()
   eval_metrics = None
   step = start_step
   try:
-    with checkpoint_lib.StopSignal() as stop:
-      while step < config.total_steps and stop.signum is None:
+    with checkpoint_lib.StopSignal(sync=jax.process_count() > 1) as stop:
+      stopping = False
+      while step < config.total_steps and not stopping:
         wait_start = time.perf_counter()
         batch = next(train_iter)
         interval.data_wait += time.perf_counter() - wait_start
@@ -238,13 +241,14 @@ def _loop(run: Run) -> dict:
         interval.steps.append(step)
         interval.metrics.append(step_metrics)
         interval.tokens += _tokens(batch, config.model.variant)
+        stopping = stop.should_stop(step)
         if step == start_step + 1:  # the first step compiles: time the rest.
           jax.block_until_ready(step_metrics)
           interval.restart_clock()
         is_last = step == config.total_steps
         is_eval = step % config.eval_every == 0 or is_last
         is_save = is_eval or step % config.checkpoint_every == 0
-        if step % config.log_every == 0 or is_last or is_save or stop.signum is not None:
+        if step % config.log_every == 0 or is_last or is_save or stopping:
           _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
           if is_eval:
             eval_metrics = run_eval(step)
@@ -253,7 +257,7 @@ def _loop(run: Run) -> dict:
           interval.restart_clock()  # eval and saving are not train time.
       if interval.metrics:
         _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
-      if stop.signum is not None:
+      if stopping:
         save(step)
         checkpointer.wait()
         print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
@@ -275,7 +279,7 @@ def _loop(run: Run) -> dict:
   finally:
     writer.close()
   run.state, run.step = state, step
-  if config.num_samples and config.model.variant == 'decoder':
+  if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
     from transformer_jax import generate  # pylint: disable=g-import-not-at-top
     generate.print_samples(config, run.model, run.params, datasets.tokenizer,
                            encode=datasets.encode_input)
