@@ -7,9 +7,12 @@ are grain MapDatasets indexed by batch number over an endless sequence of
 seeded epochs, so a saved iterator state resumes exactly; `ArrayEval` gives
 the eval split once, in order, padded to whole batches (batch.py: the keys).
 
-Multi-host: every host computes the same global order and keeps its own rows
-(`host_rows`) or its own shard of the examples (packing), so hosts never
-overlap and the union over hosts is the global batch.
+Multi-host: every host computes the same global batch plan (window offsets,
+example indices, packed rows) and builds only its own rows (`host_rows`), so
+the hosts' rows, concatenated by process index, are the batch one process
+would see: the same rows in the same order with the same values (the MLM
+masks too: examples.mlm_transform). jax.process_count() and process_index()
+are read when a dataset is built.
 """
 
 import math
@@ -28,7 +31,8 @@ ConfigError = config_lib.ConfigError
 
 
 def host_rows(batch_size: int) -> slice:
-  """This host's rows of a global batch."""
+  """This host's rows of a global batch: the process_index()-th of
+  process_count() equal, contiguous shares (as parallel.put_batch expects)."""
   count, index = jax.process_count(), jax.process_index()
   if batch_size % count:
     raise ConfigError(f'config.batch_size={batch_size} does not split over {count} hosts; '
@@ -284,7 +288,11 @@ class PackedBatches(grain.MapDataset):
   both). Rows carry segment ids (1, 2, ... per example, 0 = padding) and
   positions restarting at 0 per example. Every batch is packed on its own, so
   the cost is even across steps, resume is O(1) and `examples` may be a
-  StreamedExamples that tokenizes only the group at hand. `per_batch` is the
+  StreamedExamples that tokenizes only the group at hand. Each host plans the
+  whole global batch (so hosts agree on every row) and assembles only its own
+  rows [batch_size / hosts, seq_len] (`host_rows`); the plan costs every host
+  the reading (streamed: tokenizing) and sizing of all `per_batch` examples,
+  process_count() times what its rows alone would need. `per_batch` is the
   largest count that fills ~90% of the rows and fits in sampled batches; an
   example that still does not fit is left out of that batch (it is back, in
   another group, next epoch) and logged.
@@ -300,6 +308,7 @@ class PackedBatches(grain.MapDataset):
       self._size = np.asarray([self._size_of(ex) for ex in examples])
     self.per_batch = self._examples_per_batch(seed)
     self._groups = ShuffledBatches(len(examples), self.per_batch, seed)
+    self._host = host_rows(batch_size)
 
   def _size_of(self, example) -> int:
     """Row tokens an example takes (0 for a dropped streamed example)."""
@@ -343,21 +352,22 @@ class PackedBatches(grain.MapDataset):
           logging.WARNING, 'Packing: %d of %d examples did not fit batch %d; they are in '
           'another batch next epoch.', 60, left_out, len(examples), index)
       rows = rows[:self._batch_size]
-    return self._assemble(rows)
+    dtypes = {k: v.dtype for k, v in examples[0].items()}
+    return self._assemble(rows[self._host], dtypes)
 
-  def _assemble(self, rows: list) -> dict:
-    """Rows of examples -> the packed batch [batch_size, seq_len] (rows past
-    len(rows) are padding), with one concatenation per feature and numpy
-    scatters, not a Python step per token."""
+  def _assemble(self, rows: list, dtypes: dict) -> dict:
+    """This host's rows of examples -> its packed rows [b, seq_len] (rows past
+    len(rows) are padding, possibly all of them), with one concatenation per
+    feature and numpy scatters, not a Python step per token."""
     members = [ex for row in rows for ex in row]  # [m] examples in row order.
-    counts = np.asarray([len(r) for r in rows])
+    counts = np.asarray([len(r) for r in rows], np.int64)  # int even when empty.
     row_of = np.repeat(np.arange(len(rows)), counts)  # [m]
     first = np.cumsum(counts) - counts  # [rows] each row's first member.
     segment = np.arange(len(members)) - first[row_of] + 1  # [m] 1, 2, ... within a row.
-    shape = (self._batch_size, self._seq_len)
+    shape = (self._host.stop - self._host.start, self._seq_len)
     batch = {}
     for side, features in self._sides.items():
-      lengths = np.asarray([len(ex[side]) for ex in members])  # [m]
+      lengths = np.asarray([len(ex[side]) for ex in members], np.int64)  # [m]
       start = np.cumsum(lengths) - lengths  # [m] where each member starts, end to end.
       column_start = start - start[first[row_of]]  # [m] ... and within its row.
       token_member = np.repeat(np.arange(len(members)), lengths)  # [t]
@@ -365,8 +375,9 @@ class PackedBatches(grain.MapDataset):
       row = row_of[token_member]
       column = column_start[token_member] + position
       for k in features:
-        batch[k] = np.zeros(shape, members[0][k].dtype)
-        batch[k][row, column] = np.concatenate([ex[k] for ex in members])
+        batch[k] = np.zeros(shape, dtypes[k])
+        if members:
+          batch[k][row, column] = np.concatenate([ex[k] for ex in members])
       prefix = '' if len(self._sides) == 1 else side + '_'
       batch[prefix + 'segment_ids'] = np.zeros(shape, np.int32)
       batch[prefix + 'segment_ids'][row, column] = segment[token_member]
@@ -377,11 +388,10 @@ class PackedBatches(grain.MapDataset):
 
 def packed_train(examples, task: str, seq_len: int, batch_size: int, seed: int,
                  read_options=None, transform=None) -> grain.IterDataset:
-  """Several shuffled examples per row (PackedBatches); each host packs its
-  own shard of the examples (a list or StreamedExamples) into its own rows."""
-  host = host_rows(batch_size)
-  shard = examples[jax.process_index()::jax.process_count()]
-  ds = PackedBatches(shard, task, seq_len, host.stop - host.start, seed)
+  """Several shuffled examples (a list or StreamedExamples) per row
+  (PackedBatches): every host packs the same global batch of batch_size rows
+  and yields its own rows of it."""
+  ds = PackedBatches(examples, task, seq_len, batch_size, seed)
   if transform:
     ds = ds.map_with_index(transform)
   return ds.to_iter_dataset(read_options)

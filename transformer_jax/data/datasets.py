@@ -10,13 +10,15 @@ returns a `Datasets`:
 
   tokenizer     encode/decode, vocab_size, pad_id = 0 (tokenizers.py); the
                 run's own, saved in <workdir>/tokenizer/ at its first start.
-  train         an infinite grain iterator of global batches (batch.py: the
-                keys). Shuffling is seeded by config.seed; the iterator's
+  train         an infinite grain iterator of this host's rows of the global
+                batches (batch.py: the keys; batching.py: how hosts share a
+                batch). Shuffling is seeded by config.seed; the iterator's
                 position is saved with grain.checkpoint.CheckpointSave(train)
                 and restored with CheckpointRestore, after which it yields
                 exactly the batch the saved run would have seen next.
   eval()        a fresh, finite, deterministic iterable over the full eval
-                split; the last batch is padded with weights 0.
+                split (this host's rows of each batch, the same number of
+                batches on every host); the last batch is padded with weights 0.
   info          split sizes, 'unigram_entropy' (nats/token on train, LM tasks).
   eval_split    the eval split's name; references: its raw references for
                 decoding metrics (G2P words, translation pairs), or None.

@@ -11,7 +11,6 @@ import functools
 from typing import Callable, Optional
 
 from absl import logging
-import jax
 import numpy as np
 
 from transformer_jax import config as config_lib
@@ -111,37 +110,44 @@ class StreamedExamples(collections.abc.Sequence):
     return len(self.indices)
 
   def __getitem__(self, i):
-    if isinstance(i, slice):  # a view, e.g. this host's shard.
-      return StreamedExamples(self.source, self.convert, self.encode, self.where,
-                              self.indices[i])
     index = int(self.indices[i])
     return self.encode(self.convert(self.source[index]), where=f'{self.where} example {index}')
 
 
 def bert_mask(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int,
-              rate: float = 0.15) -> dict:
+              rate: float = 0.15, rows: slice = slice(None), num_rows: int = 0) -> dict:
   """BERT's corruption of real tokens [b, l] -> inputs, targets, weights [b, l].
 
   Each real token is chosen with probability `rate`; a chosen token becomes
   <mask> 80% of the time, a random non-special token 10%, and stays itself
-  10%. The loss is on the chosen positions only (weights 1 there).
+  10%. The loss is on the chosen positions only (weights 1 there). The random
+  draws are made for a batch of num_rows rows (default b) of which `tokens`
+  are `rows`, so a host masking its rows of a global batch masks them as one
+  process masking the whole batch would.
   """
+  shape = (num_rows or len(tokens),) + tokens.shape[1:]
   real = tokens >= tok_lib.NUM_SPECIALS
-  chosen = (rng.random(tokens.shape) < rate) & real
-  action = rng.random(tokens.shape)
-  random_ids = rng.integers(tok_lib.NUM_SPECIALS, vocab_size, tokens.shape, dtype=np.int32)
+  chosen = (rng.random(shape)[rows] < rate) & real
+  action = rng.random(shape)[rows]
+  random_ids = rng.integers(tok_lib.NUM_SPECIALS, vocab_size, shape, dtype=np.int32)[rows]
   inputs = np.where(chosen & (action < 0.8), tok_lib.MASK_ID, tokens)
   inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
   return {'inputs': inputs.astype(np.int32), 'targets': tokens.astype(np.int32),
           'weights': chosen.astype(np.float32)}
 
 
-def mlm_transform(seed: int, vocab_size: int, rate: float):
-  """(index, batch) -> batch with `inputs` masked; the mask of batch i is a
-  function of (seed, i, host) only, so resume and eval are reproducible."""
+def mlm_transform(seed: int, vocab_size: int, rate: float, batch_size: int):
+  """(i, this host's rows of global batch i) -> those rows with `inputs`
+  masked. The mask of global batch i is a function of (seed, i) only, drawn
+  for all batch_size rows on every host (process_count() times the draws of
+  its own rows), so resume and eval are reproducible and the hosts' masks
+  together are the one-process mask. The generator is seeded by (seed, i, 0):
+  the 0 keeps the masks one-process runs drew before hosts shared them."""
+  rows = batching.host_rows(batch_size)
+
   def transform(index, batch):
-    rng = np.random.default_rng([seed, index, jax.process_index()])
-    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate)}
+    rng = np.random.default_rng([seed, index, 0])
+    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate, rows, batch_size)}
   return transform
 
 
@@ -174,7 +180,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
                     f'config.data.overflow={d.overflow}; raise config.seq_len.')
   info.update({'train_examples': len(train), 'eval_examples': len(evals),
                **eval_overflow.report('eval')})
-  transform = (mlm_transform(config.seed, vocab_size, d.mask_rate)
+  transform = (mlm_transform(config.seed, vocab_size, d.mask_rate, batch_size)
                if task == 'mlm' else None)
   options = batching.grain_read_options(config)
   if d.packing:
@@ -184,7 +190,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
     train_ds = batching.bucketed_train(train, seq_len, batch_size, config.seed, options)
   else:
     train_ds = batching.array_train(train, seq_len, batch_size, config.seed, options, transform)
-  eval_transform = (mlm_transform(config.seed + 1, vocab_size, d.mask_rate)
+  eval_transform = (mlm_transform(config.seed + 1, vocab_size, d.mask_rate, batch_size)
                     if task == 'mlm' else None)
   eval_ds = batching.ArrayEval(batching.pad_rows(evals, seq_len), batch_size, eval_transform)
   if task == 'lm':  # streamed: estimated on up to 100,000 examples spread over the split.

@@ -156,9 +156,10 @@ class ShakespeareStream(Recipe):
     shift = task == 'lm'
     train_transform = eval_transform = None
     if task == 'mlm':
-      train_transform = examples_lib.mlm_transform(config.seed, tokenizer.vocab_size, d.mask_rate)
+      train_transform = examples_lib.mlm_transform(config.seed, tokenizer.vocab_size,
+                                                   d.mask_rate, batch_size)
       eval_transform = examples_lib.mlm_transform(config.seed + 1, tokenizer.vocab_size,
-                                                  d.mask_rate)
+                                                  d.mask_rate, batch_size)
     train = batching.stream_train(train_tokens, seq_len, batch_size, config.seed,
                                   batching.grain_read_options(config), shift, train_transform)
     eval_ds = batching.ArrayEval(batching.stream_eval_rows(eval_tokens, seq_len, shift),
