@@ -174,8 +174,9 @@ class SentencePieceTokenizer(Tokenizer):
     path = os.path.join(directory, SPM_MODEL_FILE)
     if os.path.abspath(self.model_path) != os.path.abspath(path):
       os.makedirs(directory, exist_ok=True)
-      shutil.copyfile(self.model_path, path + '.tmp')
-      os.replace(path + '.tmp', path)
+      tmp = f'{path}.tmp-{os.getpid()}'  # every process of a multi-host run saves it.
+      shutil.copyfile(self.model_path, tmp)
+      os.replace(tmp, path)
     return {'model': SPM_MODEL_FILE}
 
   def encode(self, text: str) -> list:
@@ -303,12 +304,14 @@ def load_or_train_sentencepiece(lines_fn, cache_dir: str, key: str, vocab_size: 
 
 
 def _write_json(directory: str, fields: dict):
-  """`directory`/tokenizer.json, written whole (to a temporary name, then renamed)."""
+  """`directory`/tokenizer.json, written whole (to a temporary name of this
+  process, then renamed: every process of a multi-host run writes the same file)."""
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, VOCABULARY_FILE)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(fields, f, ensure_ascii=False)
-  os.replace(path + '.tmp', path)
+  os.replace(tmp, path)
 
 
 def is_saved(directory: str) -> bool:
