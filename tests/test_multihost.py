@@ -157,3 +157,28 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   outputs = _two_processes(workdir, parallelism='mesh', total_steps=saved[0] + 1,
                            checkpoint_every=100000)
   assert f'resuming at step {saved[0]} of {saved[0] + 1}' in outputs[0]
+
+
+@pytest.mark.parametrize('values,message', [
+    ({'distributed.num_processes': 2}, 'config.distributed.enabled is False'),
+    ({'distributed.enabled': True, 'distributed.coordinator_address': 'localhost'},
+     'is not HOST:PORT'),
+    ({'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:1234'},
+     'num_processes and process_id must be too'),
+    ({'distributed.enabled': True, 'distributed.num_processes': 2,
+      'distributed.process_id': 2}, 'must be in 0..num_processes-1'),
+])
+def test_distributed_config_errors_are_one_line(values, message):
+  from conftest import load_config, override  # pylint: disable=g-import-not-at-top
+  from transformer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError, match=message) as error:
+    config_lib.validate(override(load_config(), values))
+  assert '\n' not in str(error.value)
+
+
+def test_a_checkpoint_from_before_the_distributed_section_still_resumes():
+  from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from transformer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  current = checkpoint_lib.config_json(config_lib.base_config())
+  saved = dict(current, distributed=False)  # the flag it used to be.
+  assert checkpoint_lib.config_differences(saved, current) == []

@@ -44,8 +44,10 @@ def initialize_distributed(d) -> None:
   collectives between processes go through gloo.
 
   Raises:
-    DistributedError: the coordinator could not be reached or the processes did
-      not all join within d.initialization_timeout seconds.
+    DistributedError: jax.distributed refused the settings (e.g. no cluster to
+      auto-detect). A peer that never joins within d.initialization_timeout
+      seconds ends the process from inside JAX's runtime, after the line this
+      prints names what it waited for.
   """
   if not d.enabled:
     return
@@ -54,6 +56,11 @@ def initialize_distributed(d) -> None:
   if d.coordinator_address:
     explicit = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                     process_id=d.process_id)
+  # Said first: if a peer never comes, JAX's runtime aborts the process itself
+  # after the timeout, with its own message.
+  print(f'Joining the multi-host run at {d.coordinator_address or "(auto-detected)"}'
+        + (f' as process {d.process_id} of {d.num_processes}' if explicit else '')
+        + f'; waiting up to {d.initialization_timeout} s for every process.', flush=True)
   try:
     jax.distributed.initialize(**explicit, initialization_timeout=d.initialization_timeout)
   except (RuntimeError, ValueError) as e:
