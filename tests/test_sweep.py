@@ -160,7 +160,7 @@ def test_ctrl_c_reaches_the_training_run_which_saves_before_the_sweep_stops(conf
   process = subprocess.Popen(
       [sys.executable, '-m', 'transformer_jax.sweep', f'--config={config_file}', '--sweep=seed',
        f'--workdir={workdir}', '--config.total_steps=100000', '--config.log_every=1',
-       '--config.checkpoint_every=100000'],
+       '--config.checkpoint_every=100000', '--config.eval_every=100000'],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600  # a hang guard.
   while not (os.path.exists(os.path.join(run_dir, 'metrics.jsonl'))

@@ -80,7 +80,10 @@ def test_train_split_is_streamed_and_each_epoch_reads_every_example_once(monkeyp
   name = 'wmt14_translate/de-en'
   with tfds.testing.mock_data(num_examples=12):
     raw = sources.tfds_examples(name, 'train')
-    ds = datasets.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False), None)
+    # No reader threads or prefetch: nothing reads ahead in the background, so what
+    # is made before the first batch is exactly what creating the datasets made.
+    ds = datasets.create_datasets(tfds_config(name, 'seq2seq', 'seq2seq', bucketing=False,
+                                              num_threads=0, prefetch=0), None)
     assert len(made) == 12  # the eval split; no train example is tokenized up front.
     epoch = [next(ds.train) for _ in range(3)]  # 12 examples, batch 4.
   sources_read = sorted(ds.tokenizer.decode(row[row != 0][:-1])  # without <eos>
