@@ -151,6 +151,9 @@ class Checkpointer:
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # Orbax writes a step's metrics (so keep-best and `best` survive a restart)
+        # only when it is told how to rank them.
+        best_fn=lambda metrics: metrics['loss'], best_mode='min',
         enable_async_checkpointing=config.async_checkpointing,
         cleanup_tmp_directories=writable, create=writable)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -166,6 +169,35 @@ class Checkpointer:
 
   def all_steps(self) -> list:
     return list(self.manager.all_steps())
+
+  def select(self, which) -> int:
+    """The step `which` names: 'latest', 'best' (lowest eval loss; the latest if
+    no checkpoint has an eval loss) or a step number.
+
+    Raises:
+      FileNotFoundError: no checkpoint, or none at that step (names the steps there).
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'{self.directory} holds no checkpoint.')
+    if which == 'latest':
+      return max(steps)
+    if which == 'best':
+      best = self.manager.best_step()
+      return max(steps) if best is None else best
+    if int(which) not in steps:
+      raise FileNotFoundError(f'{self.directory} holds no checkpoint at step {which}; it holds '
+                              f'steps {sorted(steps)}.')
+    return int(which)
+
+  def read_params(self, step: int) -> dict:
+    """The parameters of checkpoint `step` as numpy arrays (a nested dict), read
+    without a model: what another run starts from (init_from.py)."""
+    path = os.path.join(self.directory, str(step), 'state')
+    with ocp.StandardCheckpointer() as reader:
+      tree = reader.metadata(path).item_metadata.tree
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+      return reader.restore(path, target)['train_state']['params']
 
   def _saved_config(self, step: int) -> dict:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))

@@ -199,6 +199,11 @@ def base_config() -> config_dict.ConfigDict:
       learning_rate=tunable(1.0),  # multiplies the schedule (the paper's rsqrt is 1.0).
       warmup_steps=tunable(4000),
       seed=0,
+      # A new run's first parameters: another run's workdir, optionally :best (the
+      # default), :latest or :STEP (init_from.py). Read at the first start only.
+      init_from=resumable(''),
+      # --mode=eval / decode: the checkpoint read: latest | best (lowest eval loss) | a step.
+      restore_checkpoint=resumable('latest'),
       eval_every=resumable(500),
       checkpoint_every=resumable(500),
       parallelism=resumable('pmap'),  # pmap | mesh; one device is the degenerate case.
@@ -414,6 +419,9 @@ def validate_run(c):
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
   validate_distributed(c.distributed)
+  _check(c.restore_checkpoint in ('latest', 'best') or str(c.restore_checkpoint).isdigit(),
+         f'config.restore_checkpoint={c.restore_checkpoint!r} must be latest, best or a step '
+         'number.')
 
 
 def validate_distributed(d):

@@ -152,13 +152,19 @@ class PmapStrategy:
     """One copy of the replicated state, on the first local device."""
     return jax.tree.map(lambda x: x[0], state)
 
+  def with_params(self, state, params):
+    """`state` with host `params` (one copy) in place of its parameters."""
+    return state.replace(params=self.from_checkpoint(params))
+
   def from_checkpoint(self, state):
     """One copy -> a copy per local device, placed exactly as pmap places its
     outputs (so the step compiles once, not again for its own output)."""
     sharding = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
-    return jax.tree.map(
-        lambda x: jax.device_put(np.stack([np.asarray(x.addressable_data(0))] * len(self.devices)),
-                                 sharding), state)
+    def copies(x):
+      one = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+      return jax.device_put(np.stack([one] * len(self.devices)), sharding)
+
+    return jax.tree.map(copies, state)
 
   def put_batch(self, batch: dict) -> dict:
     """This host's rows [b, ...] -> [local devices, b / local devices, ...]."""
@@ -229,6 +235,11 @@ class MeshStrategy:
 
   def one_copy(self, state):
     return state
+
+  def with_params(self, state, params):
+    """`state` with host `params` in place of its parameters, in their shards."""
+    return state.replace(params=jax.tree.map(lambda x, like: jax.device_put(x, like.sharding),
+                                             params, state.params))
 
   def from_checkpoint(self, state):
     return state

@@ -23,6 +23,7 @@ import tqdm
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import init_from as init_from_lib
 from transformer_jax import lock as lock_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
@@ -79,9 +80,11 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   """The run in `workdir` for `mode`, resumed from its newest intact checkpoint.
 
   Training takes the workdir's lock (lock.py), starts fresh when there is no
-  checkpoint, and restores the data position with the state; it may change the
-  optimiser's `tunable` settings on resume (said in one line). Eval and decode
-  need a checkpoint, and only read the workdir.
+  checkpoint (from config.init_from's parameters if set: init_from.py), and
+  restores the data position with the state; it may change the optimiser's
+  `tunable` settings on resume (said in one line). Eval and decode need a
+  checkpoint (config.restore_checkpoint: the latest, the best or a step), and
+  only read the workdir.
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
@@ -103,6 +106,9 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
     checkpointer.check_compatible()
     if training and latest is not None:
       _announce_tuned(checkpointer)
+    starts_from_another_run = training and latest is None and config.init_from
+    if starts_from_another_run:
+      init_from_lib.copy_vocabulary(config, workdir)
     datasets = datasets_lib.create_datasets(config, workdir)
     strategy = parallel.create(config, *train_lib.make_steps(config))
     model = build_model(config.model)
@@ -111,10 +117,16 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
     state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
     if latest is not None:
       data = datasets.train if training else None
+      chosen = None if training else _chosen_step(checkpointer, config.restore_checkpoint)
       step, restored, rng = checkpointer.restore(strategy.checkpoint_target(state),
-                                                 parallel.replicated_target(rng), data)
+                                                 parallel.replicated_target(rng), data, chosen)
       state, rng = strategy.from_checkpoint(restored), parallel.local_value(rng)
       logging.info('Resumed from step %d.', step)
+    elif starts_from_another_run:
+      fresh = jax.device_get(strategy.one_copy(state).params)
+      params, report = init_from_lib.load(config, fresh)
+      state = strategy.with_params(state, params)
+      print(report, flush=True)
     step = int(strategy.fetch({'step': state.step})['step'])
     if training and step > config.total_steps:
       raise config_lib.ConfigError(
@@ -128,6 +140,12 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
     raise
   return Run(config=config, workdir=workdir, datasets=datasets, strategy=strategy, model=model,
              state=state, rng=rng, step=step, checkpointer=checkpointer, lock=lock)
+
+
+def _chosen_step(checkpointer: checkpoint_lib.Checkpointer, which) -> Optional[int]:
+  """The step config.restore_checkpoint names for eval and decode (None: the
+  newest intact one)."""
+  return None if which == 'latest' else checkpointer.select(which)
 
 
 def _announce_tuned(checkpointer: checkpoint_lib.Checkpointer):
