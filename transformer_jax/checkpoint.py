@@ -28,17 +28,17 @@ The latest `config.keep_checkpoints` are kept, plus the
 `config.keep_best_checkpoints` with the lowest eval loss.
 """
 
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import threading
 import time
 from typing import Optional
-
-import glob
-import re
 
 import grain
 import jax
@@ -51,6 +51,17 @@ from orbax.checkpoint import checkpoint_managers
 from transformer_jax import config as config_lib
 
 DAMAGED_DIR = 'damaged_checkpoints'
+
+
+class _WithoutMetricWarning(logging.Filter):
+  """Orbax warns at every save without an eval loss once it ranks checkpoints by
+  one; most saves have none, by design."""
+
+  def filter(self, record):
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_WithoutMetricWarning())
 
 
 class NoIntactCheckpoint(RuntimeError):
