@@ -435,7 +435,10 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
       status = launch(config_path, run, os.path.join(workdir, 'runs', run.name), extra_args)
       spent += status['seconds']
       eta = spent / done * (len(todo) - done)
-      outcome = 'ok' if status['returncode'] == 0 else f"FAILED: {status.get('last_line')}"
+      if status['signal'] is not None:
+        outcome = f"stopped by {signal.Signals(status['signal']).name}: {status.get('last_line')}"
+      else:
+        outcome = 'ok' if status['returncode'] == 0 else f"FAILED: {status.get('last_line')}"
       print(f'[{i + 1}/{len(runs)}] {run.name}: {outcome} (in {status["seconds"]:.0f}s; log: '
             f'{os.path.join(workdir, "runs", run.name, "log.txt")}); about {eta / 60:.0f} min '
             'left', flush=True)
