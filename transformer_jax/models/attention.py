@@ -10,6 +10,8 @@ queries, keys and values; `layers.MultiHeadAttention` chooses one by
 row (0 = padding) and are contiguous runs, as packing makes them; a token
 attends only inside its own segment.
 
+- Full attention (the paper's eq. 1): `scaled_dot_product_attention` keeps the
+  weights; `attention` is the same with a hand-written backward pass.
 - Local attention (Longformer, Beltagy et al. 2020, section 3.1): query t sees
   the keys t - w .. t (and .. t + w without a causal mask), computed in blocks
   of w queries against their own and neighbouring blocks, so time and memory
@@ -31,8 +33,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NEG_INF = -1e9  # as layers.NEG_INF: fully-masked rows stay finite.
+NEG_INF = -1e9  # large finite negative: fully-masked rows stay finite.
 LINEAR_CHUNK = 64  # c: queries per chunk of the causal prefix sums (a speed knob, not maths).
+
+
+# ----------------------------------------------------------------------------
+# Full (softmax) attention: the reference, and the kernel training runs.
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
+  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
+
+  query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
+  (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
+  """
+  logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhls,bshk->blhk', weights, value), weights
+
+
+@jax.custom_vjp
+def attention(query, key, value, mask=None):
+  """softmax(Q K^T / sqrt(d_k)) V without the weights, for training.
+
+  Equal to `scaled_dot_product_attention(...)[0]`, with a hand-written
+  backward pass that makes fewer passes over the [b, h, l, s] scores than
+  autodiff's: the softmax Jacobian uses rowsum(dO * O) (one value per query)
+  instead of rowsum(P * dP), and masked scores need no separate select.
+  """
+  return _attention_fwd(query, key, value, mask)[0]
+
+
+def _attention_fwd(query, key, value, mask):
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  logits = jnp.einsum('blhk,bshk->bhls', query * scale, key)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  out = jnp.einsum('bhls,bshk->blhk', weights, value)
+  return out, (query, key, value, mask, weights, out)
+
+
+def _attention_bwd(residuals, d_out):
+  query, key, value, mask, weights, out = residuals
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  d_value = jnp.einsum('bhls,blhk->bshk', weights, d_out)
+  d_weights = jnp.einsum('blhk,bshk->bhls', d_out, value).astype(jnp.float32)
+  # rowsum(P * dP) = rowsum(dO * O): the softmax backward without a [b, h, l, s] reduction.
+  delta = jnp.einsum('blhk,blhk->bhl', d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None])
+  if mask is not None:  # rows with every key masked get no gradient, as autodiff's select.
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  d_logits = d_logits.astype(query.dtype)
+  d_query = jnp.einsum('bhls,bshk->blhk', d_logits, key) * scale
+  d_key = jnp.einsum('bhls,blhk->bshk', d_logits, query * scale)
+  return d_query, d_key, d_value, None
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def repeat_kv(x, num_heads: int):
@@ -63,7 +125,14 @@ def _segment_mask(segment_q, segment_kv):
 
 def _softmax_attend(query, key, value, mask, dropout: Optional[Callable]):
   """softmax(q k^T / sqrt(k)) v per block: query [b, n, c, h, k], key/value
-  [b, n, s, h, k], mask [b, 1, n, c, s]; the softmax in float32, as layers.attention's."""
+  [b, n, s, h, k], mask [b, 1, n, c, s]. Without dropout, the blocks go through
+  `attention` (its hand-written backward pass) as a batch of b * n rows."""
+  if dropout is None:
+    b, n = query.shape[:2]
+    rows = lambda x: x.reshape((b * n,) + x.shape[2:])
+    mask = jnp.broadcast_to(mask, (b, 1, n) + mask.shape[3:]).transpose(0, 2, 1, 3, 4)
+    out = attention(rows(query), rows(key), rows(value), rows(mask))
+    return out.reshape(query.shape)
   scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
   logits = jnp.einsum('bnqhk,bnshk->bhnqs', query * scale, key)
   logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))

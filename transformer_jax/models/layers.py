@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer_jax import config as config_lib
-from transformer_jax.models.attention import (bidirectional_linear_attention,
+# The attention kernels live in attention.py; named here too, as the paper's equation 1.
+from transformer_jax.models.attention import (attention,
+                                              bidirectional_linear_attention,
                                               causal_linear_attention, favor_features, local_mask,
                                               orthogonal_random_features, repeat_kv,
+                                              scaled_dot_product_attention,
                                               sliding_window_attention)
-
-NEG_INF = -1e9  # large finite negative: fully-masked rows stay finite.
 
 
 def compute_dtype(cfg):
@@ -114,62 +115,6 @@ def apply_rotary(x, positions, base: float = 10000.0):
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
-
-
-def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
-  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
-
-  query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
-  (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
-  """
-  logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-  if dropout is not None:
-    weights = dropout(weights)
-  return jnp.einsum('bhls,bshk->blhk', weights, value), weights
-
-
-@jax.custom_vjp
-def attention(query, key, value, mask=None):
-  """softmax(Q K^T / sqrt(d_k)) V without the weights, for training.
-
-  Equal to `scaled_dot_product_attention(...)[0]`, with a hand-written
-  backward pass that makes fewer passes over the [b, h, l, s] scores than
-  autodiff's: the softmax Jacobian uses rowsum(dO * O) (one value per query)
-  instead of rowsum(P * dP), and masked scores need no separate select.
-  """
-  return _attention_fwd(query, key, value, mask)[0]
-
-
-def _attention_fwd(query, key, value, mask):
-  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  logits = jnp.einsum('blhk,bshk->bhls', query * scale, key)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-  out = jnp.einsum('bhls,bshk->blhk', weights, value)
-  return out, (query, key, value, mask, weights, out)
-
-
-def _attention_bwd(residuals, d_out):
-  query, key, value, mask, weights, out = residuals
-  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  d_value = jnp.einsum('bhls,blhk->bshk', weights, d_out)
-  d_weights = jnp.einsum('blhk,bshk->bhls', d_out, value).astype(jnp.float32)
-  # rowsum(P * dP) = rowsum(dO * O): the softmax backward without a [b, h, l, s] reduction.
-  delta = jnp.einsum('blhk,blhk->bhl', d_out.astype(jnp.float32), out.astype(jnp.float32))
-  d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None])
-  if mask is not None:  # rows with every key masked get no gradient, as autodiff's select.
-    d_logits = jnp.where(mask, d_logits, 0.0)
-  d_logits = d_logits.astype(query.dtype)
-  d_query = jnp.einsum('bhls,bshk->blhk', d_logits, key) * scale
-  d_key = jnp.einsum('bhls,blhk->bshk', d_logits, query * scale)
-  return d_query, d_key, d_value, None
-
-
-attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 _LOGGED = set()
