@@ -27,6 +27,15 @@ def _quick_compiles():
   jax.config.update('jax_disable_most_optimizations', previous)
 
 
+# The kernels jitted: one compile each instead of op-by-op dispatch (and an eager scan).
+sliding_window = jax.jit(attention_lib.sliding_window_attention, static_argnums=(4, 5, 6))
+causal_linear = jax.jit(attention_lib.causal_linear_attention, static_argnames=('chunk',))
+bidirectional_linear = jax.jit(attention_lib.bidirectional_linear_attention,
+                               static_argnames=('chunk',))
+quadratic_linear = jax.jit(attention_lib.linear_attention_quadratic)
+softmax_attention = jax.jit(layers.scaled_dot_product_attention)
+
+
 def qkv(shape=(2, 37, 4, 8), seed=0, scale=1.0):
   q, k, v = jax.random.normal(jax.random.key(seed), (3,) + shape) * scale
   return q, k, v
@@ -36,17 +45,17 @@ def real_rows(x):  # [b, l, ...] -> the rows of real (non-padding) queries.
   return np.asarray(x)[SEGMENTS > 0]
 
 
-@pytest.mark.parametrize('causal,global_tokens', [(True, 0), (False, 0), (False, 2)])
-@pytest.mark.parametrize('window', [1, 5, 64])
+@pytest.mark.parametrize('causal,global_tokens,window', [
+    (True, 0, 1), (True, 0, 5), (False, 0, 5), (False, 2, 5), (True, 0, 64), (False, 2, 64)])
 def test_local_equals_full_attention_under_the_band_mask(causal, global_tokens, window):
+  """Windows of 1, of 5 (blocks cut the packed examples) and of 64 (one block)."""
   q, k, v = qkv()
   segments = jnp.asarray(SEGMENTS)
   positions = jnp.arange(q.shape[1])
   mask = (layers.attention_mask(segments, segments, causal)
           & attention_lib.local_mask(positions, positions, window, causal, global_tokens))
-  full, _ = layers.scaled_dot_product_attention(q, k, v, mask)
-  local = attention_lib.sliding_window_attention(q, k, v, segments, window, causal,
-                                                 global_tokens)
+  full, _ = softmax_attention(q, k, v, mask)
+  local = sliding_window(q, k, v, segments, window, causal, global_tokens)
   np.testing.assert_allclose(real_rows(local), real_rows(full), atol=1e-6, rtol=1e-6)
 
 
@@ -61,13 +70,12 @@ def test_causal_linear_attention_equals_its_quadratic_masked_form():
   qf, kf = features(q, k)
   segments = jnp.asarray(SEGMENTS)
   mask = layers.attention_mask(segments, segments, causal=True)
-  reference = attention_lib.linear_attention_quadratic(qf, kf, v, mask)
+  reference = quadratic_linear(qf, kf, v, mask)
   for chunk in (4, 7, 64):  # chunks that cut segments, and one chunk for the whole row.
-    out, _ = attention_lib.causal_linear_attention(qf, kf, v, segments, chunk=chunk)
+    out, _ = causal_linear(qf, kf, v, segments, chunk=chunk)
     np.testing.assert_allclose(real_rows(out), real_rows(reference), atol=1e-5, rtol=1e-5)
-  bidirectional = attention_lib.bidirectional_linear_attention(qf, kf, v, segments, chunk=4)
-  reference = attention_lib.linear_attention_quadratic(
-      qf, kf, v, layers.attention_mask(segments, segments, causal=False))
+  bidirectional = bidirectional_linear(qf, kf, v, segments, chunk=4)
+  reference = quadratic_linear(qf, kf, v, layers.attention_mask(segments, segments, causal=False))
   np.testing.assert_allclose(real_rows(bidirectional), real_rows(reference), atol=1e-5,
                              rtol=1e-5)
 
@@ -76,11 +84,10 @@ def test_causal_linear_attention_continues_from_its_state():
   q, k, v = qkv(scale=0.5)
   qf, kf = features(q, k)
   ones = jnp.ones(q.shape[:2], jnp.int32)
-  whole, final = attention_lib.causal_linear_attention(qf, kf, v, ones, chunk=4)
-  first, state = attention_lib.causal_linear_attention(qf[:, :10], kf[:, :10], v[:, :10],
-                                                       ones[:, :10], chunk=4)
-  rest, state = attention_lib.causal_linear_attention(qf[:, 10:], kf[:, 10:], v[:, 10:],
-                                                      ones[:, 10:], chunk=4, state=state)
+  whole, final = causal_linear(qf, kf, v, ones, chunk=4)
+  first, state = causal_linear(qf[:, :10], kf[:, :10], v[:, :10], ones[:, :10], chunk=4)
+  rest, state = causal_linear(qf[:, 10:], kf[:, 10:], v[:, 10:], ones[:, 10:], chunk=4,
+                              state=state)
   np.testing.assert_allclose(jnp.concatenate([first, rest], 1), whole, atol=1e-5, rtol=1e-5)
   for a, b in zip(state, final):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
