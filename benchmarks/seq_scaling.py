@@ -190,6 +190,8 @@ def slope(rows, key: str, x_key: str = 'length') -> float:
 
 def crossover(rows, full_rows, key: str):
   """First length where this kind's `key` is below full attention's, or where full stopped."""
+  if not full_rows:
+    return 'n/a (full not run)'
   full = {r['length']: r for r in full_rows}
   for r in rows:
     other = full.get(r['length'])
