@@ -70,15 +70,21 @@ def test_check_same_tokens_rejects_a_real_difference():
 
 def test_seq_scaling(tmp_path):
   result = run_benchmark('seq_scaling', tmp_path, '--lengths=16,32', '--tokens_per_batch=64',
-                         '--steps=2', '--warmup=0', '--peak_size=128')
+                         '--steps=2', '--warmup=0', '--peak_size=128', '--attention_window=8',
+                         '--num_random_features=8', '--decode_lengths=8,16', '--slope_from=8')
   rows = result['rows']
-  assert [row['length'] for row in rows] == [16, 32]
+  assert [(row['attention'], row['length']) for row in rows] == [
+      (kind, n) for kind in config_lib.ATTENTIONS for n in (16, 32)]
   assert result['roof']['roof_flops'] > 0 and result['model']['max_len'] == 32
   for row in rows:
-    assert not row['oom']
+    assert not row['oom'] and not row['stopped']
     assert row['batch_size'] * row['length'] == 64
     assert len(row['steps']) == 2 and min(row['steps']) > 0
     assert row['tokens_per_sec'] == pytest.approx(64 / row['step_seconds'])
     assert 0 < row['mfu'] < 1
-    assert row['peak_memory_bytes'] > 0
-  assert rows[1]['flops_per_token'] > rows[0]['flops_per_token']  # attention grows with L.
+    assert row['peak_memory_bytes'] > 0 and row['step_bytes'] > 0
+  assert rows[1]['flops_per_token'] > rows[0]['flops_per_token']  # full attention grows with L.
+  assert [(r['attention'], r['length']) for r in result['decode_rows']] == [
+      (kind, n) for kind in config_lib.ATTENTIONS for n in (8, 16)]
+  assert all(r['ms_per_token'] > 0 for r in result['decode_rows'])
+  assert [r['attention'] for r in result['summary']] == list(config_lib.ATTENTIONS)

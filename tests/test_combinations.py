@@ -7,7 +7,11 @@ the day it is added. variant x position x norm x activation (x encoder head and
 pooling for encoders) is enumerated in full; the remaining structural options
 (tied embeddings, biases, dtype, rematerialisation, dropout on the attention
 weights, unequal stack depths) rotate through the combinations, so each value
-meets every variant.
+meets every variant. The attention kinds (full, local, linear) and the
+key/value head counts (num_heads, multi-query) rotate on their own periods, 3
+and 2, prime to the 8 extras, so each kind meets every extra and every variant;
+linear attention takes local's place where attention dropout is on (linear has
+no weights to drop; the validator says so).
 """
 
 import itertools
@@ -66,7 +70,19 @@ def _combinations():
                 'model.activation': activation, **head,
                 'data.task': TASK_OF[variant, head.get('model.encoder_head')]}
       combos.append(values)
-  return [dict(c, **EXTRAS[i % len(EXTRAS)]) for i, c in enumerate(combos)]
+  out = []
+  for i, c in enumerate(combos):
+    c = dict(c, **EXTRAS[i % len(EXTRAS)])
+    kind = config_lib.ATTENTIONS[i % len(config_lib.ATTENTIONS)]
+    if kind == 'linear' and c.get('model.attention_dropout_rate'):
+      kind = 'local'
+    c['model.attention'] = kind
+    if (i // len(config_lib.ATTENTIONS)) % 2:
+      c['model.num_kv_heads'] = 1  # multi-query.
+    if kind == 'local' and c['model.variant'] != 'decoder' and i % 4 == 1:
+      c['model.global_tokens'] = 1
+    out.append(c)
+  return out
 
 
 COMBINATIONS = _combinations()
@@ -77,6 +93,7 @@ def _config(values):
   c.model.variant = values['model.variant']  # the task check reads it first.
   c = override(c, {'model.num_layers': 1, 'model.d_model': 8, 'model.num_heads': 2,
                    'model.vocab_size': VOCAB, 'model.max_len': 16, 'model.dropout_rate': 0.1,
+                   'model.attention_window': 2, 'model.num_random_features': 8,
                    'seq_len': LENGTH, 'batch_size': BATCH, 'warmup_steps': 1, **values})
   return c
 

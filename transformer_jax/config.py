@@ -33,6 +33,7 @@ ENCODER_HEADS = ('mlm', 'classify')
 POOLINGS = ('mean', 'first')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = ('xla', 'cudnn')
+ATTENTIONS = ('full', 'local', 'linear')
 REMATS = ('none', 'full', 'dots')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
 OPTIMIZERS = ('adam', 'adamw')
@@ -92,6 +93,17 @@ def model_config() -> config_dict.ConfigDict:
       num_decoder_layers=config_dict.placeholder(int),
       d_model=512,
       num_heads=8,  # h; d_k = d_v = d_model / h.
+      # key/value heads shared by num_heads / num_kv_heads query heads each: None = num_heads
+      # (the paper), 1 = multi-query (Shazeer 2019), between = grouped-query (Ainslie et al. 2023).
+      num_kv_heads=config_dict.placeholder(int),
+      # self-attention: full (paper) | local (sliding window, Longformer) | linear (FAVOR+,
+      # Performer). Encoder-decoder attention stays full.
+      attention='full',
+      attention_window=128,  # local only: keys each query sees before it (and after, in encoders).
+      # local only, encoder stack: the first N tokens of each row attend to every token and every
+      # token attends to them (Longformer's global attention, e.g. a [CLS] token).
+      global_tokens=0,
+      num_random_features=256,  # linear only: m, FAVOR+'s positive orthogonal random features.
       ffn_ratio=4.0,  # d_ff = ffn_ratio * d_model.
       activation='relu',  # relu (paper) | gelu | swiglu
       dropout_rate=0.1,  # P_drop: sublayer outputs and embedding sums.
@@ -261,6 +273,11 @@ class ModelConfig:
   num_decoder_layers: Optional[int]
   d_model: int
   num_heads: int
+  num_kv_heads: Optional[int]
+  attention: str
+  attention_window: int
+  global_tokens: int
+  num_random_features: int
   ffn_ratio: float
   activation: str
   dropout_rate: float
@@ -305,6 +322,11 @@ class ModelConfig:
     return self.d_model // self.num_heads
 
   @property
+  def kv_heads(self) -> int:
+    """Key/value heads: num_kv_heads, else num_heads."""
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
   def encoder_layers(self) -> int:
     """N of the encoder stack: num_encoder_layers, else num_layers."""
     return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
@@ -347,7 +369,8 @@ def validate_model(m):
   for name, allowed in (('variant', VARIANTS), ('position', POSITIONS), ('norm', NORMS),
                         ('activation', ACTIVATIONS), ('dtype', DTYPES),
                         ('attention_impl', ATTENTION_IMPLS), ('remat', REMATS),
-                        ('encoder_head', ENCODER_HEADS), ('pooling', POOLINGS)):
+                        ('encoder_head', ENCODER_HEADS), ('pooling', POOLINGS),
+                        ('attention', ATTENTIONS)):
     _check_choice('model.', m, name, allowed)
   for name in ('d_model', 'num_heads', 'vocab_size', 'max_len', 'num_layers'):
     _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
@@ -374,6 +397,27 @@ def validate_model(m):
     _check(m.num_classes >= 2, f'config.model.num_classes={m.num_classes} must be at least 2.')
   for name in ('num_encoder_layers', 'num_decoder_layers'):
     _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+  _validate_attention(m)
+
+
+def _validate_attention(m):
+  """The attention kind, its sizes, and the options it has no meaning with."""
+  kv = m.num_kv_heads
+  _check(kv is None or (kv > 0 and m.num_heads % kv == 0),
+         f'config.model.num_kv_heads={kv} must be a positive divisor of num_heads={m.num_heads} '
+         '(1 = multi-query; unset = num_heads).')
+  for name in ('attention_window', 'num_random_features'):
+    _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+  _check(m.global_tokens >= 0, f'config.model.global_tokens={m.global_tokens} must be >= 0.')
+  _check(m.global_tokens == 0 or (m.attention == 'local' and m.variant != 'decoder'),
+         f'config.model.global_tokens={m.global_tokens} applies to attention=local in an encoder '
+         f'stack (got attention={m.attention}, variant={m.variant}); set it to 0.')
+  _check(m.attention != 'linear' or m.attention_dropout_rate == 0,
+         f'config.model.attention_dropout_rate={m.attention_dropout_rate}: attention=linear never '
+         'forms the attention weights to drop; set it to 0.')
+  _check(m.attention == 'full' or m.attention_impl == 'xla',
+         f'config.model.attention_impl={m.attention_impl} runs full attention only; set it to xla '
+         f'with attention={m.attention}.')
 
 
 def validate_optimizer(c):
@@ -465,6 +509,9 @@ def validate_data(c):
                         ('uneven_batch', UNEVEN_BATCHES), ('format', FORMATS),
                         ('spm_model_type', SPM_MODEL_TYPES)):
     _check_choice('data.', d, name, allowed)
+  _check(not (d.packing and m.global_tokens),
+         f'config.model.global_tokens={m.global_tokens} marks the first tokens of each row, and a '
+         'packed row holds several examples; set config.data.packing=False.')
   _check(not (d.packing and d.task == 'classify'),
          'config.data.packing=True does not apply to task=classify (one label per row); set '
          'packing=False.')

@@ -64,7 +64,18 @@ def get_sweep(name: str = 'ffn_x_heads'):
     d_model / h), as the paper's Table 3 rows (C) and (A), 2 seeds each.
   fixed_params_depth / fixed_params_width: ffn_ratio traded against depth or
     width so that every run has about the base parameter count.
+  efficient_attention: at contexts 256 and 1024 (4096 tokens a batch), full
+    attention against local (Longformer: windows 32 and 128), linear (Performer's
+    FAVOR+: 32 and 128 random features) and grouped-query heads (1 and 2
+    key/value heads for 4 query heads), 2 seeds; the command and the reading are in
+    experiments/results/efficient_attention/README.md.
   """
+  if name == 'efficient_attention':
+    settings = ([{'model.attention': 'full', 'model.num_kv_heads': kv} for kv in (4, 2, 1)] +
+                [{'model.attention': 'local', 'model.attention_window': w} for w in (32, 128)] +
+                [{'model.attention': 'linear', 'model.num_random_features': m} for m in (32, 128)])
+    return [{'seq_len': n, 'batch_size': 4096 // n, 'model.max_len': n, **s, 'seed': seed}
+            for n in (256, 1024) for s in settings for seed in (0, 1)]
   if name == 'ffn_x_heads':
     return {'model.ffn_ratio': [1.0, 2.0, 4.0, 8.0], 'model.num_heads': [1, 2, 4, 8],
             'seed': [0, 1]}
@@ -72,5 +83,5 @@ def get_sweep(name: str = 'ffn_x_heads'):
     from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
     scale = 'num_layers' if name == 'fixed_params_depth' else 'd_model'
     return sweep.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
-  raise config_lib.ConfigError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth or '
-                   'fixed_params_width.')
+  raise config_lib.ConfigError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth, '
+                               'fixed_params_width or efficient_attention.')

@@ -2,8 +2,15 @@
 
 FLOPs follow the accounting of nanoGPT and PaLM (appendix B): every weight used
 in a matmul costs 6 FLOPs per token forward+backward (2 forward, 4 backward),
-plus the attention scores and weighted sums, 12 * d_model * keys per layer,
-with the keys' real length (the full row, as the masked matrix is computed).
+plus the attention scores and weighted sums, counted as computed:
+- full: 12 * d_model * keys per layer, the keys' real length (the full row, as
+  the masked matrix is computed);
+- local: the same with the keys of a query's block neighbours, 2c (causal) or
+  3c, c = min(window, length), plus the global tokens' columns and rows;
+- linear (FAVOR+): per head and token 2 m k for each of phi(q), phi(k), the
+  state phi(k) v^T and phi(q) S, plus the c x c chunk products (2 c (m + k)),
+  the sums doubled without a causal mask (a forward and a reversed pass).
+Shared key/value heads shrink W^K and W^V. Encoder-decoder attention is full.
 Embedding lookups are free; a tied output projection still costs its matmul.
 For seq2seq the count is per target token, with a source as long as the target.
 """
@@ -13,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
+from transformer_jax.models.attention import LINEAR_CHUNK
 from transformer_jax.models.transformer import build_model
 
 
@@ -27,8 +35,9 @@ def count_params(cfg) -> int:
 
 def _matmul_weights(cfg) -> dict:
   """Weights each token multiplies through, per part of the model."""
+  cfg = config_lib.ModelConfig.of(cfg)
   d, ff = cfg.d_model, config_lib.d_ff(cfg)
-  attention = 4 * d * d  # W^Q, W^K, W^V, W^O
+  attention = 2 * d * d + 2 * d * cfg.kv_heads * cfg.head_dim  # W^Q, W^O; W^K, W^V
   ffn = (3 if cfg.activation == 'swiglu' else 2) * d * ff
   parts = {}
   if cfg.variant in ('encoder', 'seq2seq'):
@@ -41,17 +50,37 @@ def _matmul_weights(cfg) -> dict:
   return parts
 
 
+def attention_flops_per_token(cfg, seq_len: int, causal: bool, kind: str) -> float:
+  """Forward+backward FLOPs of one attention sublayer's scores and sums, per query."""
+  cfg = config_lib.ModelConfig.of(cfg)
+  d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
+  if kind == 'local':
+    c = min(cfg.attention_window, seq_len)
+    keys = (2 if causal else 3) * c
+    if not causal and cfg.global_tokens:  # global key columns; global query rows per token.
+      keys += cfg.global_tokens + cfg.global_tokens
+    return 12.0 * d * keys
+  if kind == 'linear':
+    m, c = cfg.num_random_features, min(LINEAR_CHUNK, seq_len)
+    sums = 2 * m * k + 2 * m * k + 2 * c * (m + k)  # state, its read, chunk products.
+    passes = 1 if causal else 2
+    return 3.0 * h * (2 * 2 * m * k + passes * sums)
+  return 12.0 * d * seq_len
+
+
 def flops_per_token(cfg, seq_len: int) -> float:
   """Forward+backward FLOPs per (target) token at context length `seq_len`."""
-  d = cfg.d_model
   weights = sum(_matmul_weights(cfg).values())
-  attention_layers = 0
+  attention = 0.0
   if cfg.variant in ('encoder', 'seq2seq'):
-    attention_layers += config_lib.encoder_layers(cfg)
+    attention += config_lib.encoder_layers(cfg) * attention_flops_per_token(
+        cfg, seq_len, False, cfg.attention)
   if cfg.variant in ('decoder', 'seq2seq'):
-    cross = 2 if cfg.variant == 'seq2seq' else 1
-    attention_layers += cross * config_lib.decoder_layers(cfg)
-  return float(6 * weights + 12 * d * seq_len * attention_layers)
+    per_layer = attention_flops_per_token(cfg, seq_len, True, cfg.attention)
+    if cfg.variant == 'seq2seq':
+      per_layer += attention_flops_per_token(cfg, seq_len, False, 'full')
+    attention += config_lib.decoder_layers(cfg) * per_layer
+  return float(6 * weights + attention)
 
 
 def describe(cfg, seq_len: int) -> dict:
@@ -65,6 +94,11 @@ def describe(cfg, seq_len: int) -> dict:
       'num_decoder_layers': config_lib.decoder_layers(cfg) if cfg.variant != 'encoder' else 0,
       'd_model': cfg.d_model,
       'num_heads': cfg.num_heads,
+      'num_kv_heads': config_lib.ModelConfig.of(cfg).kv_heads,
+      'attention': cfg.attention,
+      **({'attention_window': cfg.attention_window, 'global_tokens': cfg.global_tokens}
+         if cfg.attention == 'local' else {}),
+      **({'num_random_features': cfg.num_random_features} if cfg.attention == 'linear' else {}),
       'head_dim': cfg.d_model // cfg.num_heads,
       'ffn_ratio': cfg.ffn_ratio,
       'd_ff': config_lib.d_ff(cfg),

@@ -9,6 +9,7 @@ Every module takes the model config `cfg` (`config.ModelConfig`, the frozen
 
 import functools
 import math
+import zlib
 from typing import Callable, Optional
 
 from absl import logging
@@ -18,8 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer_jax import config as config_lib
-
-NEG_INF = -1e9  # large finite negative: fully-masked rows stay finite.
+# The attention kernels live in attention.py; named here too, as the paper's equation 1.
+from transformer_jax.models.attention import (attention,
+                                              bidirectional_linear_attention,
+                                              causal_linear_attention, favor_features, local_mask,
+                                              orthogonal_random_features, repeat_kv,
+                                              scaled_dot_product_attention,
+                                              sliding_window_attention)
 
 
 def compute_dtype(cfg):
@@ -111,62 +117,6 @@ def apply_rotary(x, positions, base: float = 10000.0):
   return out.astype(x.dtype)
 
 
-def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
-  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
-
-  query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
-  (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
-  """
-  logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-  if dropout is not None:
-    weights = dropout(weights)
-  return jnp.einsum('bhls,bshk->blhk', weights, value), weights
-
-
-@jax.custom_vjp
-def attention(query, key, value, mask=None):
-  """softmax(Q K^T / sqrt(d_k)) V without the weights, for training.
-
-  Equal to `scaled_dot_product_attention(...)[0]`, with a hand-written
-  backward pass that makes fewer passes over the [b, h, l, s] scores than
-  autodiff's: the softmax Jacobian uses rowsum(dO * O) (one value per query)
-  instead of rowsum(P * dP), and masked scores need no separate select.
-  """
-  return _attention_fwd(query, key, value, mask)[0]
-
-
-def _attention_fwd(query, key, value, mask):
-  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  logits = jnp.einsum('blhk,bshk->bhls', query * scale, key)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-  out = jnp.einsum('bhls,bshk->blhk', weights, value)
-  return out, (query, key, value, mask, weights, out)
-
-
-def _attention_bwd(residuals, d_out):
-  query, key, value, mask, weights, out = residuals
-  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  d_value = jnp.einsum('bhls,blhk->bshk', weights, d_out)
-  d_weights = jnp.einsum('blhk,bshk->bhls', d_out, value).astype(jnp.float32)
-  # rowsum(P * dP) = rowsum(dO * O): the softmax backward without a [b, h, l, s] reduction.
-  delta = jnp.einsum('blhk,blhk->bhl', d_out.astype(jnp.float32), out.astype(jnp.float32))
-  d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None])
-  if mask is not None:  # rows with every key masked get no gradient, as autodiff's select.
-    d_logits = jnp.where(mask, d_logits, 0.0)
-  d_logits = d_logits.astype(query.dtype)
-  d_query = jnp.einsum('bhls,bshk->blhk', d_logits, key) * scale
-  d_key = jnp.einsum('bhls,blhk->bshk', d_logits, query * scale)
-  return d_query, d_key, d_value, None
-
-
-attention.defvjp(_attention_fwd, _attention_bwd)
-
-
 _LOGGED = set()
 
 
@@ -195,47 +145,133 @@ class MultiHeadAttention(nn.Module):
 
   Self-attention when `inputs_kv` is `inputs_q`; encoder-decoder attention when
   `inputs_kv` is the encoder output (Q from the decoder, K/V from the encoder).
-  With `decode=True` (self-attention only) keys and values are kept in the
-  'cache' collection, so generating token t costs O(t): the new tokens' keys
-  are written at the cache index and the queries attend to everything before.
-  The attention weights are sown into 'intermediates' for visualisation
-  (`mutable=['intermediates']`); otherwise `attention` runs without keeping
-  them, or cuDNN's flash attention with `cfg.attention_impl='cudnn'` on a GPU
-  (falling back to XLA, with a logged reason, where cuDNN cannot run).
-  `causal` marks a decoder's self-attention, so cuDNN can skip the masked half.
+  `cfg.num_kv_heads` key/value heads (fewer than `cfg.num_heads`: grouped-query,
+  Ainslie et al. 2023; one: multi-query, Shazeer 2019) are each shared by
+  num_heads / num_kv_heads query heads, shrinking W^K, W^V and the KV cache.
+  `kind` is the attention (`config.model.attention` for self-attention, 'full'
+  for encoder-decoder attention):
+  - 'full': softmax over every key the boolean `mask` [b, 1, l, s] allows;
+  - 'local': the sliding window of `cfg.attention_window` keys around each
+    query (`attention.sliding_window_attention`), within `segment_ids` [b, l];
+  - 'linear': FAVOR+ (`attention.favor_features`, `*_linear_attention`).
+  With `decode=True` (self-attention only) the 'cache' collection keeps what
+  the next tokens need: every key and value for 'full' (the new tokens are
+  written at the cache index, so generating token t costs O(t)), the last
+  `attention_window` of them for 'local' (a ring buffer: O(window) memory), the
+  running sums phi(K)^T V and phi(K)^T 1 for 'linear' (memory independent of
+  the length). Full attention's weights are sown into 'intermediates' for
+  visualisation (`mutable=['intermediates']`); otherwise `layers.attention` runs
+  without keeping them, or cuDNN's flash attention with
+  `cfg.attention_impl='cudnn'` on a GPU (falling back to XLA, with a logged
+  reason, where cuDNN cannot run). `causal` marks a decoder's self-attention.
   """
   cfg: config_lib.ModelConfig
   causal: bool = False
+  kind: str = 'full'
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, mask=None, *, positions_q=None, positions_kv=None,
-               deterministic: bool = True, decode: bool = False):
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, segment_ids=None, positions_q=None,
+               positions_kv=None, deterministic: bool = True, decode: bool = False):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     head_dim = cfg.d_model // cfg.num_heads
-    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, head_dim),
-                              use_bias=cfg.use_bias, dtype=dtype)
-    query = dense(name='query')(inputs_q)  # [b, l, h, k]
-    key = dense(name='key')(inputs_kv)  # [b, s, h, k]
-    value = dense(name='value')(inputs_kv)
+    dense = functools.partial(nn.DenseGeneral, use_bias=cfg.use_bias, dtype=dtype)
+    query = dense(features=(cfg.num_heads, head_dim), name='query')(inputs_q)  # [b, l, h, k]
+    key = dense(features=(cfg.kv_heads, head_dim), name='key')(inputs_kv)  # [b, s, g, k]
+    value = dense(features=(cfg.kv_heads, head_dim), name='value')(inputs_kv)
     if cfg.position == 'rotary' and positions_kv is not None:
       # Self-attention only: encoder-decoder attention has no shared positions.
       query = apply_rotary(query, positions_q)
       key = apply_rotary(key, positions_kv)
 
-    if decode:
-      key, value, mask = self._update_cache(key, value, mask)
-
     dropout = None
     if cfg.attention_dropout_rate > 0 and not deterministic:
       dropout = functools.partial(Dropout(cfg.attention_dropout_rate), deterministic=False)
-    if dropout is not None or self.is_mutable_collection('intermediates'):
-      out, weights = scaled_dot_product_attention(query, key, value, mask, dropout)
-      self.sow('intermediates', 'attention_weights', weights)
+    if segment_ids is None:
+      segment_ids = jnp.ones(query.shape[:2], jnp.int32)
+    if self.kind == 'local':
+      out = self._local(query, key, value, segment_ids, dropout, decode)
+    elif self.kind == 'linear':
+      out = self._linear(query, key, value, segment_ids, decode)
     else:
-      out = self._attend(query, key, value, mask, decode)
+      if decode:
+        key, value, mask = self._update_cache(key, value, mask)
+      key, value = repeat_kv(key, cfg.num_heads), repeat_kv(value, cfg.num_heads)
+      if dropout is not None or self.is_mutable_collection('intermediates'):
+        out, weights = scaled_dot_product_attention(query, key, value, mask, dropout)
+        self.sow('intermediates', 'attention_weights', weights)
+      else:
+        out = self._attend(query, key, value, mask, decode)
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
                            dtype=dtype, name='out')(out)  # [b, l, d]
+
+  def _local(self, query, key, value, segment_ids, dropout, decode: bool):
+    """Sliding-window attention [b, l, h, k]: blocked in training, on a ring cache in decoding."""
+    cfg = self.cfg
+    if decode:
+      return self._window_cache_attention(query, key, value)
+    h = cfg.num_heads
+    return sliding_window_attention(query, repeat_kv(key, h), repeat_kv(value, h), segment_ids,
+                                    cfg.attention_window, self.causal,
+                                    0 if self.causal else cfg.global_tokens, dropout)
+
+  def _window_cache_attention(self, query, key, value):
+    """The new tokens' attention over the last `window` cached keys and themselves.
+
+    The cache holds keys and values [b, g, window, k] heads-major, position p in
+    slot p mod window; the first (initialising) call only allocates it.
+    """
+    cfg, window = self.cfg, self.cfg.attention_window
+    initialised = self.has_variable('cache', 'cached_key')
+    b, new, g, k = key.shape
+    shape = (b, g, window, k)
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
+    index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    slots = jnp.arange(window)
+    slot_positions = start - 1 - jnp.mod(start - 1 - slots, window)  # < 0: empty.
+    new_positions = start + jnp.arange(new)
+    keys = jnp.concatenate([cached_key.value.transpose(0, 2, 1, 3), key], axis=1)  # [b, w+l, g, k]
+    values = jnp.concatenate([cached_value.value.transpose(0, 2, 1, 3), value], axis=1)
+    positions = jnp.concatenate([slot_positions, new_positions])
+    mask = local_mask(new_positions, positions, window, causal=True) & (positions >= 0)
+    out = attention(query, repeat_kv(keys, cfg.num_heads), repeat_kv(values, cfg.num_heads),
+                    mask[None, None])
+    if initialised:
+      kept = min(new, window)  # static: the last `window` new tokens stay.
+      write = jnp.mod(new_positions[new - kept:], window)
+      cached_key.value = cached_key.value.at[:, :, write].set(
+          key[:, new - kept:].transpose(0, 2, 1, 3))
+      cached_value.value = cached_value.value.at[:, :, write].set(
+          value[:, new - kept:].transpose(0, 2, 1, 3))
+      index.value = start + new
+    return out
+
+  def _linear(self, query, key, value, segment_ids, decode: bool):
+    """FAVOR+ attention [b, l, h, k]; causal by prefix sums, cached as running sums."""
+    cfg = self.cfg
+    h = cfg.num_heads
+    # One fixed feature draw per layer, seeded by the layer's place in the model.
+    seed = zlib.crc32('/'.join(self.scope.path).encode())
+    projection = orthogonal_random_features(cfg.num_random_features, query.shape[-1], seed)
+    query_features = favor_features(query, projection, is_query=True)  # [b, l, h, m]
+    key_features = favor_features(repeat_kv(key, h), projection, is_query=False)
+    value = repeat_kv(value, h)
+    if not self.causal:
+      out = bidirectional_linear_attention(query_features, key_features, value, segment_ids)
+    elif decode:
+      initialised = self.has_variable('cache', 'sums')
+      b, m, k = query.shape[0], projection.shape[0], query.shape[-1]
+      sums = self.variable('cache', 'sums', jnp.zeros, (b, h, m, k), jnp.float32)
+      normaliser = self.variable('cache', 'normaliser', jnp.zeros, (b, h, m), jnp.float32)
+      out, (s, z) = causal_linear_attention(query_features, key_features, value, segment_ids,
+                                            state=(sums.value, normaliser.value))
+      if initialised:
+        sums.value, normaliser.value = s, z
+    else:
+      out, _ = causal_linear_attention(query_features, key_features, value, segment_ids)
+    return out.astype(query.dtype)
 
   def _attend(self, query, key, value, mask, decode: bool):
     """Attention output [b, l, h, k] by the configured implementation."""

@@ -49,22 +49,24 @@ def rematerialised(layer_class, cfg, static_argnums):
 
 
 class EncoderLayer(nn.Module):
-  """Self-attention then FFN, each wrapped in AddNorm."""
+  """Self-attention (of kind `cfg.attention`) then FFN, each wrapped in AddNorm."""
   cfg: config_lib.ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool = True):
-    attention = MultiHeadAttention(self.cfg, name='self_attention')
+  def __call__(self, x, mask, segment_ids, positions, deterministic: bool = True):
+    attention = MultiHeadAttention(self.cfg, kind=self.cfg.attention, name='self_attention')
     x = AddNorm(self.cfg, name='self_attention_add_norm')(
-        x, lambda h: attention(h, h, mask, positions_q=positions, positions_kv=positions,
-                               deterministic=deterministic), deterministic)
+        x, lambda h: attention(h, h, mask, segment_ids=segment_ids, positions_q=positions,
+                               positions_kv=positions, deterministic=deterministic),
+        deterministic)
     ffn = FeedForward(self.cfg, name='feed_forward')
     return AddNorm(self.cfg, name='feed_forward_add_norm')(
         x, lambda h: ffn(h, deterministic), deterministic)
 
 
 class DecoderLayer(nn.Module):
-  """Masked self-attention, encoder-decoder attention (seq2seq only), then FFN.
+  """Masked self-attention (of kind `cfg.attention`), encoder-decoder attention
+  (seq2seq only; always full, as in Longformer's encoder-decoder), then FFN.
 
   Without `encoded` (decoder-only models) the cross-attention sublayer is absent.
   """
@@ -72,13 +74,14 @@ class DecoderLayer(nn.Module):
   cross_attention: bool = True
 
   @nn.compact
-  def __call__(self, x, self_mask, positions, encoded=None, cross_mask=None,
+  def __call__(self, x, self_mask, segment_ids, positions, encoded=None, cross_mask=None,
                deterministic: bool = True, decode: bool = False):
     cfg = self.cfg
-    attention = MultiHeadAttention(cfg, causal=True, name='self_attention')
+    attention = MultiHeadAttention(cfg, causal=True, kind=cfg.attention, name='self_attention')
     x = AddNorm(cfg, name='self_attention_add_norm')(
-        x, lambda h: attention(h, h, self_mask, positions_q=positions, positions_kv=positions,
-                               deterministic=deterministic, decode=decode), deterministic)
+        x, lambda h: attention(h, h, self_mask, segment_ids=segment_ids, positions_q=positions,
+                               positions_kv=positions, deterministic=deterministic,
+                               decode=decode), deterministic)
     if self.cross_attention:
       # Q from the decoder, K/V from the encoder; no positions are rotated here.
       cross = MultiHeadAttention(cfg, name='cross_attention')
@@ -114,10 +117,12 @@ class Encoder(nn.Module):
     cfg = self.cfg
     segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
     x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
-    mask = attention_mask(segment_ids, segment_ids, causal=False)
-    layer = rematerialised(EncoderLayer, cfg, static_argnums=(4,))  # deterministic
+    # Full attention reads a [b, 1, l, l] mask; local and linear, the segment ids alone.
+    mask = attention_mask(segment_ids, segment_ids, causal=False) if (
+        cfg.attention == 'full') else None
+    layer = rematerialised(EncoderLayer, cfg, static_argnums=(5,))  # deterministic
     for i in range(config_lib.encoder_layers(cfg)):
-      x = layer(cfg, name=f'layer_{i}')(x, mask, positions, deterministic)
+      x = layer(cfg, name=f'layer_{i}')(x, mask, segment_ids, positions, deterministic)
     if cfg.norm == 'pre':
       x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
                        name='final_norm')(x)
@@ -144,15 +149,16 @@ class Decoder(nn.Module):
       self_mask = None  # the cache builds its own causal mask.
     else:
       segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
-      self_mask = attention_mask(segment_ids, segment_ids, causal=True)
+      self_mask = attention_mask(segment_ids, segment_ids, causal=True) if (
+          cfg.attention == 'full') else None
     cross_mask = None
     if self.cross_attention:
       cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
     x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
-    layer = rematerialised(DecoderLayer, cfg, static_argnums=(6, 7))  # deterministic, decode
+    layer = rematerialised(DecoderLayer, cfg, static_argnums=(7, 8))  # deterministic, decode
     for i in range(config_lib.decoder_layers(cfg)):
       x = layer(cfg, self.cross_attention, name=f'layer_{i}')(
-          x, self_mask, positions, encoded, cross_mask, deterministic, decode)
+          x, self_mask, segment_ids, positions, encoded, cross_mask, deterministic, decode)
     if cfg.norm == 'pre':
       x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
                        name='final_norm')(x)

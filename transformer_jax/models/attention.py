@@ -1,0 +1,346 @@
+"""Efficient self-attention kinds: sliding-window (local), FAVOR+ (linear), shared K/V heads.
+
+Shapes: b = batch, l = query length, s = key/value length, h = query heads,
+g = key/value heads (h / g query heads share each), k = head dim, m = random
+features, w = window, n = blocks or chunks, c = block or chunk length.
+
+Every function takes the projected (and, for rotary positions, rotated)
+queries, keys and values; `layers.MultiHeadAttention` chooses one by
+`config.model.attention`. Segment ids [b, l] number the examples packed into a
+row (0 = padding) and are contiguous runs, as packing makes them; a token
+attends only inside its own segment.
+
+- Full attention (the paper's eq. 1): `scaled_dot_product_attention` keeps the
+  weights; `attention` is the same with a hand-written backward pass.
+- Local attention (Longformer, Beltagy et al. 2020, section 3.1): query t sees
+  the keys t - w .. t (and .. t + w without a causal mask), computed in blocks
+  of w queries against their own and neighbouring blocks, so time and memory
+  are O(l w), not O(l^2). Optional global tokens (section 3.1, "global
+  attention"): the first tokens of a row attend to all, and all attend to them.
+- Linear attention (Performer, Choromanski et al. 2021, sections 2-3): FAVOR+
+  replaces softmax(q k^T) by phi(q) phi(k)^T with positive orthogonal random
+  features phi, so attention is phi(Q) (phi(K)^T V) in O(l m k); the causal form
+  runs prefix sums over chunks (section 2.6, "unidirectional").
+- Grouped-query heads (Ainslie et al. 2023; multi-query: Shazeer 2019): g < h
+  key/value heads, each read by h / g query heads (`repeat_kv`).
+"""
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG_INF = -1e9  # large finite negative: fully-masked rows stay finite.
+LINEAR_CHUNK = 64  # c: queries per chunk of the causal prefix sums (a speed knob, not maths).
+
+
+# ----------------------------------------------------------------------------
+# Full (softmax) attention: the reference, and the kernel training runs.
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
+  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
+
+  query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
+  (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
+  """
+  logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhls,bshk->blhk', weights, value), weights
+
+
+@jax.custom_vjp
+def attention(query, key, value, mask=None):
+  """softmax(Q K^T / sqrt(d_k)) V without the weights, for training.
+
+  Equal to `scaled_dot_product_attention(...)[0]`, with a hand-written
+  backward pass that makes fewer passes over the [b, h, l, s] scores than
+  autodiff's: the softmax Jacobian uses rowsum(dO * O) (one value per query)
+  instead of rowsum(P * dP), and masked scores need no separate select.
+  """
+  return _attention_fwd(query, key, value, mask)[0]
+
+
+def _attention_fwd(query, key, value, mask):
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  logits = jnp.einsum('blhk,bshk->bhls', query * scale, key)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  out = jnp.einsum('bhls,bshk->blhk', weights, value)
+  return out, (query, key, value, mask, weights, out)
+
+
+def _attention_bwd(residuals, d_out):
+  query, key, value, mask, weights, out = residuals
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  d_value = jnp.einsum('bhls,blhk->bshk', weights, d_out)
+  d_weights = jnp.einsum('blhk,bshk->bhls', d_out, value).astype(jnp.float32)
+  # rowsum(P * dP) = rowsum(dO * O): the softmax backward without a [b, h, l, s] reduction.
+  delta = jnp.einsum('blhk,blhk->bhl', d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None])
+  if mask is not None:  # rows with every key masked get no gradient, as autodiff's select.
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  d_logits = d_logits.astype(query.dtype)
+  d_query = jnp.einsum('bhls,bshk->blhk', d_logits, key) * scale
+  d_key = jnp.einsum('bhls,blhk->bshk', d_logits, query * scale)
+  return d_query, d_key, d_value, None
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def repeat_kv(x, num_heads: int):
+  """Key or value heads [b, s, g, k] -> [b, s, h, k], each read by h / g query heads."""
+  groups = num_heads // x.shape[2]
+  return x if groups == 1 else jnp.repeat(x, groups, axis=2)
+
+
+# ----------------------------------------------------------------------------
+# Local (sliding-window) attention.
+
+
+def local_mask(positions_q, positions_kv, window: int, causal: bool, global_tokens: int = 0):
+  """Boolean [..., l, s]: |t - s| <= w (s <= t when causal), or a global token at either end.
+
+  positions_q [..., l], positions_kv [..., s] are indices in the row.
+  """
+  t, s = positions_q[..., :, None], positions_kv[..., None, :]
+  band = (s >= t - window) & (s <= (t if causal else t + window))
+  if global_tokens:
+    band = band | (t < global_tokens) | (s < global_tokens)
+  return band
+
+
+def _segment_mask(segment_q, segment_kv):
+  return (segment_q[..., :, None] == segment_kv[..., None, :]) & (segment_kv[..., None, :] > 0)
+
+
+def _softmax_attend(query, key, value, mask, dropout: Optional[Callable]):
+  """softmax(q k^T / sqrt(k)) v per block: query [b, n, c, h, k], key/value
+  [b, n, s, h, k], mask [b, 1, n, c, s]. Without dropout, the blocks go through
+  `attention` (its hand-written backward pass) as a batch of b * n rows."""
+  if dropout is None:
+    b, n = query.shape[:2]
+    rows = lambda x: x.reshape((b * n,) + x.shape[2:])
+    mask = jnp.broadcast_to(mask, (b, 1, n) + mask.shape[3:]).transpose(0, 2, 1, 3, 4)
+    out = attention(rows(query), rows(key), rows(value), rows(mask))
+    return out.reshape(query.shape)
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  logits = jnp.einsum('bnqhk,bnshk->bhnqs', query * scale, key)
+  logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhnqs,bnshk->bnqhk', weights, value)
+
+
+def _blocks(x, n: int, c: int, mode: str = 'constant'):
+  """[b, l, ...] -> [b, n, c, ...], padded at the end with zeros (or the last value: 'edge')."""
+  pad = n * c - x.shape[1]
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), mode=mode)
+  return x.reshape((x.shape[0], n, c) + x.shape[2:])
+
+
+def _with_neighbours(x, causal: bool):
+  """[b, n, c, ...] -> [b, n, 2c or 3c, ...]: the previous block, this one (, the next)."""
+  pad = [(0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 2)
+  padded = jnp.pad(x, pad)
+  parts = [padded[:, :-2], x] + ([] if causal else [padded[:, 2:]])
+  return jnp.concatenate(parts, axis=2)
+
+
+def sliding_window_attention(query, key, value, segment_ids, window: int, causal: bool,
+                             global_tokens: int = 0, dropout: Optional[Callable] = None):
+  """Longformer's sliding window, blocked: O(l w) time and memory.
+
+  query/key/value [b, l, h, k] (self-attention: one sequence), segment_ids [b, l].
+  Queries go in blocks of c = min(w, l); block i attends to blocks i - 1 and i
+  (and i + 1 without `causal`), under the band and segment masks, so every key
+  within w of a query is seen exactly once. `global_tokens` (non-causal only):
+  those first tokens of the row are added as keys to every block, and their
+  queries attend to the whole row. Returns [b, l, h, k]; equal to softmax
+  attention under `local_mask` and the segment mask.
+  """
+  b, l, h, k = query.shape
+  c = min(window, l)
+  n = -(-l // c)
+  positions = jnp.arange(n * c)
+  q_blocks = _blocks(query, n, c)  # [b, n, c, h, k]
+  k_blocks = _with_neighbours(_blocks(key, n, c), causal)  # [b, n, 2c|3c, h, k]
+  v_blocks = _with_neighbours(_blocks(value, n, c), causal)
+  seg_q = _blocks(segment_ids, n, c)  # [b, n, c]; padding is segment 0.
+  seg_k = _with_neighbours(seg_q, causal)
+  pos_q = positions.reshape(n, c)
+  pos_k = pos_q[:, :1] - c + jnp.arange(k_blocks.shape[2])  # [n, 2c|3c]
+  band = local_mask(pos_q, pos_k, window, causal)  # [n, c, 2c|3c]
+  if global_tokens:
+    band = band & (pos_k[:, None, :] >= global_tokens)  # global keys come as their own columns.
+  mask = band[None] & _segment_mask(seg_q, seg_k)  # [b, n, c, 2c|3c]
+  if global_tokens and not causal:
+    g = global_tokens
+    k_blocks = jnp.concatenate([jnp.broadcast_to(key[:, None, :g], (b, n) + key[:, :g].shape[1:]),
+                                k_blocks], axis=2)
+    v_blocks = jnp.concatenate([jnp.broadcast_to(value[:, None, :g],
+                                                 (b, n) + value[:, :g].shape[1:]), v_blocks],
+                               axis=2)
+    global_cols = _segment_mask(seg_q, jnp.broadcast_to(segment_ids[:, None, :g], (b, n, g)))
+    mask = jnp.concatenate([global_cols, mask], axis=-1)
+  out = _softmax_attend(q_blocks, k_blocks, v_blocks, mask[:, None], dropout)
+  out = out.reshape(b, n * c, h, k)[:, :l]
+  if global_tokens and not causal:  # global queries attend to the whole row.
+    g = global_tokens
+    rows = _softmax_attend(query[:, None, :g], key[:, None], value[:, None],
+                           _segment_mask(segment_ids[:, :g], segment_ids)[:, None, None],
+                           dropout)[:, 0]
+    out = jnp.concatenate([rows, out[:, g:]], axis=1)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# FAVOR+ (linear) attention.
+
+
+@functools.lru_cache(maxsize=None)
+def orthogonal_random_features(num_features: int, head_dim: int, seed: int) -> np.ndarray:
+  """W [m, k]: blocks of k orthogonal rows (QR of a Gaussian matrix, R's signs
+  moved into Q so that the rotation is uniform, not biased), each row
+  rescaled to the norm of an independent Gaussian vector, so rows are
+  marginally N(0, I_k) but orthogonal within a block (Performer section 3,
+  "orthogonal random features"). A fixed draw: seeded, computed once per
+  shape, a constant of the compiled step (so training stays pure and a resume
+  exact; the paper's periodic redrawing is not done).
+  """
+  rng = np.random.default_rng(seed)
+  blocks = []
+  for _ in range(-(-num_features // head_dim)):
+    q, r = np.linalg.qr(rng.standard_normal((head_dim, head_dim)))
+    blocks.append((q * np.sign(np.diag(r))).T)  # signs fixed: uniform (Haar) rotations.
+  w = np.concatenate(blocks)[:num_features]
+  norms = np.linalg.norm(rng.standard_normal((num_features, head_dim)), axis=1)
+  return (w * norms[:, None]).astype(np.float32)
+
+
+def favor_features(x, projection, is_query: bool):
+  """phi(x) = exp(w_i^T x' - |x'|^2 / 2) / sqrt(m), x' = x / k^(1/4) (Performer eq. 5, Lemma 1).
+
+  x [b, l, h, k] -> [b, l, h, m] float32, so that phi(q)^T phi(k) is an unbiased,
+  positive estimate of exp(q^T k / sqrt(k)). For stability each query's
+  features are divided by their largest exp (it cancels in the normalisation);
+  keys are divided by exp(max_i |w_i|^2 / 2), their bound, one constant for all
+  keys, so a cached decoder's running sums equal the full pass's.
+  """
+  x = x.astype(jnp.float32) * x.shape[-1]**-0.25
+  w = jnp.asarray(projection)
+  logits = jnp.einsum('blhk,mk->blhm', x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
+  if is_query:
+    logits = logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+  else:
+    logits = logits - 0.5 * float(np.max(np.sum(np.square(projection), -1)))
+  return jnp.exp(logits) / math.sqrt(w.shape[0])
+
+
+def _normalise(numerator, denominator):
+  """numerator [b, l, h, k] / denominator [b, l, h]; rows that see no key give 0."""
+  safe = jnp.where(denominator > 0, denominator, 1.0)
+  return numerator / safe[..., None]
+
+
+def linear_attention_quadratic(query_features, key_features, value, mask):
+  """The quadratic form of FAVOR+: A = phi(Q) phi(K)^T masked, D^-1 A V.
+
+  query_features [b, l, h, m], key_features [b, s, h, m], value [b, s, h, k],
+  mask broadcastable to [b, h, l, s]. The reference the linear forms equal.
+  """
+  a = jnp.einsum('blhm,bshm->bhls', query_features, key_features)
+  a = jnp.where(mask, a, 0.0)
+  out = jnp.einsum('bhls,bshk->blhk', a, value.astype(jnp.float32))
+  return _normalise(out, jnp.einsum('bhls->blh', a))
+
+
+def _causal_sums(query_features, key_features, value, segment_ids, inclusive: bool,
+                 chunk: int, state=None):
+  """Numerator [b, l, h, k], denominator [b, l, h] and the final state of causal FAVOR+.
+
+  Sum over keys s <= t (s < t unless `inclusive`) of the same segment of
+  phi(q_t)^T phi(k_s) [v_s, 1]: within a chunk of c tokens as a masked c x c
+  product, across chunks by a running state (S [b, h, m, k], z [b, h, m]) that a
+  scan carries. As segments are contiguous runs, the keys of earlier chunks in
+  query t's segment exist only when that segment began before t's chunk, so
+  the carry holds the sums of the segment each chunk starts with. `state`: sums
+  of earlier tokens of the first token's segment (the decoding cache).
+  """
+  b, l, h, m = query_features.shape
+  k = value.shape[-1]
+  c = min(chunk, l)
+  n = -(-l // c)
+  value = value.astype(jnp.float32)
+  key_features = key_features * (segment_ids > 0)[..., None, None]  # padding keys add nothing.
+  qf, kf, v = (_blocks(x, n, c) for x in (query_features, key_features, value))
+  seg = _blocks(segment_ids, n, c, 'edge')  # [b, n, c]; the padding's keys are zeros.
+  t = jnp.arange(c)
+  order = (t[None, :] <= t[:, None]) if inclusive else (t[None, :] < t[:, None])
+  a = jnp.einsum('bnqhm,bnshm->bnhqs', qf, kf)
+  a = jnp.where((order[None, None] & (seg[..., :, None] == seg[..., None, :]))[:, :, None], a, 0.)
+  numerator = jnp.einsum('bnhqs,bnshk->bnqhk', a, v)
+  denominator = jnp.einsum('bnhqs->bnqh', a)
+  first, last = seg[:, :, 0], seg[:, :, -1]
+  tail = (seg == last[..., None])[..., None, None]  # keys of the segment the chunk ends with.
+  tail_s = jnp.einsum('bnchm,bnchk->bnhmk', kf * tail, v)  # [b, n, h, m, k]
+  tail_z = jnp.einsum('bnchm->bnhm', kf * tail)
+  whole = first == last  # [b, n]: the chunk lies in one segment.
+  continues = jnp.concatenate([jnp.ones((b, 1), bool), first[:, 1:] == last[:, :-1]], axis=1)
+  if state is None:
+    state = (jnp.zeros((b, h, m, k), jnp.float32), jnp.zeros((b, h, m), jnp.float32))
+
+  def step(carry, xs):  # carry: sums of segment `first` before this chunk (valid if continues).
+    s, z = carry
+    tail_s, tail_z, whole, continues = xs
+    keep = continues[:, None, None]
+    s, z = jnp.where(keep[..., None], s, 0.0), jnp.where(keep, z, 0.0)
+    entering = (s, z)
+    carry_on = whole[:, None, None]
+    s = tail_s + jnp.where(carry_on[..., None], s, 0.0)
+    z = tail_z + jnp.where(carry_on, z, 0.0)
+    return (s, z), entering
+
+  swap = lambda x: jnp.moveaxis(x, 1, 0)
+  final, (carried_s, carried_z) = jax.lax.scan(
+      step, state, (swap(tail_s), swap(tail_z), swap(whole), swap(continues)))
+  carried_s, carried_z = swap(carried_s), swap(carried_z)  # [b, n, h, m, k], [b, n, h, m]
+  in_first = (seg == first[..., None])[..., None, None]  # queries of the carried segment.
+  numerator += jnp.einsum('bnqhm,bnhmk->bnqhk', qf * in_first, carried_s)
+  denominator += jnp.einsum('bnqhm,bnhm->bnqh', qf * in_first, carried_z)
+  unblock = lambda x: x.reshape((b, n * c) + x.shape[3:])[:, :l]
+  return unblock(numerator), unblock(denominator), final
+
+
+def causal_linear_attention(query_features, key_features, value, segment_ids,
+                            chunk: int = LINEAR_CHUNK, state=None):
+  """Unidirectional FAVOR+ by prefix sums: O(l m k) time, O(l (c + m k / c)) memory.
+
+  query_features/key_features [b, l, h, m] (`favor_features`), value [b, l, h, k],
+  segment_ids [b, l]. `state` (S [b, h, m, k], z [b, h, m]) continues earlier
+  tokens (cached decoding). Returns (output [b, l, h, k] float32, final state).
+  """
+  numerator, denominator, final = _causal_sums(query_features, key_features, value,
+                                               segment_ids, True, chunk, state)
+  return _normalise(numerator, denominator), final
+
+
+def bidirectional_linear_attention(query_features, key_features, value, segment_ids,
+                                   chunk: int = LINEAR_CHUNK):
+  """FAVOR+ without a causal mask, within segments: the sums over s <= t plus,
+  on the reversed row, those over s > t. Returns [b, l, h, k] float32."""
+  num, den, _ = _causal_sums(query_features, key_features, value, segment_ids, True, chunk)
+  flip = lambda x: jnp.flip(x, axis=1)
+  num_r, den_r, _ = _causal_sums(flip(query_features), flip(key_features), flip(value),
+                                 flip(segment_ids), False, chunk)
+  return _normalise(num + flip(num_r), den + flip(den_r))
