@@ -131,7 +131,8 @@ def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(finished_run, 
     _damage(os.path.join(workdir, 'checkpoints', '6'), kind)
   capsys.readouterr()
   result = trainer.train(override(config, {'total_steps': 9}), workdir)
-  out = capsys.readouterr().out
+  out, err = capsys.readouterr()
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err[-3000:]
   notes = [line for line in out.splitlines() if 'is damaged' in line]
   assert len(notes) == 1, out
   moved = glob.glob(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR, f'{damaged}-*'))

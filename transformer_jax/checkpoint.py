@@ -28,6 +28,8 @@ The latest `config.keep_checkpoints` are kept, plus the
 `config.keep_best_checkpoints` with the lowest eval loss.
 """
 
+import contextlib
+import gc
 import glob
 import hashlib
 import json
@@ -36,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Optional
@@ -141,6 +144,20 @@ def _reason(e: BaseException) -> str:
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   text = lines[0].split(' See full TensorStore details')[0] if lines else ''
   return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """A failed Orbax restore leaves its other array reads behind as coroutines
+  whose errors Python prints, a page each, when they are collected; collect them
+  here, without the pages (the one line about the damage says it all)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
 
 
 class Checkpointer:
@@ -290,10 +307,11 @@ class Checkpointer:
       self._check_process_count(steps[0])
     failures = []
     for candidate in steps:
-      try:
-        restored, reason = self._restore_verified(candidate, target, data_iterator), None
-      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
-        restored, reason = None, _reason(e)
+      with _quiet_abandoned_reads():
+        try:
+          restored, reason = self._restore_verified(candidate, target, data_iterator), None
+        except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
+          restored, reason = None, _reason(e)
       if jax.process_count() > 1:  # intact only if intact for every process.
         oks = multihost_utils.process_allgather(np.int32(reason is None))
         if reason is None and not np.all(oks):
