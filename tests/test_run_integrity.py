@@ -291,3 +291,13 @@ def test_optimiser_settings_are_tunable_and_the_model_is_not():
   assert [d[0] for d in checkpoint_lib.tuned_fields(saved, current)] == [
       'learning_rate', 'optimizer.b2']
   assert [d[0] for d in checkpoint_lib.config_differences(saved, current)] == ['model.num_heads']
+
+
+def test_a_damaged_checkpoint_is_one_line_on_the_command_line(finished_run, tmp_path):
+  """No page of Orbax traceback around the line (a failed read leaves others behind)."""
+  workdir = _copy(finished_run, tmp_path)
+  _damage(os.path.join(workdir, 'checkpoints', '6'), 'truncated_array_file')
+  done = _main(workdir, total_steps=7)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'Checkpoint step 6 is damaged' in done.stdout
+  assert 'Traceback' not in done.stderr and 'Exception ignored' not in done.stderr, done.stderr[-3000:]
