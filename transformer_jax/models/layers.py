@@ -20,7 +20,7 @@ import numpy as np
 
 from transformer_jax import config as config_lib
 # The attention kernels live in attention.py; named here too, as the paper's equation 1.
-from transformer_jax.models.attention import (attention,
+from transformer_jax.models.attention import (NEG_INF, attention,
                                               bidirectional_linear_attention,
                                               causal_linear_attention, favor_features, local_mask,
                                               orthogonal_random_features, repeat_kv,
