@@ -185,3 +185,44 @@ def test_refuses_a_path_that_is_not_a_model_directory(tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
     hf.read_config(str(tmp_path))
   assert 'no weights' in _one_line(e)
+
+
+def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, capsys):
+  """The command-line flow: train from hf:PATH (trainer.setup), then --mode=export."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import load_config, override  # pylint: disable=g-import-not-at-top
+  from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  vocab = 96  # shakespeare_char's vocabulary.
+  cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=16, n_layer=1,
+                                n_head=2, bos_token_id=2, eos_token_id=2)
+  path = _save(_perturbed(transformers.GPT2LMHeadModel(cfg)), tmp_path / 'gpt2')
+  config = override(load_config('shakespeare_char:quick'),
+                    {'seq_len': 32, 'batch_size': 4, 'warmup_steps': 1, 'total_steps': 1,
+                     'log_every': 1, 'eval_every': 1, 'eval_steps': 1, 'checkpoint_every': 1,
+                     'num_samples': 0})
+  hf.configure(config, path)
+  workdir = str(tmp_path / 'run')
+  capsys.readouterr()
+  trainer.train(config, workdir)
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith('Initialised from')]
+  assert len(line) == 1 and 'gpt2' in line[0] and 'fresh: none' in line[0]
+
+  out = str(tmp_path / 'export')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.main', f'--workdir={workdir}', '--mode=export',
+       f'--output={out}'],  # the run's own model config is read from its checkpoint.
+      cwd=repo, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'GPT2LMHeadModel.from_pretrained loads it' in result.stdout
+  back = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+  with checkpoint_lib.Checkpointer(workdir, config, writable=False) as c:
+    params = c.read_params(c.select('latest'))
+  tokens = np.random.default_rng(0).integers(1, vocab, (2, 12))
+  ours = build_model(config.model).apply({'params': params}, jnp.asarray(tokens, jnp.int32))
+  with torch.no_grad():
+    theirs = back(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOLERANCE, rtol=TOLERANCE)

@@ -174,12 +174,22 @@ def check_config(model, hf: dict, spec: str):
 # Weights.
 
 
+def _require(module: str):
+  """Imports a module of the hf extra, or says in one line how to install it."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ConfigError(f'Hugging Face checkpoints need {module.split(".")[0]}: pip install '
+                      '"transformer_jax[hf]" (transformers, safetensors).') from None
+
+
 def read_weights(path: str) -> dict:
   """Every tensor of the checkpoint in PATH as float32 numpy, by its name there."""
   single = os.path.join(path, 'model.safetensors')
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.isfile(single) or os.path.isfile(index):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    load_file = _require('safetensors.numpy').load_file
     if os.path.isfile(single):
       files = [single]
     else:
@@ -189,7 +199,7 @@ def read_weights(path: str) -> dict:
     for file in files:
       out.update(load_file(file))
   else:
-    import torch  # pylint: disable=g-import-not-at-top
+    torch = _require('torch')
     state = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu',
                        weights_only=True)
     out = {k: v.float().numpy() for k, v in state.items()}
@@ -402,7 +412,7 @@ def export(model, params: dict, directory: str, step: Optional[int] = None) -> s
   Returns 'gpt2' or 'transformer_jax'. A token equal to config.model.pad_id is
   padding to our models (masked out); GPT-2 attends to every token.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file = _require('safetensors.numpy').save_file
   from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   if gpt2_layout(model) is None:
@@ -421,8 +431,9 @@ def export(model, params: dict, directory: str, step: Optional[int] = None) -> s
 
 def export_checkpoint(config, workdir: str, directory: str) -> str:
   """--mode=export: the checkpoint config.restore_checkpoint names (latest, best
-  or a step) of `workdir` written to `directory` by `export`; returns one line
-  saying what was written.
+  or a step) of `workdir` written to `directory` by `export`, with the model
+  config the run saved with it (so no model overrides are needed); returns one
+  line saying what was written.
 
   Raises:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
@@ -433,7 +444,9 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
   with checkpoint_lib.Checkpointer(workdir, config, writable=False) as checkpoints:
     step = checkpoints.select(config.restore_checkpoint)
     params = checkpoints.read_params(step)
-  kind = export(config.model, params, directory, step)
+    saved = checkpoints.saved_config()
+  model = config_lib.from_saved(saved).model if saved else config.model  # the run's own.
+  kind = export(model, params, directory, step)
   how = ('GPT-2 layout: transformers.GPT2LMHeadModel.from_pretrained loads it' if kind == 'gpt2'
-         else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(config.model)})')
+         else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(model)})')
   return f'Exported {workdir} step {step} to {directory} ({how}).'
