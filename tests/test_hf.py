@@ -226,3 +226,25 @@ def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, ca
   with torch.no_grad():
     theirs = back(torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_hf_tokenizer_reads_the_checkpoint_files_and_saves_with_the_run(tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'to', 'be', 'or', 'not']
+  backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, pad_token='[PAD]', unk_token='[UNK]', sep_token='[SEP]',
+      cls_token='[CLS]', mask_token='[MASK]')
+  fast.save_pretrained(str(tmp_path / 'ckpt'))
+  tok = tokenizers.HFTokenizer(str(tmp_path / 'ckpt'))
+  assert tok.encode('to be or not to be') == [5, 6, 7, 8, 5, 6]
+  assert tok.encode('to sleep') == [5, 1]
+  assert (tok.pad_id, tok.mask_id, tok.eos_id, tok.vocab_size) == (0, 4, 3, len(words))
+  assert tok.decode([5, 6, 0, 4]) == 'to be'
+  tok.save(str(tmp_path / 'run'))  # the run's tokenizer/ directory.
+  again = tokenizers.load(str(tmp_path / 'run'))
+  assert again.name == 'hf' and again.encode('not to be') == [8, 5, 6]
+  with pytest.raises(tokenizers.DataError):
+    tokenizers.HFTokenizer(str(tmp_path / 'nothing'))
