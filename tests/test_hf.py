@@ -17,6 +17,7 @@ pytest.importorskip('safetensors')
 
 from transformer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from transformer_jax import hf
+from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
 VOCAB, D, HEADS, LAYERS, POSITIONS = 40, 16, 4, 2, 16
@@ -75,6 +76,7 @@ def test_gpt2_logits_equal_transformers(gpt2_dir):
   config, model, params, report = _import(path, 'decoder')
   assert config.model.activation == 'gelu_tanh' and config.model.norm == 'pre'
   assert 'new, initialised fresh: none' in report and 'not read' not in report
+  assert accounting.count_params(config.model) == theirs.num_parameters()
   tokens = _tokens()
   ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
   with torch.no_grad():
@@ -89,6 +91,7 @@ def test_bert_mlm_logits_equal_transformers(tmp_path):
   config, model, params, report = _import(path, 'encoder', 'mlm')
   assert config.model.head_transform and config.model.token_types == 2
   assert 'new, initialised fresh: none' in report
+  assert accounting.count_params(config.model) == theirs.num_parameters()
   tokens = _tokens()
   tokens[1, 6:] = 0  # padding, masked on both sides.
   ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
@@ -106,6 +109,7 @@ def test_bert_classifier_logits_equal_transformers(tmp_path):
   config, model, params, report = _import(path, 'encoder', 'classify', num_classes=3)
   assert config.model.pooler and config.model.pooling == 'first'
   assert 'new, initialised fresh: none' in report  # encoder, pooler and classifier all read.
+  assert accounting.count_params(config.model) == theirs.num_parameters()
   tokens = _tokens()
   tokens[0, 7:] = 0
   ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
@@ -248,3 +252,11 @@ def test_hf_tokenizer_reads_the_checkpoint_files_and_saves_with_the_run(tmp_path
   assert again.name == 'hf' and again.encode('not to be') == [8, 5, 6]
   with pytest.raises(tokenizers.DataError):
     tokenizers.HFTokenizer(str(tmp_path / 'nothing'))
+
+
+def test_flops_count_the_bert_head_transform():
+  m = config_lib.model_config()
+  m.update(variant='encoder', num_layers=1, d_model=8, num_heads=2, vocab_size=11, max_len=8)
+  plain = accounting.flops_per_token(m, 8)
+  m.update(head_transform=True, output_bias=True)
+  assert accounting.flops_per_token(m, 8) == plain + 6 * 8 * 8
