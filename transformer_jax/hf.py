@@ -153,7 +153,7 @@ def check_config(model, hf: dict, spec: str):
     if name == 'num_kv_heads':
       same = m.kv_heads == m.num_heads
     elif name == 'ffn_ratio':
-      same = m.d_ff == int(round(want * required['d_model']))
+      same = m.d_ff == int(round(want * m.d_model))  # the same ratio, whatever the width.
     elif name == 'layer_norm_epsilon':
       same = abs(have - want) <= 1e-3 * want
     elif name == 'num_layers':
