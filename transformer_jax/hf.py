@@ -269,12 +269,11 @@ def bert_to_params(weights: dict, m) -> tuple:
     used.add(name)
     return w[name]
 
-  def dense(dst, src, flat, shape=None):
+  def dense(dst, src, flat, shape=None, bias_shape=None):
     kernel = get(src + '.weight').T
     flat[dst + '/kernel'] = kernel if shape is None else kernel.reshape(shape)
     bias = get(src + '.bias')
-    flat[dst + '/bias'] = bias if shape is None or shape[-1] == m.d_model else bias.reshape(
-        shape[1:])
+    flat[dst + '/bias'] = bias if bias_shape is None else bias.reshape(bias_shape)
 
   def norm(dst, src, flat):
     flat[dst + '/scale'], flat[dst + '/bias'] = get(src + '.weight'), get(src + '.bias')
@@ -289,7 +288,8 @@ def bert_to_params(weights: dict, m) -> tuple:
   for i in range(m.encoder_layers):
     src, dst = f'encoder.layer.{i}.', f'encoder/layer_{i}/'
     for part in ('query', 'key', 'value'):
-      dense(f'{dst}self_attention/{part}', f'{src}attention.self.{part}', flat, (d, h, d // h))
+      dense(f'{dst}self_attention/{part}', f'{src}attention.self.{part}', flat, (d, h, d // h),
+            (h, d // h))
     dense(f'{dst}self_attention/out', f'{src}attention.output.dense', flat, (h, d // h, d))
     norm(f'{dst}self_attention_add_norm/norm', f'{src}attention.output.LayerNorm', flat)
     dense(f'{dst}feed_forward/expand', f'{src}intermediate.dense', flat)
