@@ -28,7 +28,7 @@ from ml_collections import config_dict
 VARIANTS = ('encoder', 'decoder', 'seq2seq')
 POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none')
 NORMS = ('post', 'pre')
-ACTIVATIONS = ('relu', 'gelu', 'swiglu')
+ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'swiglu')
 ENCODER_HEADS = ('mlm', 'classify')
 POOLINGS = ('mean', 'first')
 DTYPES = ('float32', 'bfloat16')
@@ -105,11 +105,20 @@ def model_config() -> config_dict.ConfigDict:
       global_tokens=0,
       num_random_features=256,  # linear only: m, FAVOR+'s positive orthogonal random features.
       ffn_ratio=4.0,  # d_ff = ffn_ratio * d_model.
-      activation='relu',  # relu (paper) | gelu | swiglu
+      # relu (paper) | gelu (exact, erf) | gelu_tanh (tanh approximation: GPT-2) | swiglu
+      activation='relu',
       dropout_rate=0.1,  # P_drop: sublayer outputs and embedding sums.
       attention_dropout_rate=0.0,  # on the attention weights.
       vocab_size=37000,  # shared source/target vocabulary, as the paper's.
       share_embeddings=True,  # source, target and pre-softmax weights tied.
+      scale_embeddings=True,  # token embeddings times sqrt(d_model) (paper 3.4; GPT-2/BERT: no).
+      # token-type (segment A/B) embeddings added to the inputs (BERT: 2); 0 = none. Batches
+      # carry no type ids, so every token is of type 0.
+      token_types=0,
+      embedding_norm=False,  # a LayerNorm on the embedding sum, before dropout (BERT).
+      # before the pre-softmax projection: dense + activation + LayerNorm (BERT's MLM head).
+      head_transform=False,
+      output_bias=False,  # a bias per vocabulary entry on a tied pre-softmax projection (BERT).
       position='sinusoidal',  # sinusoidal (paper) | learned | rotary (self-attention) | none
       max_len=512,  # size of the positional table / longest sequence.
       norm='post',  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
@@ -118,6 +127,7 @@ def model_config() -> config_dict.ConfigDict:
       encoder_head='mlm',  # encoder variant only: mlm | classify
       num_classes=2,  # classify head only.
       pooling='mean',  # classify head only: mean over real tokens | first
+      pooler=False,  # classify head only: dense + tanh on the pooled vector (BERT's pooler).
       pad_id=0,
       dtype='float32',  # compute dtype; parameters stay float32.
       # xla | cudnn (flash attention on GPU; falls back to xla, logged).
@@ -284,6 +294,11 @@ class ModelConfig:
   attention_dropout_rate: float
   vocab_size: int
   share_embeddings: bool
+  scale_embeddings: bool
+  token_types: int
+  embedding_norm: bool
+  head_transform: bool
+  output_bias: bool
   position: str
   max_len: int
   norm: str
@@ -292,6 +307,7 @@ class ModelConfig:
   encoder_head: str
   num_classes: int
   pooling: str
+  pooler: bool
   pad_id: int
   dtype: str
   attention_impl: str
@@ -391,6 +407,10 @@ def validate_model(m):
     _check(0.0 <= m[name] < 1.0, f'config.model.{name}={m[name]} must be in [0, 1).')
   _check(m.layer_norm_epsilon > 0,
          f'config.model.layer_norm_epsilon={m.layer_norm_epsilon} must be positive.')
+  _check(m.token_types >= 0, f'config.model.token_types={m.token_types} must be >= 0 (0 = none).')
+  _check(not m.output_bias or m.share_embeddings,
+         'config.model.output_bias=True adds a bias to the tied pre-softmax projection; with '
+         'share_embeddings=False the projection has its own (use_bias); set output_bias=False.')
   _check(0 <= m.pad_id < m.vocab_size,
          f'config.model.pad_id={m.pad_id} must be a token id below vocab_size={m.vocab_size}.')
   if m.variant == 'encoder' and m.encoder_head == 'classify':

@@ -3,6 +3,7 @@
   --config.init_from=runs/mlm          the best checkpoint of runs/mlm (lowest eval loss),
                                        else its latest
   --config.init_from=runs/mlm:latest   its latest;  runs/mlm:1500  its step 1500
+  --config.init_from=hf:PATH           a Hugging Face GPT-2 or BERT directory (hf.py)
 
 Read once, at the run's first start: a run that has a checkpoint of its own
 resumes from that. Every parameter of the new model whose name and shape match
@@ -38,8 +39,8 @@ def parse(spec: str) -> tuple:
 
 def copy_vocabulary(config, workdir: str):
   """Gives a new run the source run's vocabulary (before its data is built)."""
-  if not config.init_from:
-    return
+  if not config.init_from or config.init_from.startswith('hf:'):
+    return  # a Hugging Face checkpoint's vocabulary is its tokenizer (tokenizers.HFTokenizer).
   source, _ = parse(config.init_from)
   source_dir = os.path.join(source, tokenizers.RUN_DIRECTORY)
   target_dir = os.path.join(workdir, tokenizers.RUN_DIRECTORY)
@@ -109,8 +110,11 @@ def load(config, fresh: dict) -> tuple:
   Raises:
     FileNotFoundError: the source is not a run directory with checkpoints, or
       lacks the step asked for.
-    ConfigError: see `merge`.
+    ConfigError: see `merge` (and `hf.load` for hf:PATH).
   """
+  if config.init_from.startswith('hf:'):
+    from transformer_jax import hf  # pylint: disable=g-import-not-at-top  # transformers extra.
+    return hf.load(config, fresh)
   source, which = parse(config.init_from)
   if not os.path.isdir(os.path.join(source, 'checkpoints')):
     raise FileNotFoundError(f'config.init_from={config.init_from}: {source} is not a run '

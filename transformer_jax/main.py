@@ -15,6 +15,10 @@ Modes:
             (decoder) or an output (seq2seq), as config.decode says.
   describe  print the model's shape, parameter count and FLOPs per token as one
             JSON object on the last line of stdout, without training.
+  export    write the checkpoint (config.restore_checkpoint) of --workdir to --output
+            (default <workdir>/export) as model.safetensors + config.json; a decoder
+            with GPT-2's layout as a directory transformers.GPT2LMHeadModel loads
+            (transformer_jax/hf.py; needs the hf extra).
 
 --config is a packaged config's name (transformer_jax/configs/), a module name or a
 .py file, each with an optional :arg. Without --config the default experiment runs
@@ -64,10 +68,12 @@ except CONFIG_ERRORS as e:
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Run directory: checkpoints, metrics.jsonl, TensorBoard, '
                                'config.json. Default: runs/<config file name>.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'decode', 'describe'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'decode', 'describe', 'export'],
                           'What to do.')
 _INPUT = flags.DEFINE_string('input', '-', 'decode mode: a text file, one input per line '
                              '(- = standard input).')
+_OUTPUT = flags.DEFINE_string('output', None, 'export mode: the directory written (default '
+                              '<workdir>/export).')
 
 
 def _config_files(argv):
@@ -218,6 +224,11 @@ def main(argv):
       except OSError as e:
         _fail(f'Could not record the result above in {workdir} ({e.strerror or e}); it is '
               'printed only. Make the workdir writable to record evaluations.')
+      return
+    elif _MODE.value == 'export':
+      from transformer_jax import hf  # pylint: disable=g-import-not-at-top  # the hf extra.
+      print(hf.export_checkpoint(config, workdir, _OUTPUT.value or
+                                 os.path.join(workdir, 'export')), flush=True)
       return
     elif _MODE.value == 'decode':
       evaluation.check_decodable(config)

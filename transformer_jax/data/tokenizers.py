@@ -1,5 +1,6 @@
 """Tokenizers behind one interface: character, byte, SentencePiece (and the
-grapheme/phoneme vocabulary of the G2P task).
+grapheme/phoneme vocabulary of the G2P task), and a Hugging Face checkpoint's
+own tokenizer (`HFTokenizer`, read by `transformers`).
 
 Every tokenizer reserves the same special ids so that the models and the
 pipeline never need to ask which one they got:
@@ -251,6 +252,52 @@ class G2PTokenizer(Tokenizer):
     return ' '.join(pieces + [word] if word else pieces)
 
 
+class HFTokenizer(Tokenizer):
+  """A Hugging Face checkpoint's tokenizer files (tokenizer.json, vocab.txt,
+  vocab.json + merges.txt), read by `transformers.AutoTokenizer` (the hf extra;
+  imported here only). Its special ids are the checkpoint's own ([PAD], [SEP],
+  [MASK] for BERT; GPT-2 has only <|endoftext|>, which serves as <eos> and
+  <pad>); `encode` adds no special tokens, as the other tokenizers.
+
+  Raises:
+    DataError: `path` holds no tokenizer transformers can read.
+  """
+  name = 'hf'
+  SUBDIRECTORY = 'hf'  # under the run's tokenizer/ directory.
+
+  def __init__(self, path: str):
+    try:
+      from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise DataError('tokenizer hf needs transformers: pip install "transformer_jax[hf]".'
+                      ) from None
+    try:
+      self._tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+      raise DataError(f'{path} holds no tokenizer transformers can read ({type(e).__name__}); '
+                      'give a directory that save_pretrained wrote.') from None
+    t = self._tokenizer
+    eos = t.eos_token_id if t.eos_token_id is not None else t.sep_token_id
+    self.eos_id = EOS_ID if eos is None else eos
+    self.pad_id = t.pad_token_id if t.pad_token_id is not None else self.eos_id
+    self.unk_id = UNK_ID if t.unk_token_id is None else t.unk_token_id
+    self.mask_id = MASK_ID if t.mask_token_id is None else t.mask_token_id
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self._tokenizer)
+
+  def _fields(self, directory: str) -> dict:
+    self._tokenizer.save_pretrained(os.path.join(directory, self.SUBDIRECTORY))
+    return {'path': self.SUBDIRECTORY}
+
+  def encode(self, text: str) -> list:
+    return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
 def train_sentencepiece(lines: Iterable[str], model_path: str, vocab_size: int,
                         model_type: str = 'unigram', max_chars: int = 10**7) -> str:
   """Trains a SentencePiece model on `lines` and writes `model_path`.model.
@@ -332,6 +379,8 @@ def load(directory: str) -> Tokenizer:
     return G2PTokenizer(fields['graphemes'], fields['phonemes'])
   if name == 'sentencepiece':
     return SentencePieceTokenizer(os.path.join(directory, fields['model']))
+  if name == 'hf':
+    return HFTokenizer(os.path.join(directory, fields['path']))
   raise DataError(f'{directory}/{VOCABULARY_FILE}: tokenizer {name!r} is unknown; remove '
                   'the directory to rebuild the vocabulary from the data.')
 

@@ -11,7 +11,8 @@ plus the attention scores and weighted sums, counted as computed:
   state phi(k) v^T and phi(q) S, plus the c x c chunk products (2 c (m + k)),
   the sums doubled without a causal mask (a forward and a reversed pass).
 Shared key/value heads shrink W^K and W^V. Encoder-decoder attention is full.
-Embedding lookups are free; a tied output projection still costs its matmul.
+Embedding lookups are free; a tied output projection still costs its matmul,
+and BERT's MLM head transform (`head_transform`) its d x d dense.
 For seq2seq the count is per target token, with a source as long as the target.
 """
 
@@ -46,7 +47,9 @@ def _matmul_weights(cfg) -> dict:
     cross = attention if cfg.variant == 'seq2seq' else 0
     parts['decoder'] = config_lib.decoder_layers(cfg) * (attention + cross + ffn)
   if cfg.variant != 'encoder' or cfg.encoder_head == 'mlm':
-    parts['output_projection'] = d * cfg.vocab_size
+    parts['output_projection'] = d * cfg.vocab_size + (d * d if cfg.head_transform else 0)
+  elif cfg.pooler:
+    parts['pooler'] = d * d  # per sequence, counted per token: an upper bound.
   return parts
 
 

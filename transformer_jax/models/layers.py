@@ -54,7 +54,8 @@ class Dropout(nn.Module):
 
 
 class TokenEmbedding(nn.Module):
-  """Token embedding multiplied by sqrt(d_model) (paper section 3.4).
+  """Token embedding multiplied by sqrt(d_model) (paper section 3.4), or not
+  (`scale=False`, as GPT-2 and BERT).
 
   `attend` reuses the same matrix as the pre-softmax linear transformation when
   embeddings are shared.
@@ -62,13 +63,15 @@ class TokenEmbedding(nn.Module):
   vocab_size: int
   d_model: int
   dtype: jnp.dtype = jnp.float32
+  scale: bool = True
 
   def setup(self):
     self.embedding = self.param('embedding', nn.initializers.normal(self.d_model**-0.5),
                                 (self.vocab_size, self.d_model), jnp.float32)
 
   def __call__(self, ids):  # [b, l] -> [b, l, d]
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
+    x = jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    return x * math.sqrt(self.d_model) if self.scale else x
 
   def attend(self, x):  # [b, l, d] -> [b, l, vocab]
     return jnp.einsum('bld,vd->blv', x, self.embedding.astype(self.dtype))
@@ -313,10 +316,24 @@ class MultiHeadAttention(nn.Module):
     return key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), mask  # [b, s, h, k]
 
 
+def activation_fn(name: str) -> Callable:
+  """The elementwise non-linearity `config.model.activation` names: relu; gelu,
+  exact (x Phi(x), with erf: BERT); gelu_tanh, the tanh approximation (GPT-2,
+  Radford et al. 2019, as Hendrycks & Gimpel 2016); swiglu's Swish (silu) alone."""
+  if name == 'relu':
+    return nn.relu
+  if name == 'gelu':
+    return functools.partial(nn.gelu, approximate=False)
+  if name == 'gelu_tanh':
+    return functools.partial(nn.gelu, approximate=True)
+  return nn.silu
+
+
 class FeedForward(nn.Module):
   """FFN(x) = max(0, x W1 + b1) W2 + b2, with d_ff = ffn_ratio * d_model (paper eq. 2).
 
-  GELU swaps the activation; SwiGLU gates it: (Swish(x W) * x V) W2.
+  GELU (exact or tanh-approximated) swaps the activation; SwiGLU gates it:
+  (Swish(x W) * x V) W2.
   """
   cfg: config_lib.ModelConfig
 
@@ -327,12 +344,10 @@ class FeedForward(nn.Module):
     d_ff = config_lib.d_ff(cfg)
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype)
     h = dense(d_ff, name='expand')(x)  # [b, l, d_ff]
-    if cfg.activation == 'relu':
-      h = nn.relu(h)
-    elif cfg.activation == 'gelu':
-      h = nn.gelu(h, approximate=False)
-    else:
+    if cfg.activation == 'swiglu':
       h = nn.silu(h) * dense(d_ff, name='gate')(x)
+    else:
+      h = activation_fn(cfg.activation)(h)
     h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return dense(cfg.d_model, name='compress')(h)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from transformer_jax import config as config_lib
 from transformer_jax.models.layers import (AddNorm, Dropout, FeedForward,
                                            MultiHeadAttention, PositionalEncoding, TokenEmbedding,
-                                           attention_mask, compute_dtype)
+                                           activation_fn, attention_mask, compute_dtype)
 
 
 def default_segments(tokens, pad_id, segment_ids=None, positions=None):
@@ -93,17 +93,37 @@ class DecoderLayer(nn.Module):
         x, lambda h: ffn(h, deterministic), deterministic)
 
 
+def token_embedding(cfg, **kwargs) -> TokenEmbedding:
+  """The model's token embedding (scaled by sqrt(d_model) unless
+  `cfg.scale_embeddings` is off)."""
+  return TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg),
+                        scale=cfg.scale_embeddings, **kwargs)
+
+
 class Embedder(nn.Module):
-  """Scaled token embedding + positional encoding + dropout."""
+  """Token embedding + positional encoding (+ token type, LayerNorm) + dropout.
+
+  The paper: scaled token embedding + sinusoids + dropout. BERT (Devlin et al.
+  2019, section 3, "Input/Output Representations"): token + learned position +
+  segment (`cfg.token_types`; every token here is of type 0), then a LayerNorm
+  (`cfg.embedding_norm`). GPT-2 (Radford et al. 2019): token + learned position.
+  tokens, positions [b, l] -> [b, l, d].
+  """
   cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
   def __call__(self, tokens, positions, deterministic: bool = True):
     cfg = self.cfg
-    embed = self.embedding or TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg),
-                                             name='token_embedding')
+    embed = self.embedding or token_embedding(cfg, name='token_embedding')
     x = PositionalEncoding(cfg, name='positional_encoding')(embed(tokens), positions)
+    if cfg.token_types:
+      types = self.param('token_type_embedding', nn.initializers.normal(0.02),
+                         (cfg.token_types, cfg.d_model))
+      x = x + types[0].astype(x.dtype)
+    if cfg.embedding_norm:
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                       name='embedding_norm')(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -175,17 +195,32 @@ class Decoder(nn.Module):
 
 
 class OutputProjection(nn.Module):
-  """The pre-softmax linear transformation: tied to the embedding, or its own."""
+  """The pre-softmax linear transformation: tied to the embedding, or its own.
+  [b, l, d] -> float32 logits [b, l, num_outputs].
+
+  `cfg.head_transform` puts BERT's MLM head transform before it (Devlin et al.
+  2019, section 3.1, as their released code: dense d -> d, the model's
+  activation, LayerNorm); `cfg.output_bias` adds a bias per output to a tied
+  projection (BERT's decoder bias; GPT-2's tied head has none).
+  """
   cfg: config_lib.ModelConfig
   num_outputs: int
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
   def __call__(self, x):
-    if self.embedding is not None:
-      return self.embedding.attend(x).astype(jnp.float32)
-    return nn.Dense(self.num_outputs, use_bias=self.cfg.use_bias, dtype=compute_dtype(self.cfg),
-                 name='logits')(x).astype(jnp.float32)
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    if cfg.head_transform:
+      x = activation_fn(cfg.activation)(nn.Dense(cfg.d_model, dtype=dtype, name='transform')(x))
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, name='transform_norm')(x)
+    if self.embedding is None:
+      return nn.Dense(self.num_outputs, use_bias=cfg.use_bias, dtype=dtype,
+                      name='logits')(x).astype(jnp.float32)
+    logits = self.embedding.attend(x).astype(jnp.float32)
+    if cfg.output_bias:
+      logits = logits + self.param('bias', nn.initializers.zeros, (self.num_outputs,))
+    return logits
 
 
 class DecoderOnly(nn.Module):
@@ -194,7 +229,7 @@ class DecoderOnly(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embedding = TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg))
+    self.embedding = token_embedding(cfg)
     self.decoder = Decoder(cfg, cross_attention=False, embedding=self.embedding)
     self.project = OutputProjection(cfg, cfg.vocab_size,
                                     self.embedding if cfg.share_embeddings else None)
@@ -207,17 +242,21 @@ class DecoderOnly(nn.Module):
 
 class EncoderOnly(nn.Module):
   """BERT-style encoder with a masked-LM head (logits [b, l, vocab]) or a
-  sequence-classification head over pooled outputs (logits [b, num_classes])."""
+  sequence-classification head over pooled outputs (logits [b, num_classes]):
+  the mean of the real tokens' outputs or the first token's, then (with
+  `cfg.pooler`, BERT's pooler: Devlin et al. 2019, section 3) dense + tanh."""
   cfg: config_lib.ModelConfig
 
   def setup(self):
     cfg = self.cfg
-    self.embedding = TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg))
+    self.embedding = token_embedding(cfg)
     self.encoder = Encoder(cfg, embedding=self.embedding)
     if cfg.encoder_head == 'mlm':
       self.project = OutputProjection(cfg, cfg.vocab_size,
                                       self.embedding if cfg.share_embeddings else None)
     else:
+      if cfg.pooler:
+        self.pooler = nn.Dense(cfg.d_model, dtype=compute_dtype(cfg), name='pooler')
       self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
@@ -230,6 +269,8 @@ class EncoderOnly(nn.Module):
     else:
       real = (segment_ids > 0)[..., None].astype(x.dtype)
       pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1)
+    if self.cfg.pooler:
+      pooled = jnp.tanh(self.pooler(pooled))
     return self.project(pooled).astype(jnp.float32)  # [b, num_classes]
 
 
@@ -240,9 +281,7 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    dtype = compute_dtype(cfg)
-    self.shared_embedding = (TokenEmbedding(cfg.vocab_size, cfg.d_model, dtype)
-                             if cfg.share_embeddings else None)
+    self.shared_embedding = token_embedding(cfg) if cfg.share_embeddings else None
     self.encoder = Encoder(cfg, embedding=self.shared_embedding)
     self.decoder = Decoder(cfg, cross_attention=True, embedding=self.shared_embedding)
     self.project = OutputProjection(cfg, cfg.vocab_size, self.shared_embedding)

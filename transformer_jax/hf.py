@@ -1,0 +1,452 @@
+"""Hugging Face checkpoints in and out: GPT-2 and BERT weights as this project's parameters.
+
+  --config.init_from=hf:PATH     a new run's first parameters from PATH, a directory as
+                                 `save_pretrained` writes it (config.json + model.safetensors
+                                 or pytorch_model.bin) of a GPT-2 (decoder LM) or a BERT
+                                 (encoder: MLM head, or a classifier on the pooled output)
+  --mode=export [--output=DIR]   a run's parameters as safetensors + config.json; a decoder
+                                 with GPT-2's layout as a directory `transformers` loads
+
+The architectures are the paper's blocks with other options (config.model):
+- GPT-2 (Radford et al. 2019, section 2.3): a pre-LN decoder (norm=pre, with its final
+  LayerNorm), learned positions, tanh-approximated GELU (activation=gelu_tanh),
+  embeddings not scaled by sqrt(d_model), the LM head tied to the token embedding.
+- BERT (Devlin et al. 2019, section 3): a post-LN encoder, learned positions,
+  token-type embeddings (token_types=2; every token here is of type 0), a LayerNorm
+  on the embedding sum (embedding_norm), exact GELU; the MLM head's transform
+  (head_transform: dense + GELU + LayerNorm) and decoder bias (output_bias); the
+  classifier reads the pooler (pooler=True, pooling=first: dense + tanh on [CLS]).
+
+`model_fields(PATH)` gives the config.model values a checkpoint needs (`configure`
+sets them); a run whose config differs in one of them is refused in one line that
+lists the overrides to add. Only `transformers`' file layout is read here: the
+libraries `safetensors` (and `torch`, for .bin weights) are imported when used, so
+the core install does not need them (`pip install transformer_jax[hf]`).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from transformer_jax import config as config_lib
+
+ConfigError = config_lib.ConfigError
+PREFIX = 'hf:'
+WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin')
+ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu',
+               'relu': 'relu'}
+EXPORT_ACTIVATIONS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu'}
+
+
+def is_hf(spec: str) -> bool:
+  return str(spec).startswith(PREFIX)
+
+
+def read_config(path: str) -> dict:
+  """PATH/config.json of a GPT-2 or BERT checkpoint.
+
+  Raises:
+    ConfigError: PATH is not a directory with config.json and weights, or the
+      model_type is not gpt2 or bert.
+  """
+  where = f'config.init_from={PREFIX}{path}'
+  if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, 'config.json')):
+    raise ConfigError(f'{where}: {path} is not a model directory (no config.json); give a '
+                      'directory that save_pretrained wrote.')
+  if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+    raise ConfigError(f'{where}: {path} holds no weights ({", ".join(WEIGHT_FILES)}); give a '
+                      'directory that save_pretrained wrote.')
+  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+    hf = json.load(f)
+  kind = hf.get('model_type')
+  if kind not in ('gpt2', 'bert'):
+    raise ConfigError(f'{where}: model_type {kind!r} is not an architecture this project '
+                      'imports; use a gpt2 or bert checkpoint.')
+  return hf
+
+
+def _unsupported(hf: dict) -> Optional[str]:
+  """What in a GPT-2/BERT config.json these models do not compute (None: nothing)."""
+  if hf['model_type'] == 'gpt2':
+    act = hf.get('activation_function', 'gelu_new')
+    if hf.get('scale_attn_by_inverse_layer_idx') or hf.get('reorder_and_upcast_attn'):
+      return 'scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn'
+    if not hf.get('scale_attn_weights', True):
+      return 'scale_attn_weights=false'
+  else:
+    act = hf.get('hidden_act', 'gelu')
+    if hf.get('position_embedding_type', 'absolute') != 'absolute':
+      return f'position_embedding_type={hf["position_embedding_type"]}'
+    if hf.get('is_decoder') or hf.get('add_cross_attention'):
+      return 'is_decoder / add_cross_attention'
+  if act not in ACTIVATIONS:
+    return f'activation {act!r}'
+  return None
+
+
+def model_fields(hf: dict, head: str = 'mlm') -> tuple:
+  """(required, head_fields): the config.model values that compute what the
+  checkpoint `hf` (its config.json) computes; `head_fields` are those of the
+  encoder head `head` (mlm | classify), which a run may choose otherwise
+  (their weights then start fresh or are dropped).
+
+  Raises:
+    ConfigError: the checkpoint uses an option these models do not have.
+  """
+  reason = _unsupported(hf)
+  if reason:
+    raise ConfigError(f'config.init_from: this {hf["model_type"]} checkpoint uses {reason}, '
+                      'which this project does not implement.')
+  tied = hf.get('tie_word_embeddings', True)
+  if hf['model_type'] == 'gpt2':
+    d = hf['n_embd']
+    required = dict(variant='decoder', num_layers=hf['n_layer'], d_model=d,
+                    num_heads=hf['n_head'], ffn_ratio=(hf.get('n_inner') or 4 * d) / d,
+                    activation=ACTIVATIONS[hf.get('activation_function', 'gelu_new')],
+                    vocab_size=hf['vocab_size'], position='learned', max_len=hf['n_positions'],
+                    norm='pre', layer_norm_epsilon=hf.get('layer_norm_epsilon', 1e-5),
+                    share_embeddings=tied)
+    head_fields = {}
+  else:
+    d = hf['hidden_size']
+    required = dict(variant='encoder', num_layers=hf['num_hidden_layers'], d_model=d,
+                    num_heads=hf['num_attention_heads'], ffn_ratio=hf['intermediate_size'] / d,
+                    activation=ACTIVATIONS[hf.get('hidden_act', 'gelu')],
+                    vocab_size=hf['vocab_size'], position='learned',
+                    max_len=hf['max_position_embeddings'], norm='post',
+                    layer_norm_epsilon=hf.get('layer_norm_eps', 1e-12),
+                    token_types=hf.get('type_vocab_size', 2), embedding_norm=True)
+    head_fields = (dict(share_embeddings=tied, head_transform=True, output_bias=tied)
+                   if head == 'mlm' else dict(pooler=True, pooling='first'))
+  required.update(use_bias=True, scale_embeddings=False, attention='full', num_kv_heads=None)
+  if hf['model_type'] == 'gpt2':
+    required.update(token_types=0, embedding_norm=False, head_transform=False,
+                    output_bias=False)
+  return required, head_fields
+
+
+def configure(config, path: str):
+  """Sets config.model to the checkpoint's architecture (and its encoder head's
+  fields), config.init_from to hf:PATH; returns config."""
+  hf = read_config(path)
+  required, head_fields = model_fields(hf, config.model.encoder_head)
+  config.model.update({**required, **head_fields})
+  config.init_from = PREFIX + path
+  return config
+
+
+def _override(name, value) -> str:
+  return f'--config.model.{name}={value}'
+
+
+def check_config(model, hf: dict, spec: str):
+  """Raises ConfigError (one line, the overrides to add) if config.model `model`
+  differs from the checkpoint in a field that changes what it computes."""
+  required, _ = model_fields(hf, model.encoder_head)
+  m = config_lib.ModelConfig.of(model)
+  wrong = []
+  for name, want in required.items():
+    have = m[name]
+    if name == 'num_kv_heads':
+      same = m.kv_heads == m.num_heads
+    elif name == 'ffn_ratio':
+      same = m.d_ff == int(round(want * m.d_model))  # the same ratio, whatever the width.
+    elif name == 'layer_norm_epsilon':
+      same = abs(have - want) <= 1e-3 * want
+    elif name == 'num_layers':
+      layers = m.encoder_layers if required['variant'] == 'encoder' else m.decoder_layers
+      same = layers == want
+    else:
+      same = have == want
+    if not same:
+      wrong.append((name, have, want))
+  if wrong:
+    fields = ', '.join(f'{n}={h!r} (checkpoint: {w!r})' for n, h, w in wrong)
+    fix = ' '.join(_override(n, w) for n, _, w in wrong)
+    raise ConfigError(f'config.init_from={spec}: config.model differs from the checkpoint\'s '
+                      f'architecture in {fields}; add {fix} (or hf.configure).')
+
+
+# ----------------------------------------------------------------------------
+# Weights.
+
+
+def _require(module: str):
+  """Imports a module of the hf extra, or says in one line how to install it."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ConfigError(f'Hugging Face checkpoints need {module.split(".")[0]}: pip install '
+                      '"transformer_jax[hf]" (transformers, safetensors).') from None
+
+
+def read_weights(path: str) -> dict:
+  """Every tensor of the checkpoint in PATH as float32 numpy, by its name there."""
+  single = os.path.join(path, 'model.safetensors')
+  index = os.path.join(path, 'model.safetensors.index.json')
+  if os.path.isfile(single) or os.path.isfile(index):
+    load_file = _require('safetensors.numpy').load_file
+    if os.path.isfile(single):
+      files = [single]
+    else:
+      with open(index, encoding='utf-8') as f:
+        files = sorted({os.path.join(path, v) for v in json.load(f)['weight_map'].values()})
+    out = {}
+    for file in files:
+      out.update(load_file(file))
+  else:
+    torch = _require('torch')
+    state = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu',
+                       weights_only=True)
+    out = {k: v.float().numpy() for k, v in state.items()}
+  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def _strip(name: str, prefix: str) -> str:
+  return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _heads(w, m, axis_first: bool):
+  """A [d, d] kernel (input-major) as [d, h, k] (axis_first) or [h, k, d]."""
+  d, h = m.d_model, m.num_heads
+  return w.reshape(d, h, d // h) if axis_first else w.reshape(h, d // h, d)
+
+
+def gpt2_to_params(weights: dict, m) -> tuple:
+  """(params, unread names): GPT-2's tensors (GPT2LMHeadModel or GPT2Model
+  names; Conv1D weights are input-major) as DecoderOnly's nested parameters."""
+  d = m.d_model
+  w = {_strip(k, 'transformer.'): v for k, v in weights.items()}
+  used = set()
+
+  def get(name):
+    used.add(name)
+    return w[name]
+
+  flat = {'embedding/embedding': get('wte.weight'),
+          'decoder/embedder/positional_encoding/table': get('wpe.weight'),
+          'decoder/final_norm/scale': get('ln_f.weight'),
+          'decoder/final_norm/bias': get('ln_f.bias')}
+  for i in range(m.decoder_layers):
+    src, dst = f'h.{i}.', f'decoder/layer_{i}/'
+    qkv, qkv_bias = get(src + 'attn.c_attn.weight'), get(src + 'attn.c_attn.bias')
+    for j, part in enumerate(('query', 'key', 'value')):
+      flat[f'{dst}self_attention/{part}/kernel'] = _heads(qkv[:, j * d:(j + 1) * d], m, True)
+      flat[f'{dst}self_attention/{part}/bias'] = qkv_bias[j * d:(j + 1) * d].reshape(
+          m.num_heads, d // m.num_heads)
+    flat[f'{dst}self_attention/out/kernel'] = _heads(get(src + 'attn.c_proj.weight'), m, False)
+    flat[f'{dst}self_attention/out/bias'] = get(src + 'attn.c_proj.bias')
+    for ours, theirs in (('self_attention_add_norm', 'ln_1'), ('feed_forward_add_norm', 'ln_2')):
+      flat[f'{dst}{ours}/norm/scale'] = get(f'{src}{theirs}.weight')
+      flat[f'{dst}{ours}/norm/bias'] = get(f'{src}{theirs}.bias')
+    for ours, theirs in (('expand', 'c_fc'), ('compress', 'c_proj')):
+      flat[f'{dst}feed_forward/{ours}/kernel'] = get(f'{src}mlp.{theirs}.weight')
+      flat[f'{dst}feed_forward/{ours}/bias'] = get(f'{src}mlp.{theirs}.bias')
+  if 'lm_head.weight' in w and not m.share_embeddings:
+    flat['project/logits/kernel'] = get('lm_head.weight').T
+  elif 'lm_head.weight' in w:
+    used.add('lm_head.weight')  # tied: the same matrix as wte.
+  unread = sorted(k for k in w if k not in used and not k.endswith(('attn.bias',
+                                                                    'attn.masked_bias')))
+  return flat, unread
+
+
+def bert_to_params(weights: dict, m) -> tuple:
+  """(params, unread names): BERT's tensors (BertModel, BertForMaskedLM or
+  BertForSequenceClassification names; torch Linear weights are output-major)
+  as EncoderOnly's nested parameters."""
+  w = {}
+  for k, v in weights.items():
+    k = _strip(k, 'bert.').replace('LayerNorm.gamma', 'LayerNorm.weight')
+    w[k.replace('LayerNorm.beta', 'LayerNorm.bias')] = v
+  used = set()
+
+  def get(name):
+    used.add(name)
+    return w[name]
+
+  def dense(dst, src, flat, shape=None, bias_shape=None):
+    kernel = get(src + '.weight').T
+    flat[dst + '/kernel'] = kernel if shape is None else kernel.reshape(shape)
+    bias = get(src + '.bias')
+    flat[dst + '/bias'] = bias if bias_shape is None else bias.reshape(bias_shape)
+
+  def norm(dst, src, flat):
+    flat[dst + '/scale'], flat[dst + '/bias'] = get(src + '.weight'), get(src + '.bias')
+
+  d, h = m.d_model, m.num_heads
+  flat = {'embedding/embedding': get('embeddings.word_embeddings.weight'),
+          'encoder/embedder/positional_encoding/table':
+              get('embeddings.position_embeddings.weight')}
+  if 'embeddings.token_type_embeddings.weight' in w:
+    flat['encoder/embedder/token_type_embedding'] = get('embeddings.token_type_embeddings.weight')
+  norm('encoder/embedder/embedding_norm', 'embeddings.LayerNorm', flat)
+  for i in range(m.encoder_layers):
+    src, dst = f'encoder.layer.{i}.', f'encoder/layer_{i}/'
+    for part in ('query', 'key', 'value'):
+      dense(f'{dst}self_attention/{part}', f'{src}attention.self.{part}', flat, (d, h, d // h),
+            (h, d // h))
+    dense(f'{dst}self_attention/out', f'{src}attention.output.dense', flat, (h, d // h, d))
+    norm(f'{dst}self_attention_add_norm/norm', f'{src}attention.output.LayerNorm', flat)
+    dense(f'{dst}feed_forward/expand', f'{src}intermediate.dense', flat)
+    dense(f'{dst}feed_forward/compress', f'{src}output.dense', flat)
+    norm(f'{dst}feed_forward_add_norm/norm', f'{src}output.LayerNorm', flat)
+  if 'pooler.dense.weight' in w:
+    dense('pooler', 'pooler.dense', flat)
+  if 'classifier.weight' in w:
+    dense('classifier', 'classifier', flat)
+  if 'cls.predictions.transform.dense.weight' in w:
+    dense('project/transform', 'cls.predictions.transform.dense', flat)
+    norm('project/transform_norm', 'cls.predictions.transform.LayerNorm', flat)
+  bias = next((k for k in ('cls.predictions.bias', 'cls.predictions.decoder.bias') if k in w),
+              None)
+  if bias:
+    flat['project/bias'] = get(bias)
+    used.update(k for k in ('cls.predictions.bias', 'cls.predictions.decoder.bias') if k in w)
+  if 'cls.predictions.decoder.weight' in w:
+    used.add('cls.predictions.decoder.weight')  # tied: the same matrix as the embedding.
+  unread = sorted(k for k in w if k not in used and not k.endswith('position_ids'))
+  return flat, unread
+
+
+def load(config, fresh: dict) -> tuple:
+  """(params, report line) for a run with config.init_from=hf:PATH: `fresh` (the
+  new model's initial parameters, nested) with every converted tensor.
+
+  Raises:
+    ConfigError: PATH is not a model directory, holds another architecture, the
+      run's config.model differs from it (one line with the overrides), or a
+      tensor's shape differs from the model's.
+  """
+  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
+  spec = config.init_from
+  path = spec[len(PREFIX):]
+  hf = read_config(path)
+  check_config(config.model, hf, spec)
+  m = config_lib.ModelConfig.of(config.model)
+  convert = gpt2_to_params if hf['model_type'] == 'gpt2' else bert_to_params
+  try:
+    flat, unread = convert(read_weights(path), m)
+  except KeyError as e:
+    raise ConfigError(f'config.init_from={spec}: the weights lack {e.args[0]} that its '
+                      f'config.json promises; is the directory complete?') from None
+  params, report = init_from.merge(fresh, init_from._unflatten(flat), spec)  # pylint: disable=protected-access
+  skipped = f'; not read: {init_from._names(unread)}' if unread else ''  # pylint: disable=protected-access
+  return params, f'Initialised from {hf["model_type"]} {path}: {report}{skipped}.'
+
+
+# ----------------------------------------------------------------------------
+# Export.
+
+
+def gpt2_layout(model) -> Optional[str]:
+  """Why a config.model does not have GPT-2's layout (None when it has)."""
+  m = config_lib.ModelConfig.of(model)
+  needs = dict(variant='decoder', norm='pre', position='learned', use_bias=True,
+               share_embeddings=True, scale_embeddings=False, token_types=0,
+               embedding_norm=False, head_transform=False, output_bias=False, attention='full')
+  wrong = [f'{k}={m[k]!r}' for k, v in needs.items() if m[k] != v]
+  if m.activation not in EXPORT_ACTIVATIONS:
+    wrong.append(f'activation={m.activation!r}')
+  if m.kv_heads != m.num_heads:
+    wrong.append(f'num_kv_heads={m.num_kv_heads}')
+  return ', '.join(wrong) or None
+
+
+def gpt2_config(model, dropout: bool = True) -> dict:
+  """GPT2Config's config.json for a config.model of GPT-2's layout."""
+  m = config_lib.ModelConfig.of(model)
+  rate = m.dropout_rate if dropout else 0.0
+  return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
+          'vocab_size': m.vocab_size, 'n_positions': m.max_len, 'n_embd': m.d_model,
+          'n_layer': m.decoder_layers, 'n_head': m.num_heads, 'n_inner': m.d_ff,
+          'activation_function': EXPORT_ACTIVATIONS[m.activation],
+          'resid_pdrop': rate, 'embd_pdrop': rate, 'attn_pdrop': m.attention_dropout_rate,
+          'layer_norm_epsilon': m.layer_norm_epsilon, 'initializer_range': 0.02,
+          'tie_word_embeddings': True, 'pad_token_id': m.pad_id, 'bos_token_id': 2,
+          'eos_token_id': 2, 'transformer_jax': dataclasses.asdict(m)}
+
+
+def params_to_gpt2(params: dict, model) -> dict:
+  """DecoderOnly's parameters (nested) as GPT2LMHeadModel's tensors (the
+  inverse of `gpt2_to_params`; the tied lm_head is left out, as transformers
+  saves it)."""
+  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
+  m = config_lib.ModelConfig.of(model)
+  flat = {k: np.asarray(v, np.float32) for k, v in init_from._flatten(params).items()}  # pylint: disable=protected-access
+  d = m.d_model
+  out = {'wte.weight': flat['embedding/embedding'],
+         'wpe.weight': flat['decoder/embedder/positional_encoding/table'],
+         'ln_f.weight': flat['decoder/final_norm/scale'],
+         'ln_f.bias': flat['decoder/final_norm/bias']}
+  for i in range(m.decoder_layers):
+    src, dst = f'decoder/layer_{i}/', f'h.{i}.'
+    parts = ('query', 'key', 'value')
+    out[dst + 'attn.c_attn.weight'] = np.concatenate(
+        [flat[f'{src}self_attention/{p}/kernel'].reshape(d, d) for p in parts], 1)
+    out[dst + 'attn.c_attn.bias'] = np.concatenate(
+        [flat[f'{src}self_attention/{p}/bias'].reshape(d) for p in parts])
+    out[dst + 'attn.c_proj.weight'] = flat[f'{src}self_attention/out/kernel'].reshape(d, d)
+    out[dst + 'attn.c_proj.bias'] = flat[f'{src}self_attention/out/bias']
+    for ours, theirs in (('self_attention_add_norm', 'ln_1'), ('feed_forward_add_norm', 'ln_2')):
+      out[f'{dst}{theirs}.weight'] = flat[f'{src}{ours}/norm/scale']
+      out[f'{dst}{theirs}.bias'] = flat[f'{src}{ours}/norm/bias']
+    for ours, theirs in (('expand', 'c_fc'), ('compress', 'c_proj')):
+      out[f'{dst}mlp.{theirs}.weight'] = flat[f'{src}feed_forward/{ours}/kernel']
+      out[f'{dst}mlp.{theirs}.bias'] = flat[f'{src}feed_forward/{ours}/bias']
+  return {'transformer.' + k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def export(model, params: dict, directory: str, step: Optional[int] = None) -> str:
+  """Writes `params` (nested) to `directory`: model.safetensors + config.json.
+
+  A decoder of GPT-2's layout (`gpt2_layout`) is written as GPT2LMHeadModel's
+  directory (`transformers.GPT2LMHeadModel.from_pretrained(directory)` loads
+  it; our config.model is kept in config.json under 'transformer_jax'); any
+  other model as its own parameter names ('encoder/layer_0/...') with
+  config.json {'format': 'transformer_jax', 'model': config.model, 'step'}.
+  Returns 'gpt2' or 'transformer_jax'. A token equal to config.model.pad_id is
+  padding to our models (masked out); GPT-2 attends to every token.
+  """
+  save_file = _require('safetensors.numpy').save_file
+  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  if gpt2_layout(model) is None:
+    tensors, meta, kind = params_to_gpt2(params, model), gpt2_config(model), 'gpt2'
+  else:
+    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
+               for k, v in init_from._flatten(params).items()}  # pylint: disable=protected-access
+    meta = {'format': 'transformer_jax', 'model': dataclasses.asdict(
+        config_lib.ModelConfig.of(model)), 'step': step}
+    kind = 'transformer_jax'
+  save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+  with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(meta, f, indent=1)
+  return kind
+
+
+def export_checkpoint(config, workdir: str, directory: str) -> str:
+  """--mode=export: the checkpoint config.restore_checkpoint names (latest, best
+  or a step) of `workdir` written to `directory` by `export`, with the model
+  config the run saved with it (so no model overrides are needed); returns one
+  line saying what was written.
+
+  Raises:
+    FileNotFoundError: the workdir holds no checkpoint (or not that step).
+  """
+  from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
+  with checkpoint_lib.Checkpointer(workdir, config, writable=False) as checkpoints:
+    step = checkpoints.select(config.restore_checkpoint)
+    params = checkpoints.read_params(step)
+    saved = checkpoints.saved_config()
+  model = config_lib.from_saved(saved).model if saved else config.model  # the run's own.
+  kind = export(model, params, directory, step)
+  how = ('GPT-2 layout: transformers.GPT2LMHeadModel.from_pretrained loads it' if kind == 'gpt2'
+         else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(model)})')
+  return f'Exported {workdir} step {step} to {directory} ({how}).'
