@@ -38,6 +38,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -127,6 +128,7 @@ def bare_round(ours, steps: int, tokens_per_step: int) -> float:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines at every save.
   config = loop_config(FLAGS.config)
   tokens_per_step = config.batch_size * config.seq_len
   with tempfile.TemporaryDirectory() as workdir:
