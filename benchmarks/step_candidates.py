@@ -6,6 +6,9 @@ fixed synthetic batch of a train_throughput.py workload, changed in one way:
 - `pmap`: the step as `--mode=train` places it by default (config.parallelism
   'pmap'): the baseline every ratio is taken against;
 - `jit`: the same step under the 'mesh' strategy (plain `jit`, no pmap);
+- `pmap_as_jit`: the pmap strategy's state and batch layout (a leading device
+  axis of 1) but the step under `jit`, the axis dropped inside the program (a
+  bitcast), i.e. what PmapStrategy could run on one device;
 - `fused_qkv`: the model with one fused Q/K/V projection per self-attention
   (a [d, 3, h, k] DenseGeneral; cross-attention fuses K and V), by swapping in
   a subclass of layers.MultiHeadAttention in this process only (the model
@@ -60,7 +63,7 @@ XLA_OPTIONS = {
     'vector_512': {'xla_cpu_prefer_vector_width': 512},
 }
 
-flags.DEFINE_list('candidates', ['pmap', 'jit', 'fused_qkv'] + [f'xla:{k}' for k in XLA_OPTIONS],
+flags.DEFINE_list('candidates', ['pmap', 'jit', 'pmap_as_jit', 'fused_qkv'] + [f'xla:{k}' for k in XLA_OPTIONS],
                   'Contenders; the first is the baseline.')
 flags.FLAGS.set_default('workloads', ['nanogpt_cpu'])
 flags.FLAGS.set_default('output', 'benchmarks/results/step_candidates.json')
@@ -95,6 +98,15 @@ class FusedQKVAttention(layers.MultiHeadAttention):
                            dtype=dtype, name='out')(out)
 
 
+def _one_device_jit(train_step):
+  """train_step under jit on pmap's one-device layout ([1, ...] in and out)."""
+  one = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  def step(state, batch, rng):
+    state, metrics = train_step(one(state), one(batch), rng)
+    return jax.tree.map(lambda x: x[None], (state, metrics))
+  return jax.jit(step, donate_argnums=(0,))
+
+
 class Candidate:
   """One train step variant on the fixed batch: step(), sync(), loss()."""
 
@@ -104,7 +116,7 @@ class Candidate:
     options = None
     if name == 'jit':
       config.parallelism = 'mesh'
-    elif name == 'pmap':
+    elif name in ('pmap', 'pmap_as_jit'):
       config.parallelism = 'pmap'
     elif name.startswith('xla:'):
       config.parallelism = 'pmap'
@@ -126,6 +138,8 @@ class Candidate:
         jitted = strategy._train_step._fn  # pylint: disable=protected-access
         step = jitted.lower(self.state, strategy.put_batch(batch),
                             self.rng).compile(compiler_options=options)
+      if name == 'pmap_as_jit':
+        step = _one_device_jit(train_lib.make_steps(config)[0])
       self._step, self.strategy = step, strategy
       self.step()  # compiles now, under the swapped module.
       self.sync()
