@@ -13,6 +13,12 @@ fixed synthetic batch of a train_throughput.py workload, changed in one way:
   (a [d, 3, h, k] DenseGeneral; cross-attention fuses K and V), by swapping in
   a subclass of layers.MultiHeadAttention in this process only (the model
   code is not changed), placed as `pmap`;
+- `heads_major`: fused Q/K/V projected straight into the [b, h, l, k] layout
+  the attention matmuls read, attention (forward and hand-written backward as
+  layers.attention's) in that layout, and the output projection from it, so no
+  [b, l, h, k] <-> [b, h, l, k] transposes are left around the score matmuls;
+- `philox_dropout`: the dropout masks from XLA's Philox generator instead of
+  ThreeFry (layers.Dropout swapped in-process);
 - `xla:<name>`: the `pmap` step compiled with XLA:CPU options (XLA_OPTIONS
   below, passed per compilation as `compiler_options`, so the variants share
   one process and run interleaved).
@@ -26,6 +32,7 @@ means the same program result).
   python benchmarks/step_candidates.py --workloads=gpt_6x384 --candidates=pmap,jit,fused_qkv
 """
 
+import math
 import os
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,6 +43,7 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,7 +71,8 @@ XLA_OPTIONS = {
     'vector_512': {'xla_cpu_prefer_vector_width': 512},
 }
 
-flags.DEFINE_list('candidates', ['pmap', 'jit', 'pmap_as_jit', 'fused_qkv'] + [f'xla:{k}' for k in XLA_OPTIONS],
+flags.DEFINE_list('candidates', ['pmap', 'jit', 'pmap_as_jit', 'fused_qkv', 'heads_major',
+                                 'philox_dropout'] + [f'xla:{k}' for k in XLA_OPTIONS],
                   'Contenders; the first is the baseline.')
 flags.FLAGS.set_default('workloads', ['nanogpt_cpu'])
 flags.FLAGS.set_default('output', 'benchmarks/results/step_candidates.json')
@@ -98,6 +107,94 @@ class FusedQKVAttention(layers.MultiHeadAttention):
                            dtype=dtype, name='out')(out)
 
 
+@jax.custom_vjp
+def _attention_hm(query, key, value, mask):
+  """layers.attention on heads-major [b, h, l, k] query/key/value."""
+  return _attention_hm_fwd(query, key, value, mask)[0]
+
+
+def _attention_hm_fwd(query, key, value, mask):
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  logits = jnp.einsum('bhlk,bhsk->bhls', query * scale, key)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.asarray(layers.NEG_INF, logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+  out = jnp.einsum('bhls,bhsk->bhlk', weights, value)
+  return out, (query, key, value, mask, weights, out)
+
+
+def _attention_hm_bwd(residuals, d_out):
+  query, key, value, mask, weights, out = residuals
+  scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+  d_value = jnp.einsum('bhls,bhlk->bhsk', weights, d_out)
+  d_weights = jnp.einsum('bhlk,bhsk->bhls', d_out, value).astype(jnp.float32)
+  delta = jnp.einsum('bhlk,bhlk->bhl', d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None])
+  if mask is not None:
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  d_logits = d_logits.astype(query.dtype)
+  d_query = jnp.einsum('bhls,bhsk->bhlk', d_logits, key) * scale
+  d_key = jnp.einsum('bhls,bhlk->bhsk', d_logits, query * scale)
+  return d_query, d_key, d_value, None
+
+
+_attention_hm.defvjp(_attention_hm_fwd, _attention_hm_bwd)
+
+
+class HeadsMajorAttention(layers.MultiHeadAttention):
+  """Fused Q/K/V into [b, h, l, k]; attention and the output projection there.
+  Training only, self- and cross-attention."""
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, positions_q=None, positions_kv=None,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.cfg
+    dtype = layers.compute_dtype(cfg)
+    d, h = cfg.d_model, cfg.num_heads
+    k = d // h
+    init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
+    def project(name, n, x):
+      w = self.param(name, init, (d, n, h, k), jnp.float32).astype(dtype)
+      y = jnp.einsum('bld,dnhk->nbhlk', x.astype(dtype), w)
+      if cfg.use_bias:
+        y = y + self.param(name + '_bias', nn.initializers.zeros, (n, 1, h, 1, k),
+                           jnp.float32).astype(dtype)
+      return y
+    if inputs_kv is inputs_q:
+      query, key, value = project('qkv', 3, inputs_q)
+    else:
+      query, = project('query', 1, inputs_q)
+      key, value = project('kv', 2, inputs_kv)
+    out = _attention_hm(query, key, value, mask)
+    w = self.param('out', nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (h, k, d),
+                   jnp.float32).astype(dtype)
+    y = jnp.einsum('bhlk,hkd->bld', out, w)
+    if cfg.use_bias:
+      y = y + self.param('out_bias', nn.initializers.zeros, (d,), jnp.float32).astype(dtype)
+    return y
+
+
+class PhiloxDropout(layers.Dropout):
+  """layers.Dropout with XLA's Philox generator in place of ThreeFry."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if self.rate == 0.0 or deterministic:
+      return x
+    seed = jax.random.bits(self.make_rng('dropout'), (4,), jnp.uint32)
+    _, bits = jax.lax.rng_bit_generator(seed, x.shape, jnp.uint32,
+                                        algorithm=jax.lax.RandomAlgorithm.RNG_PHILOX)
+    keep = bits >= jnp.uint32(min(round(self.rate * 2**32), 2**32 - 1))
+    return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
+
+
+# Candidates that swap a module class (in this process only): (module, name, class).
+SWAPS = {'fused_qkv': [(transformer, 'MultiHeadAttention', FusedQKVAttention)],
+         'heads_major': [(transformer, 'MultiHeadAttention', HeadsMajorAttention)],
+         'philox_dropout': [(transformer, 'Dropout', PhiloxDropout),
+                            (layers, 'Dropout', PhiloxDropout)]}
+
+
 def _one_device_jit(train_step):
   """train_step under jit on pmap's one-device layout ([1, ...] in and out)."""
   one = lambda tree: jax.tree.map(lambda x: x[0], tree)
@@ -121,11 +218,12 @@ class Candidate:
     elif name.startswith('xla:'):
       config.parallelism = 'pmap'
       options = XLA_OPTIONS[name[4:]]
-    elif name != 'fused_qkv':
+    elif name not in SWAPS:
       raise app.UsageError(f'--candidates: unknown candidate {name!r}.')
-    saved = transformer.MultiHeadAttention
-    if name == 'fused_qkv':
-      transformer.MultiHeadAttention = FusedQKVAttention
+    swaps = SWAPS.get(name, [])
+    saved = [getattr(module, attr) for module, attr, _ in swaps]
+    for module, attr, cls in swaps:
+      setattr(module, attr, cls)
     try:
       strategy = parallel.create(config, *train_lib.make_steps(config))
       model = transformer.build_model(config.model)
@@ -144,7 +242,8 @@ class Candidate:
       self.step()  # compiles now, under the swapped module.
       self.sync()
     finally:
-      transformer.MultiHeadAttention = saved
+      for (module, attr, _), old in zip(swaps, saved):
+        setattr(module, attr, old)
 
   def step(self):
     self.state, self.metrics = self._step(self.state, self.strategy.put_batch(self.host_batch),
