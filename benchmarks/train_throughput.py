@@ -63,7 +63,13 @@ flags.DEFINE_string('parallelism', '', "'' = the config's default strategy; pmap
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median counts.')
 flags.DEFINE_integer('steps_per_round', 0, 'Steps of each contender per round (0 = about 2 s).')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps of each contender after compiling.')
-flags.DEFINE_list('peers', ['eager', 'compile'], 'PyTorch peers: eager, compile (none: []).')
+PEERS = {'eager': (lambda *a: TorchPeer(*a, compiled=False)),
+         'compile': (lambda *a: TorchPeer(*a, compiled=True)),
+         'gpt_eager': (lambda *a: GPTPeer(*a, compiled=False)),
+         'gpt_compile': (lambda *a: GPTPeer(*a, compiled=True))}
+flags.DEFINE_list('peers', ['gpt_eager', 'gpt_compile', 'eager', 'compile'],
+                  'PyTorch peers: gpt_eager, gpt_compile (the minimal GPT, decoders only), '
+                  'eager, compile (nn.TransformerEncoder / nn.Transformer); none: [].')
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0 = the faster of 1 and all '
                      'cores, probed per workload).')
 flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).')
@@ -220,13 +226,119 @@ class TorchPeer:
 
     self.loss_fn = torch.compile(loss_fn) if compiled else loss_fn
     self.last = None
+    self.threads = None  # set by run_workload: torch.set_num_threads for this peer.
 
   def step(self):
     import torch
+    if self.threads and torch.get_num_threads() != self.threads:
+      torch.set_num_threads(self.threads)
     inputs = torch.from_numpy(self.batch['inputs']).long()
     targets = torch.from_numpy(self.batch['targets']).long()
     self.optimizer.zero_grad(set_to_none=True)
     loss = self.loss_fn(self.model, inputs, targets)
+    loss.backward()
+    self.optimizer.step()
+    self.last = loss
+
+  def sync(self):
+    pass  # CPU torch is synchronous.
+
+  def loss(self) -> float:
+    return float(self.last.detach())
+
+
+def gpt_model(cfg, seq_len: int):
+  """The minimal-GPT peer of a decoder `cfg`, written from torch.nn modules and
+  functions: learned positions, pre-LN blocks with one fused QKV `nn.Linear`,
+  `F.scaled_dot_product_attention(is_causal=True)`, a GELU MLP, a final
+  LayerNorm and the output projection tied to the token embedding. Its matmuls
+  are those of `cfg` (same widths, depth and vocabulary), so it costs the same
+  FLOPs per token in models/accounting.py's count.  logits = model(inputs)."""
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+
+  d, heads, ff, p = cfg.d_model, cfg.num_heads, config_lib.d_ff(cfg), cfg.dropout_rate
+  bias = cfg.use_bias
+
+  class Block(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.norm1 = nn.LayerNorm(d, bias=bias)
+      self.qkv = nn.Linear(d, 3 * d, bias=bias)
+      self.out = nn.Linear(d, d, bias=bias)
+      self.norm2 = nn.LayerNorm(d, bias=bias)
+      self.up = nn.Linear(d, ff, bias=bias)
+      self.down = nn.Linear(ff, d, bias=bias)
+      self.dropout = nn.Dropout(p)
+
+    def forward(self, x):
+      b, l, _ = x.shape
+      q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)
+      q, k, v = (t.view(b, l, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+      y = F.scaled_dot_product_attention(q, k, v, dropout_p=p if self.training else 0.0,
+                                         is_causal=True)
+      x = x + self.dropout(self.out(y.transpose(1, 2).reshape(b, l, d)))
+      return x + self.dropout(self.down(F.gelu(self.up(self.norm2(x)))))
+
+  class GPT(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.tokens = nn.Embedding(cfg.vocab_size, d)
+      self.positions = nn.Embedding(seq_len, d)
+      self.dropout = nn.Dropout(p)
+      self.blocks = nn.ModuleList(Block() for _ in range(cfg.num_layers))
+      self.norm = nn.LayerNorm(d, bias=bias)
+      for name, param in self.named_parameters():
+        if param.dim() >= 2:
+          std = 0.02 / math.sqrt(2 * cfg.num_layers) if name.endswith(('out.weight',
+                                                                       'down.weight')) else 0.02
+          nn.init.normal_(param, std=std)
+        elif name.endswith('bias'):
+          nn.init.zeros_(param)
+
+    def forward(self, inputs):
+      positions = torch.arange(inputs.shape[1], device=inputs.device)
+      x = self.dropout(self.tokens(inputs) + self.positions(positions))
+      for block in self.blocks:
+        x = block(x)
+      return F.linear(self.norm(x), self.tokens.weight)  # tied output projection.
+
+  return GPT()
+
+
+class GPTPeer:
+  """The minimal-GPT peer's training step: forward, cross-entropy, backward,
+  AdamW (weight decay on matrices only), gradients set to None between steps."""
+
+  def __init__(self, config, batch, compiled: bool):
+    import torch
+    self.name = 'gpt_compile' if compiled else 'gpt_eager'
+    torch.manual_seed(config.seed)
+    o = config.optimizer
+    self.model = gpt_model(config.model, config.seq_len).train()
+    matrices = [p for p in self.model.parameters() if p.dim() >= 2]
+    others = [p for p in self.model.parameters() if p.dim() < 2]
+    self.optimizer = torch.optim.AdamW([{'params': matrices, 'weight_decay': 0.1},
+                                        {'params': others, 'weight_decay': 0.0}],
+                                       lr=1e-3, betas=(o.b1, o.b2), eps=o.eps)
+    self.batch = batch
+    self.forward = torch.compile(self.model) if compiled else self.model
+    self.last = None
+    self.threads = None  # set by run_workload: torch.set_num_threads for this peer.
+
+  def step(self):
+    import torch
+    from torch.nn import functional as F
+    if self.threads and torch.get_num_threads() != self.threads:
+      torch.set_num_threads(self.threads)
+    inputs = torch.from_numpy(self.batch['inputs']).long()
+    targets = torch.from_numpy(self.batch['targets']).long()
+    logits = self.forward(inputs)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+    self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     self.optimizer.step()
     self.last = loss
@@ -294,18 +406,20 @@ def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
   config_lib.validate(config)
   batch = synthetic_batch(config)
   contenders = [Ours(config, batch)]
-  torch_threads = FLAGS.torch_threads
+  torch_threads = {}
   for peer in FLAGS.peers if on_cpu else []:  # the CPU peer says nothing about a GPU.
+    if peer not in PEERS:
+      raise app.UsageError(f'--peers: unknown peer {peer!r}; use {", ".join(PEERS)}.')
+    if peer.startswith('gpt') and config.model.variant != 'decoder':
+      continue  # the minimal GPT is a decoder-only LM.
     try:
-      contender = TorchPeer(config, batch, compiled=peer == 'compile')
+      contender = PEERS[peer](config, batch)
       contender.step()  # compiles (torch.compile) or fails here.
+      contender.threads = FLAGS.torch_threads or pick_torch_threads(contender)
+      torch_threads[contender.name] = contender.threads
       contenders.append(contender)
     except Exception as e:  # pylint: disable=broad-except
       print(f'{name}: torch peer {peer!r} does not run here: {type(e).__name__}: {e}', flush=True)
-  if len(contenders) > 1:
-    import torch
-    torch_threads = torch_threads or pick_torch_threads(contenders[1])
-    torch.set_num_threads(torch_threads)
   contenders[0].step()  # compiles.
   times = interleaved_seconds(contenders, FLAGS.rounds, FLAGS.steps_per_round, FLAGS.warmup)
   tokens = config.batch_size * config.seq_len
@@ -332,16 +446,18 @@ def markdown_row(row: dict) -> str:
   c = row['contenders']
   peer = lambda name, key, fmt: fmt.format(c[name][key]) if name in c else 'n/a'
   ratio = lambda name: f"{row['ratio_vs_' + name]:.2f}x" if 'ratio_vs_' + name in row else 'n/a'
-  return (f"| {row['workload']} | {row['batch_size']}x{row['seq_len']} | "
-          f"{c['ours']['tokens_per_sec']:,.0f} | {peer('torch_eager', 'tokens_per_sec', '{:,.0f}')} "
-          f"| {ratio('torch_eager')} | {peer('torch_compile', 'tokens_per_sec', '{:,.0f}')} | "
-          f"{ratio('torch_compile')} | {100 * c['ours']['mfu']:.1f}% | "
-          f"{peer('torch_eager', 'mfu', '{:.1%}')} |")
+  cells = [row['workload'], f"{row['batch_size']}x{row['seq_len']}",
+           f"{c['ours']['tokens_per_sec']:,.0f}"]
+  for name in ('gpt_eager', 'gpt_compile', 'torch_eager', 'torch_compile'):
+    cells += [peer(name, 'tokens_per_sec', '{:,.0f}'), ratio(name)]
+  cells += [f"{100 * c['ours']['mfu']:.1f}%", peer('gpt_eager', 'mfu', '{:.1%}')]
+  return '| ' + ' | '.join(cells) + ' |'
 
 
-HEADER = ('| workload | batch x ctx | ours tok/s | torch eager tok/s | ratio | '
-          'torch.compile tok/s | ratio | ours MFU | torch eager MFU |\n'
-          '|---|---|---|---|---|---|---|---|---|')
+HEADER = ('| workload | batch x ctx | ours tok/s | minimal GPT eager tok/s | ratio | '
+          'minimal GPT compiled tok/s | ratio | nn.Transformer* eager tok/s | ratio | '
+          'nn.Transformer* compiled tok/s | ratio | ours MFU | minimal GPT eager MFU |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 
 
 def main(argv):

@@ -88,3 +88,84 @@ def test_seq_scaling(tmp_path):
       (kind, n) for kind in config_lib.ATTENTIONS for n in (8, 16)]
   assert all(r['ms_per_token'] > 0 for r in result['decode_rows'])
   assert [r['attention'] for r in result['summary']] == list(config_lib.ATTENTIONS)
+
+def _run_script(script: str, tmp_path, *args) -> dict:
+  """Runs benchmarks/<script>.py with `args` only; returns the JSON it wrote."""
+  output = tmp_path / f'{script}.json'
+  proc = subprocess.run([sys.executable, os.path.join('benchmarks', f'{script}.py'),
+                         f'--output={output}', *args], cwd=REPOSITORY, capture_output=True,
+                        text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(output) as f:
+    return json.load(f)
+
+
+def test_gpt_peer_matches_our_matmuls_and_is_causal():
+  """The minimal-GPT peer has the matmul weights models/accounting.py counts
+  for the same shape (so the same FLOPs per token), is causal, and trains."""
+  torch = pytest.importorskip('torch')
+  from benchmarks import train_throughput  # pylint: disable=g-import-not-at-top
+  from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.model.update(variant='decoder', num_layers=2, d_model=32, num_heads=4, vocab_size=17,
+                 max_len=16, dropout_rate=0.0)
+  c.optimizer.label_smoothing = 0.0
+  c.update(seq_len=16, batch_size=3)
+  model = train_throughput.gpt_model(c.model, 16)
+  matrices = sum(p.numel() for n, p in model.named_parameters()
+                 if p.dim() == 2 and not n.startswith('positions'))
+  assert matrices == sum(accounting._matmul_weights(c.model).values())  # pylint: disable=protected-access
+  assert model.tokens.weight is not None and not hasattr(model, 'head')  # tied output.
+  ids = torch.randint(1, 17, (1, 16))
+  changed = ids.clone()
+  changed[0, 10] = (ids[0, 10] % 16) + 1
+  with torch.no_grad():
+    a, b = model.eval()(ids), model(changed)
+  torch.testing.assert_close(a[:, :10], b[:, :10])
+  assert not torch.allclose(a[:, 10:], b[:, 10:])
+  batch = train_throughput.synthetic_batch(c)
+  peer = train_throughput.GPTPeer(c, batch, compiled=False)
+  peer.step()
+  first = peer.loss()
+  for _ in range(20):
+    peer.step()
+  assert peer.loss() < first
+
+
+def test_train_throughput_with_the_gpt_peer(tmp_path):
+  result = _run_script('train_throughput', tmp_path, '--workloads=nanogpt_cpu', '--batch_size=2',
+                       '--peers=gpt_eager', '--rounds=1', '--steps_per_round=1', '--warmup=0',
+                       '--peak_size=128', '--torch_threads=1')
+  row, = result['rows']
+  assert set(row['contenders']) == {'ours', 'gpt_eager'}
+  assert row['ratio_vs_gpt_eager'] == pytest.approx(
+      row['contenders']['ours']['tokens_per_sec'] / row['contenders']['gpt_eager']['tokens_per_sec'])
+  assert row['torch_threads'] == {'gpt_eager': 1}
+
+
+def test_train_loop(tmp_path):
+  """The real loop and the bare step, one round each: both measured, the ratio theirs."""
+  tiny = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+          '--config.seq_len=32', '--config.batch_size=4', '--config.log_every=4']
+  result = _run_script('train_loop', tmp_path, *tiny, '--rounds=2', '--steps_per_round=8',
+                       '--warmup=1')
+  row, = result['rows']
+  assert row['batch_size'] == 4 and row['seq_len'] == 32 and row['steps_per_round'] == 8
+  assert len(row['ratios']) == 2 and len(row['loops']) == 2 and len(row['bares']) == 2
+  for loop, bare, ratio in zip(row['loops'], row['bares'], row['ratios']):
+    assert loop['tokens_per_sec'] > 0 and bare > 0
+    assert ratio == pytest.approx(loop['tokens_per_sec'] / bare)
+    assert 0 <= loop['data_wait_fraction'] < 1
+
+
+def test_step_candidates(tmp_path):
+  """Every kind of candidate builds and runs; jit and pmap compute the same step."""
+  result = _run_script('step_candidates', tmp_path, '--workloads=nanogpt_cpu', '--batch_size=2',
+                       '--candidates=pmap,jit,fused_qkv,xla:no_ynn_dot', '--rounds=1',
+                       '--steps_per_round=1', '--warmup=0', '--peak_size=128')
+  row, = result['rows']
+  c = row['contenders']
+  assert list(c) == ['pmap', 'jit', 'fused_qkv', 'xla:no_ynn_dot'] and row['baseline'] == 'pmap'
+  assert c['pmap']['speedup'] == 1.0
+  assert c['jit']['final_loss'] == c['pmap']['final_loss']
+  assert all(v['tokens_per_sec'] > 0 for v in c.values())
