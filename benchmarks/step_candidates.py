@@ -85,8 +85,9 @@ class FusedQKVAttention(layers.MultiHeadAttention):
   Training only (no cache, no sown weights)."""
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, mask=None, *, positions_q=None, positions_kv=None,
-               deterministic: bool = True, decode: bool = False):
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, segment_ids=None, positions_q=None,
+               positions_kv=None, deterministic: bool = True, decode: bool = False):
+    del segment_ids  # full attention only: the mask carries the segments.
     cfg = self.cfg
     dtype = layers.compute_dtype(cfg)
     head_dim = cfg.d_model // cfg.num_heads
@@ -146,8 +147,9 @@ class HeadsMajorAttention(layers.MultiHeadAttention):
   Training only, self- and cross-attention."""
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, mask=None, *, positions_q=None, positions_kv=None,
-               deterministic: bool = True, decode: bool = False):
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, segment_ids=None, positions_q=None,
+               positions_kv=None, deterministic: bool = True, decode: bool = False):
+    del segment_ids  # full attention only: the mask carries the segments.
     cfg = self.cfg
     dtype = layers.compute_dtype(cfg)
     d, h = cfg.d_model, cfg.num_heads
