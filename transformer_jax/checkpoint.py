@@ -56,15 +56,18 @@ from transformer_jax import config as config_lib
 DAMAGED_DIR = 'damaged_checkpoints'
 
 
-class _WithoutMetricWarning(logging.Filter):
+class _WithoutExpectedWarnings(logging.Filter):
   """Orbax warns at every save without an eval loss once it ranks checkpoints by
-  one; most saves have none, by design."""
+  one (most saves have none, by design), and when a step's item is read on its
+  own (read_params; the step's metadata file is one level up)."""
 
   def filter(self, record):
-    return 'did not provide metrics' not in record.getMessage()
+    message = record.getMessage()
+    return not ('did not provide metrics' in message
+                or message.endswith('/state/_CHECKPOINT_METADATA'))
 
 
-logging.getLogger('absl').addFilter(_WithoutMetricWarning())
+logging.getLogger('absl').addFilter(_WithoutExpectedWarnings())
 
 
 class NoIntactCheckpoint(RuntimeError):
