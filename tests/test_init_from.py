@@ -47,8 +47,8 @@ def test_a_classifier_starts_from_the_masked_lm(pretrained, tmp_path, capsys):
   assert 'new, initialised fresh: classifier/bias, classifier/kernel' in line[0]
   assert step == 0  # the step and the optimizer state start fresh.
   source = _params(pretrained, 2)
-  flat_source = init_from._flatten(source)
-  flat_new = init_from._flatten(params)
+  flat_source = config_lib.flatten(source, '/')
+  flat_new = config_lib.flatten(params, '/')
   loaded = [n for n in flat_new if n in flat_source]
   assert len(loaded) == len(flat_new) - 2 and 'embedding/embedding' in loaded
   for name in loaded:

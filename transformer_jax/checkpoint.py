@@ -74,16 +74,6 @@ class NoIntactCheckpoint(RuntimeError):
   """Every checkpoint of a workdir failed to restore; the message names why."""
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def config_json(config) -> dict:
   """The config as plain JSON values (what a checkpoint stores)."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
@@ -94,7 +84,8 @@ def _changed(saved: dict, current: dict) -> list:
 
   Fields the code gained after the checkpoint was written count as their defaults.
   """
-  saved, current = _flatten(config_json(config_lib.from_saved(saved))), _flatten(current)
+  saved = config_lib.flatten(config_json(config_lib.from_saved(saved)))
+  current = config_lib.flatten(current)
   names = sorted(set(saved) | set(current))
   return [(n, saved.get(n, '<absent>'), current.get(n, '<absent>')) for n in names
           if saved.get(n, '<absent>') != current.get(n, '<absent>')]

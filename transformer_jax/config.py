@@ -256,6 +256,18 @@ RESUMABLE_FIELDS = frozenset(_RESUMABLE)
 TUNABLE_FIELDS = frozenset(_TUNABLE)
 
 
+def flatten(tree, sep: str = '.') -> dict:
+  """A nested dict (or mapping) as {'a.b.c': leaf}: dotted config field names,
+  or with sep='/' parameter names ('encoder/layer_0/.../kernel')."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) or hasattr(value, 'items'):
+      out.update({f'{key}{sep}{k}': v for k, v in flatten(value, sep).items()})
+    else:
+      out[key] = value
+  return out
+
+
 def from_saved(saved: dict) -> config_dict.ConfigDict:
   """A run's saved config.json as a config; fields the code gained since the run
   was saved take their defaults, so older runs stay readable."""

@@ -322,7 +322,6 @@ def load(config, fresh: dict) -> tuple:
       run's config.model differs from it (one line with the overrides), or a
       tensor's shape differs from the model's.
   """
-  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
   spec = config.init_from
   path = spec[len(PREFIX):]
   hf = read_config(path)
@@ -375,9 +374,8 @@ def params_to_gpt2(params: dict, model) -> dict:
   """DecoderOnly's parameters (nested) as GPT2LMHeadModel's tensors (the
   inverse of `gpt2_to_params`; the tied lm_head is left out, as transformers
   saves it)."""
-  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
   m = config_lib.ModelConfig.of(model)
-  flat = {k: np.asarray(v, np.float32) for k, v in init_from._flatten(params).items()}  # pylint: disable=protected-access
+  flat = {k: np.asarray(v, np.float32) for k, v in config_lib.flatten(params, '/').items()}
   d = m.d_model
   out = {'wte.weight': flat['embedding/embedding'],
          'wpe.weight': flat['decoder/embedder/positional_encoding/table'],
@@ -413,13 +411,12 @@ def export(model, params: dict, directory: str, step: Optional[int] = None) -> s
   padding to our models (masked out); GPT-2 attends to every token.
   """
   save_file = _require('safetensors.numpy').save_file
-  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   if gpt2_layout(model) is None:
     tensors, meta, kind = params_to_gpt2(params, model), gpt2_config(model), 'gpt2'
   else:
     tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
-               for k, v in init_from._flatten(params).items()}  # pylint: disable=protected-access
+               for k, v in config_lib.flatten(params, '/').items()}
     meta = {'format': 'transformer_jax', 'model': dataclasses.asdict(
         config_lib.ModelConfig.of(model)), 'step': step}
     kind = 'transformer_jax'

@@ -48,16 +48,6 @@ def copy_vocabulary(config, workdir: str):
     shutil.copytree(source_dir, target_dir, dirs_exist_ok=True)
 
 
-def _flatten(tree, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) or hasattr(value, 'items'):
-      out.update(_flatten(value, f'{prefix}{key}/'))
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def _unflatten(flat: dict) -> dict:
   tree = {}
   for name, value in flat.items():
@@ -81,7 +71,7 @@ def merge(fresh: dict, loaded: dict, source: str) -> tuple:
   Raises:
     ConfigError: a name matches with another shape, or no name matches at all.
   """
-  fresh_flat, loaded_flat = _flatten(fresh), _flatten(loaded)
+  fresh_flat, loaded_flat = config_lib.flatten(fresh, '/'), config_lib.flatten(loaded, '/')
   mismatched = [f'{n} (source {tuple(np.shape(loaded_flat[n]))}, model '
                 f'{tuple(np.shape(v))})' for n, v in fresh_flat.items()
                 if n in loaded_flat and np.shape(loaded_flat[n]) != np.shape(v)]

@@ -32,6 +32,8 @@ from typing import Optional
 
 import jax
 
+from transformer_jax import config as config_lib
+
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'ml-collections',
             'numpy', 'tensorflow-datasets', 'sentencepiece')
 
@@ -76,16 +78,6 @@ def _write_atomically(path: str, text: str):
   os.replace(tmp, path)
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def write_run_info(workdir: str, config, step: int = 0):
   """<workdir>/config.json (the config of this start) and a start record, with
   the config fields changed since the previous start, appended to
@@ -98,7 +90,7 @@ def write_run_info(workdir: str, config, step: int = 0):
   start = {'step': int(step), **provenance()}
   if os.path.exists(config_path):
     with open(config_path) as f:
-      before, now = _flat(json.load(f)), _flat(current)
+      before, now = config_lib.flatten(json.load(f)), config_lib.flatten(current)
     start['config_changes'] = {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
                                if before.get(k) != now.get(k)}
   env_path = os.path.join(workdir, 'environment.json')
