@@ -333,6 +333,7 @@ def load(config, fresh: dict) -> tuple:
   except KeyError as e:
     raise ConfigError(f'config.init_from={spec}: the weights lack {e.args[0]} that its '
                       f'config.json promises; is the directory complete?') from None
+  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
   params, report = init_from.merge(fresh, init_from._unflatten(flat), spec)  # pylint: disable=protected-access
   skipped = f'; not read: {init_from._names(unread)}' if unread else ''  # pylint: disable=protected-access
   return params, f'Initialised from {hf["model_type"]} {path}: {report}{skipped}.'
