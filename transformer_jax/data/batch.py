@@ -29,7 +29,9 @@ rows), L = config.seq_len, and every sequence is zero-padded (pad id 0).
 l = L except for length-bucketed seq2seq train batches, where l is the batch's
 bucket (a power of two below L, or L). Segment ids number the examples of a
 packed row 1, 2, ... (0 = padding) and positions restart at 0 per example;
-unpacked rows carry neither (the models derive them from `inputs != 0`).
+unpacked rows carry neither (encoders and the seq2seq model derive them from
+`inputs != pad_id`; a decoder-only model reads every token of its right-padded,
+causal rows as real: models/transformer.py).
 Eval batches are never packed or bucketed: one example per row, padded to L,
 and the last batch filled with all-zero rows of weight 0.
 """

@@ -6,7 +6,10 @@
 
 Batches carry `segment_ids` (0 = padding, 1.. = example number in a packed row)
 and `positions` (index of each token within its own example). When they are
-absent, segments come from `tokens != pad_id` and positions from 0..l-1.
+absent, positions are 0..l-1 and segments come from `tokens != pad_id`, except
+in `DecoderOnly`: its rows are right-padded and causal, so padding never reaches
+a real position and every token is read as real (GPT-2's padding id is its
+<|endoftext|>, a real token where the text has one).
 """
 
 from typing import Optional
@@ -236,6 +239,8 @@ class DecoderOnly(nn.Module):
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True,
                decode: bool = False):
+    if segment_ids is None and not decode:  # see the module doc: no token is padding.
+      segment_ids = jnp.ones_like(inputs)
     x = self.decoder(inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
     return self.project(x)
 
