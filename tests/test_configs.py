@@ -67,6 +67,31 @@ def test_a_missing_config_is_one_line(spec, message):
   assert '\n' not in str(e.value)
 
 
+def test_the_hf_tokenizer_reads_its_path_or_the_hf_checkpoints_and_else_is_one_line():
+  c = configs.load('shakespeare_char:quick')
+  c.data.tokenizer = 'hf'
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == (
+      'config.data.tokenizer=hf reads a Hugging Face tokenizer, but no directory is named; set '
+      '--config.data.tokenizer_path=DIR (a directory save_pretrained wrote) or '
+      '--config.init_from=hf:DIR.')
+  c.init_from = 'runs/mlm'  # another run's vocabulary is not a tokenizer's files.
+  with pytest.raises(config_lib.ConfigError, match='no directory is named'):
+    config_lib.validate(c)
+  c.init_from = 'hf:/models/gpt2'
+  config_lib.validate(c)
+  assert config_lib.tokenizer_path(c) == '/models/gpt2'
+  c.data.tokenizer_path = '/models/gpt2-tokenizer'  # named: it wins.
+  assert config_lib.tokenizer_path(c) == '/models/gpt2-tokenizer'
+  c.data.tokenizer = 'char'
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == ("config.data.tokenizer_path='/models/gpt2-tokenizer' is read by "
+                          'tokenizer=hf only (got tokenizer=char); set --config.data.tokenizer=hf '
+                          'or leave the path empty.')
+
+
 def test_a_user_file_loads_and_a_broken_one_is_one_line(tmp_path):
   good = tmp_path / 'mine.py'
   good.write_text('from transformer_jax.configs import shakespeare_char\n\n'

@@ -200,7 +200,9 @@ def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, ca
   from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  vocab = 96  # shakespeare_char's vocabulary.
+  # the char tokenizer's ids on Shakespeare: a checkpoint read with another tokenizer
+  # than its own must have as many (hf.check_tokenizer).
+  vocab = 88
   cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=16, n_layer=1,
                                 n_head=2, bos_token_id=2, eos_token_id=2)
   path = _save(_perturbed(transformers.GPT2LMHeadModel(cfg)), tmp_path / 'gpt2')
@@ -261,3 +263,171 @@ def test_flops_count_the_bert_head_transform():
   plain = accounting.flops_per_token(m, 8)
   m.update(head_transform=True, output_bias=True)
   assert accounting.flops_per_token(m, 8) == plain + 6 * 8 * 8
+
+
+# ----------------------------------------------------------------------------
+# Fine-tuning from the command line with the checkpoint's own tokenizer.
+
+# A run of two steps at the tiny checkpoints' size; eval and checkpoint at its end.
+RUN = ['--config.seq_len=32', '--config.batch_size=4', '--config.total_steps=2',
+       '--config.warmup_steps=1', '--config.log_every=1', '--config.eval_every=2',
+       '--config.eval_steps=2', '--config.checkpoint_every=2', '--config.num_samples=0']
+
+
+def _shakespeare_sample(chars=2000):
+  from transformer_jax.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.shakespeare_split()[0][:chars]
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+  """Tiny random GPT-2 and BERT masked LM, each saved with a tokenizer trained on
+  Shakespeare as save_pretrained writes it: a byte-level BPE whose last id is
+  <|endoftext|> (GPT-2's only special token, so its padding id is not 0), and a
+  lower-casing WordPiece with [PAD] 0 ... [MASK] 4 (BERT's order, not ours)."""
+  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+  # pylint: enable=g-import-not-at-top
+  text = [_shakespeare_sample(100_000)]
+  root = tmp_path_factory.mktemp('checkpoints')
+  bpe = Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  bpe.train_from_iterator(text, trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+  gpt2_tokenizer = transformers.GPT2TokenizerFast(
+      tokenizer_object=bpe, bos_token='<|endoftext|>', eos_token='<|endoftext|>',
+      unk_token='<|endoftext|>')
+  eos = gpt2_tokenizer.eos_token_id
+  torch.manual_seed(0)
+  gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=len(gpt2_tokenizer), n_positions=64, n_embd=D, n_layer=1, n_head=2,
+      bos_token_id=eos, eos_token_id=eos))
+  wordpiece = Tokenizer(models.WordPiece(unk_token='[UNK]'))
+  wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+  wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  wordpiece.decoder = decoders.WordPiece()
+  wordpiece.train_from_iterator(text, trainers.WordPieceTrainer(
+      vocab_size=300, special_tokens=['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'],
+      show_progress=False))
+  bert_tokenizer = transformers.BertTokenizerFast(
+      tokenizer_object=wordpiece, unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]',
+      sep_token='[SEP]', mask_token='[MASK]')
+  bert = transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=len(bert_tokenizer), hidden_size=D, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=64))
+  paths = {}
+  for name, model, tokenizer in (('gpt2', gpt2, gpt2_tokenizer), ('bert', bert, bert_tokenizer)):
+    paths[name] = _save(model, root / name)
+    tokenizer.save_pretrained(paths[name])
+  return paths
+
+
+def _main(*args, stdin=None):
+  """python -m transformer_jax.main ARGS; its stdout (it must succeed)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPOSITORY  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, '-m', 'transformer_jax.main', *map(str, args)],
+                          cwd=REPOSITORY, input=stdin, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def _last_json(stdout):
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_gpt2_fine_tunes_on_the_command_line_with_its_tokenizer_and_the_run_keeps_it(
+    checkpoints, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from transformer_jax import configs  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import recipes, tokenizers  # pylint: disable=g-import-not-at-top
+  path = shutil.copytree(checkpoints['gpt2'], tmp_path / 'gpt2')
+  theirs = transformers.AutoTokenizer.from_pretrained(path)
+  sample = _shakespeare_sample()
+  expected = theirs.encode(sample, add_special_tokens=False)
+  workdir = tmp_path / 'run'
+  # GPT-2 has no padding token: the tokenizer pads with <|endoftext|>, and the model must agree.
+  command = ['--config=shakespeare_char:quick', f'--workdir={workdir}',
+             f'--config.init_from=hf:{path}', '--config.data.tokenizer=hf', *hf.flags(path).split(),
+             f'--config.model.pad_id={theirs.eos_token_id}', *RUN]
+  trained = _main(*command)
+  assert 'Initialised from gpt2' in trained and 'fresh: none' in trained
+  shutil.move(path, tmp_path / 'moved')  # the run must not need the checkpoint any more.
+
+  saved = tokenizers.load(str(workdir / 'tokenizer'))
+  assert saved.name == 'hf' and saved.vocab_size == len(theirs) == theirs.eos_token_id + 1
+  # The ids training read: the recipe's encode with the run's tokenizer (as on the whole text).
+  recipe = recipes.ShakespeareStream(configs.load('shakespeare_char:quick'))
+  assert recipe.encode(sample, saved, None, 'sample')['inputs'].tolist() == expected
+  evaluated = _last_json(_main(*command, '--mode=eval'))
+  assert evaluated['step'] == 2
+  np.testing.assert_allclose(evaluated['loss'], _last_json(trained)['loss'], rtol=1e-5)
+  decoded = _main(*command, '--mode=decode', '--config.decode.method=greedy',
+                  '--config.sample_length=8', stdin='ROMEO:\nTo be\n').splitlines()
+  assert len(decoded) == 2 and all(decoded)
+  # And back: the export is a GPT-2 directory with the run's tokenizer beside it.
+  out = tmp_path / 'export'
+  assert 'AutoTokenizer' in _main(f'--workdir={workdir}', '--mode=export', f'--output={out}')
+  back = transformers.AutoTokenizer.from_pretrained(str(out))
+  assert back.encode(sample, add_special_tokens=False) == expected
+  assert transformers.GPT2Config.from_pretrained(str(out)).eos_token_id == theirs.eos_token_id
+
+
+def test_bert_fine_tunes_mlm_and_genres_on_the_command_line_with_its_tokenizer(
+    checkpoints, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = shutil.copytree(checkpoints['bert'], tmp_path / 'bert')
+  common = ['--config.data.tokenizer=hf', f'--config.data.tokenizer_path={path}',
+            f'--config.init_from=hf:{path}', *RUN]
+  mlm = ['--config=shakespeare_mlm:quick', f'--workdir={tmp_path / "mlm"}', *common,
+         *hf.flags(path).split()]
+  genres = ['--config=shakespeare_genre:quick', f'--workdir={tmp_path / "genres"}', *common,
+            *hf.flags(path, 'classify').split()]
+  trained = _main(*mlm)
+  assert 'Initialised from bert' in trained and 'fresh: none' in trained
+  assert 'fresh: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel' in _main(*genres)
+  shutil.move(path, tmp_path / 'moved')
+  evaluated = _last_json(_main(*mlm, '--mode=eval'))
+  np.testing.assert_allclose(evaluated['loss'], _last_json(trained)['loss'], rtol=1e-5)
+  assert 0 <= _last_json(_main(*genres, '--mode=eval'))['accuracy'] <= 1
+
+
+def test_bert_masking_uses_the_checkpoints_mask_and_special_ids(checkpoints):
+  from transformer_jax.data import examples, tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.HFTokenizer(checkpoints['bert'])
+  assert tokenizer.mask_id == 4 != tokenizers.MASK_ID and tokenizer.pad_id == 0
+  ids = tokenizer.encode_array(_shakespeare_sample(20_000))[:64 * 32].reshape(64, 32)
+  ids[:, -4:] = tokenizer.pad_id
+  ids[:, 0] = tokenizer._tokenizer.cls_token_id  # pylint: disable=protected-access
+  out = examples.mlm_transform(0, tokenizer, 0.15, 64)(0, {'inputs': ids})
+  chosen = out['weights'] > 0
+  assert not chosen[:, -4:].any() and not chosen[:, 0].any()  # padding and [CLS] stay.
+  assert 0.7 < (out['inputs'][chosen] == tokenizer.mask_id).mean() < 0.9
+  np.testing.assert_array_equal(out['inputs'][~chosen], ids[~chosen])
+
+
+def test_a_tokenizer_that_is_not_the_checkpoints_is_refused_in_one_line(checkpoints, tmp_path):
+  from conftest import load_config, override  # pylint: disable=g-import-not-at-top
+  from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import datasets, tokenizers  # pylint: disable=g-import-not-at-top
+  path = checkpoints['gpt2']
+  config = hf.configure(override(load_config('shakespeare_char:quick'), {'seq_len': 32}), path)
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError) as e:  # the char tokenizer: 88 ids, not 301.
+    trainer.setup(config, str(workdir))
+  assert _one_line(e).endswith('add --config.data.tokenizer=hf to read the text with the '
+                               'checkpoint\'s tokenizer.')
+  assert not (workdir / 'tokenizer').exists()  # so the corrected command builds its own.
+  config.data.tokenizer = 'hf'
+  with pytest.raises(config_lib.ConfigError) as e:  # the model reads 0 as padding.
+    datasets.create_datasets(config, str(workdir))
+  assert _one_line(e).endswith('set --config.model.pad_id=300.')
+  no_tokenizer = tmp_path / 'model_only'  # a model's config.json, no tokenizer files.
+  no_tokenizer.mkdir()
+  (no_tokenizer / 'config.json').write_text(open(os.path.join(path, 'config.json')).read())
+  config.init_from = f'hf:{no_tokenizer}'
+  with pytest.raises(tokenizers.DataError, match='config.init_from.*no tokenizer files'):
+    datasets.create_datasets(config, None)

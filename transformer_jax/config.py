@@ -42,7 +42,8 @@ PARALLELISMS = ('pmap', 'mesh')
 # task -> (model variant, encoder head) it feeds.
 TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
          'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
-TOKENIZERS = ('char', 'byte', 'sentencepiece')
+TOKENIZERS = ('char', 'byte', 'sentencepiece', 'hf')
+HF_PREFIX = 'hf:'  # config.init_from=hf:PATH names a Hugging Face checkpoint directory (hf.py).
 OVERFLOWS = ('drop', 'truncate', 'error')
 UNEVEN_BATCHES = ('drop', 'error')
 FORMATS = ('lines', 'tsv')
@@ -142,7 +143,12 @@ def data_config() -> config_dict.ConfigDict:
   return _section(dict(
       name='shakespeare',  # shakespeare | cmudict | tfds:<name> | text
       task='lm',  # lm | mlm | classify | seq2seq
-      tokenizer='char',  # char | byte | sentencepiece
+      # char | byte | sentencepiece | hf (a Hugging Face checkpoint's own tokenizer).
+      tokenizer='char',
+      # hf only: a directory save_pretrained wrote with the tokenizer's files; '' = the
+      # directory of config.init_from=hf:PATH (`tokenizer_path`). Read at a run's first start
+      # only: the vocabulary is then the run's own (<workdir>/tokenizer/).
+      tokenizer_path=resumable(''),
       packing=False,  # pack several short examples per row (segment ids).
       overflow='error',  # an example longer than seq_len: drop | truncate | error
       # batch_size not divisible by the device count: drop (lower it) | error
@@ -541,6 +547,13 @@ def validate_data(c):
                         ('uneven_batch', UNEVEN_BATCHES), ('format', FORMATS),
                         ('spm_model_type', SPM_MODEL_TYPES)):
     _check_choice('data.', d, name, allowed)
+  _check(d.tokenizer != 'hf' or bool(tokenizer_path(c)),
+         'config.data.tokenizer=hf reads a Hugging Face tokenizer, but no directory is named; '
+         'set --config.data.tokenizer_path=DIR (a directory save_pretrained wrote) or '
+         '--config.init_from=hf:DIR.')
+  _check(d.tokenizer == 'hf' or not d.tokenizer_path,
+         f'config.data.tokenizer_path={d.tokenizer_path!r} is read by tokenizer=hf only (got '
+         f'tokenizer={d.tokenizer}); set --config.data.tokenizer=hf or leave the path empty.')
   _check(not (d.packing and m.global_tokens),
          f'config.model.global_tokens={m.global_tokens} marks the first tokens of each row, and a '
          'packed row holds several examples; set config.data.packing=False.')
@@ -553,6 +566,15 @@ def validate_data(c):
     _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0 (0 = all).')
   for name in ('num_threads', 'prefetch'):
     _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0.')
+
+
+def tokenizer_path(c) -> str:
+  """Where config.data.tokenizer=hf reads its files: config.data.tokenizer_path, else
+  the checkpoint directory of config.init_from=hf:PATH, else '' (none named)."""
+  if c.data.tokenizer_path:
+    return c.data.tokenizer_path
+  init_from = str(c.init_from or '')
+  return init_from[len(HF_PREFIX):] if init_from.startswith(HF_PREFIX) else ''
 
 
 def validate_decode(d):

@@ -34,7 +34,7 @@ import numpy as np
 from transformer_jax import config as config_lib
 
 ConfigError = config_lib.ConfigError
-PREFIX = 'hf:'
+PREFIX = config_lib.HF_PREFIX
 WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin')
 ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu',
                'relu': 'relu'}
@@ -142,6 +142,17 @@ def _override(name, value) -> str:
   return f'--config.model.{name}={value}'
 
 
+def flags(path: str, head: str = 'mlm') -> str:
+  """The command-line overrides that make config.model the checkpoint's
+  architecture (what `configure` sets in Python), e.g. for a shell:
+  $(python -c "from transformer_jax import hf; print(hf.flags('DIR'))"). A field
+  the checkpoint wants unset (num_kv_heads=None) is left out: a flag cannot unset
+  it, and no packaged config sets it."""
+  required, head_fields = model_fields(read_config(path), head)
+  return ' '.join(_override(n, v) for n, v in {**required, **head_fields}.items()
+                  if v is not None)
+
+
 def check_config(model, hf: dict, spec: str):
   """Raises ConfigError (one line, the overrides to add) if config.model `model`
   differs from the checkpoint in a field that changes what it computes."""
@@ -168,6 +179,22 @@ def check_config(model, hf: dict, spec: str):
     fix = ' '.join(_override(n, w) for n, _, w in wrong)
     raise ConfigError(f'config.init_from={spec}: config.model differs from the checkpoint\'s '
                       f'architecture in {fields}; add {fix} (or hf.configure).')
+
+
+def check_tokenizer(hf: dict, spec: str, tokenizer):
+  """Raises ConfigError (one line) if the run's tokenizer is not the checkpoint's
+  and has another number of ids than its embedding has rows: its ids would not
+  mean the tokens the checkpoint learned. A checkpoint this project exported
+  (config.json holds 'transformer_jax') keeps the vocabulary of the run it came
+  from, whose tokenizer may hold fewer ids than model.vocab_size."""
+  if tokenizer is None or tokenizer.name == 'hf' or 'transformer_jax' in hf:
+    return
+  if tokenizer.vocab_size != hf['vocab_size']:
+    raise ConfigError(f'config.init_from={spec}: the checkpoint\'s embedding has '
+                      f'{hf["vocab_size"]} rows for its own tokenizer\'s tokens, and the '
+                      f'{tokenizer.name} tokenizer has {tokenizer.vocab_size} ids that mean other '
+                      'tokens; add --config.data.tokenizer=hf to read the text with the '
+                      'checkpoint\'s tokenizer.')
 
 
 # ----------------------------------------------------------------------------
@@ -313,18 +340,21 @@ def bert_to_params(weights: dict, m) -> tuple:
   return flat, unread
 
 
-def load(config, fresh: dict) -> tuple:
+def load(config, fresh: dict, tokenizer=None) -> tuple:
   """(params, report line) for a run with config.init_from=hf:PATH: `fresh` (the
   new model's initial parameters, nested) with every converted tensor.
+  `tokenizer`, the run's, is checked against the checkpoint's vocabulary.
 
   Raises:
     ConfigError: PATH is not a model directory, holds another architecture, the
-      run's config.model differs from it (one line with the overrides), or a
-      tensor's shape differs from the model's.
+      run's tokenizer is not the checkpoint's (`check_tokenizer`), the run's
+      config.model differs from it (one line with the overrides), or a tensor's
+      shape differs from the model's.
   """
   spec = config.init_from
   path = spec[len(PREFIX):]
   hf = read_config(path)
+  check_tokenizer(hf, spec, tokenizer)
   check_config(config.model, hf, spec)
   m = config_lib.ModelConfig.of(config.model)
   convert = gpt2_to_params if hf['model_type'] == 'gpt2' else bert_to_params
@@ -357,8 +387,9 @@ def gpt2_layout(model) -> Optional[str]:
   return ', '.join(wrong) or None
 
 
-def gpt2_config(model, dropout: bool = True) -> dict:
-  """GPT2Config's config.json for a config.model of GPT-2's layout."""
+def gpt2_config(model, dropout: bool = True, eos_id: int = 2) -> dict:
+  """GPT2Config's config.json for a config.model of GPT-2's layout (`eos_id`:
+  the run's tokenizer's <eos>, also GPT-2's bos)."""
   m = config_lib.ModelConfig.of(model)
   rate = m.dropout_rate if dropout else 0.0
   return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
@@ -367,8 +398,8 @@ def gpt2_config(model, dropout: bool = True) -> dict:
           'activation_function': EXPORT_ACTIVATIONS[m.activation],
           'resid_pdrop': rate, 'embd_pdrop': rate, 'attn_pdrop': m.attention_dropout_rate,
           'layer_norm_epsilon': m.layer_norm_epsilon, 'initializer_range': 0.02,
-          'tie_word_embeddings': True, 'pad_token_id': m.pad_id, 'bos_token_id': 2,
-          'eos_token_id': 2, 'transformer_jax': dataclasses.asdict(m)}
+          'tie_word_embeddings': True, 'pad_token_id': m.pad_id, 'bos_token_id': eos_id,
+          'eos_token_id': eos_id, 'transformer_jax': dataclasses.asdict(m)}
 
 
 def params_to_gpt2(params: dict, model) -> dict:
@@ -400,21 +431,25 @@ def params_to_gpt2(params: dict, model) -> dict:
   return {'transformer.' + k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def export(model, params: dict, directory: str, step: Optional[int] = None) -> str:
-  """Writes `params` (nested) to `directory`: model.safetensors + config.json.
+def export(model, params: dict, directory: str, step: Optional[int] = None,
+           tokenizer=None) -> str:
+  """Writes `params` (nested) to `directory`: model.safetensors + config.json,
+  and the files of `tokenizer` (the run's) when it is a Hugging Face one
+  (tokenizer=hf: `transformers.AutoTokenizer.from_pretrained(directory)` loads it).
 
   A decoder of GPT-2's layout (`gpt2_layout`) is written as GPT2LMHeadModel's
   directory (`transformers.GPT2LMHeadModel.from_pretrained(directory)` loads
   it; our config.model is kept in config.json under 'transformer_jax'); any
   other model as its own parameter names ('encoder/layer_0/...') with
   config.json {'format': 'transformer_jax', 'model': config.model, 'step'}.
-  Returns 'gpt2' or 'transformer_jax'. A token equal to config.model.pad_id is
-  padding to our models (masked out); GPT-2 attends to every token.
+  Returns 'gpt2' or 'transformer_jax'. A decoder-only model attends to every
+  token, as GPT-2 does (our encoders read config.model.pad_id as padding).
   """
   save_file = _require('safetensors.numpy').save_file
   os.makedirs(directory, exist_ok=True)
   if gpt2_layout(model) is None:
-    tensors, meta, kind = params_to_gpt2(params, model), gpt2_config(model), 'gpt2'
+    meta = gpt2_config(model, eos_id=2 if tokenizer is None else tokenizer.eos_id)
+    tensors, kind = params_to_gpt2(params, model), 'gpt2'
   else:
     tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
                for k, v in config_lib.flatten(params, '/').items()}
@@ -424,6 +459,8 @@ def export(model, params: dict, directory: str, step: Optional[int] = None) -> s
   save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump(meta, f, indent=1)
+  if tokenizer is not None and tokenizer.name == 'hf':
+    tokenizer.save_pretrained(directory)
   return kind
 
 
@@ -437,6 +474,7 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
   """
   from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
   with checkpoint_lib.Checkpointer(workdir, config, writable=False) as checkpoints:
@@ -444,7 +482,11 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
     params = checkpoints.read_params(step)
     saved = checkpoints.saved_config()
   model = config_lib.from_saved(saved).model if saved else config.model  # the run's own.
-  kind = export(model, params, directory, step)
+  vocabulary = os.path.join(workdir, tokenizers.RUN_DIRECTORY)
+  tokenizer = tokenizers.load(vocabulary) if tokenizers.is_saved(vocabulary) else None
+  kind = export(model, params, directory, step, tokenizer)
   how = ('GPT-2 layout: transformers.GPT2LMHeadModel.from_pretrained loads it' if kind == 'gpt2'
          else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(model)})')
+  if tokenizer is not None and tokenizer.name == 'hf':
+    how += ', and AutoTokenizer.from_pretrained its tokenizer'
   return f'Exported {workdir} step {step} to {directory} ({how}).'

@@ -39,7 +39,7 @@ def parse(spec: str) -> tuple:
 
 def copy_vocabulary(config, workdir: str):
   """Gives a new run the source run's vocabulary (before its data is built)."""
-  if not config.init_from or config.init_from.startswith('hf:'):
+  if not config.init_from or config.init_from.startswith(config_lib.HF_PREFIX):
     return  # a Hugging Face checkpoint's vocabulary is its tokenizer (tokenizers.HFTokenizer).
   source, _ = parse(config.init_from)
   source_dir = os.path.join(source, tokenizers.RUN_DIRECTORY)
@@ -94,17 +94,18 @@ def merge(fresh: dict, loaded: dict, source: str) -> tuple:
   return _unflatten(merged), report
 
 
-def load(config, fresh: dict) -> tuple:
-  """(params, report line) for a run starting with config.init_from set.
+def load(config, fresh: dict, tokenizer=None) -> tuple:
+  """(params, report line) for a run starting with config.init_from set
+  (`tokenizer`: the run's, which a Hugging Face checkpoint checks: hf.load).
 
   Raises:
     FileNotFoundError: the source is not a run directory with checkpoints, or
       lacks the step asked for.
     ConfigError: see `merge` (and `hf.load` for hf:PATH).
   """
-  if config.init_from.startswith('hf:'):
+  if config.init_from.startswith(config_lib.HF_PREFIX):
     from transformer_jax import hf  # pylint: disable=g-import-not-at-top  # transformers extra.
-    return hf.load(config, fresh)
+    return hf.load(config, fresh, tokenizer)
   source, which = parse(config.init_from)
   if not os.path.isdir(os.path.join(source, 'checkpoints')):
     raise FileNotFoundError(f'config.init_from={config.init_from}: {source} is not a run '

@@ -12,6 +12,8 @@ stops cleanly on SIGTERM / Ctrl-C and on a non-finite loss.
 """
 
 import dataclasses
+import os
+import shutil
 import time
 from typing import Any, Optional
 
@@ -30,6 +32,7 @@ from transformer_jax import parallel
 from transformer_jax import run_log
 from transformer_jax import train as train_lib
 from transformer_jax.data import datasets as datasets_lib
+from transformer_jax.data import tokenizers as tokenizers_lib
 from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
@@ -84,7 +87,9 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   restores the data position with the state; it may change the optimiser's
   `tunable` settings on resume (said in one line). Eval and decode need a
   checkpoint (config.restore_checkpoint: the latest, the best or a step), and
-  only read the workdir.
+  only read the workdir. A first start that is refused (a config error found
+  once the data is read) leaves no vocabulary behind, so the corrected command
+  builds the one it asks for.
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
@@ -98,11 +103,14 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   training = mode == 'train'
   lock = lock_lib.WorkdirLock(workdir).acquire() if training and jax.process_index() == 0 else None
   checkpointer = None
+  vocabulary = os.path.join(workdir, tokenizers_lib.RUN_DIRECTORY)
+  new_vocabulary = False
   try:
     checkpointer = checkpoint_lib.Checkpointer(workdir, config, writable=training)
     latest = checkpointer.latest_step()
     if latest is None and not training:
       raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
+    new_vocabulary = training and latest is None and not tokenizers_lib.is_saved(vocabulary)
     checkpointer.check_compatible()
     if training and latest is not None:
       _announce_tuned(checkpointer)
@@ -124,7 +132,7 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
       logging.info('Resumed from step %d.', step)
     elif starts_from_another_run:
       fresh = jax.device_get(strategy.one_copy(state).params)
-      params, report = init_from_lib.load(config, fresh)
+      params, report = init_from_lib.load(config, fresh, datasets.tokenizer)
       state = strategy.with_params(state, params)
       print(report, flush=True)
     step = int(strategy.fetch({'step': state.step})['step'])
@@ -133,6 +141,8 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
           f'{workdir} is already at step {step}, past config.total_steps={config.total_steps}; '
           f'set --config.total_steps above {step} to train on, or use another --workdir.')
   except BaseException:
+    if new_vocabulary and jax.process_index() == 0:  # no checkpoint was made with it.
+      shutil.rmtree(vocabulary, ignore_errors=True)
     if checkpointer is not None:
       checkpointer.close()
     if lock is not None:

@@ -8,8 +8,9 @@ model inputs, used alike by training examples, eval rows and
 picks the recipe for config.data.name and config.data.task from `RECIPES` and
 returns a `Datasets`:
 
-  tokenizer     encode/decode, vocab_size, pad_id = 0 (tokenizers.py); the
-                run's own, saved in <workdir>/tokenizer/ at its first start.
+  tokenizer     encode/decode, vocab_size, pad_id (0; a Hugging Face checkpoint's
+                tokenizer names its own: tokenizers.py); the run's own, saved in
+                <workdir>/tokenizer/ at its first start.
   train         an infinite grain iterator of this host's rows of the global
                 batches (batch.py: the keys; batching.py: how hosts share a
                 batch). Shuffling is seeded by config.seed; the iterator's
@@ -57,11 +58,25 @@ def global_batch_size(config, num_devices: Optional[int] = None) -> int:
 
 
 def _check_vocab(config, tokenizer):
-  if tokenizer.vocab_size > config.model.vocab_size:
-    raise ConfigError(
-        f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
-        f'{tokenizer.name} tokenizer\'s {tokenizer.vocab_size} ids; set '
-        f'config.model.vocab_size={tokenizer.vocab_size} or more.')
+  """The model must hold every id of the tokenizer and read its padding id as
+  padding (a checkpoint's tokenizer names its own: GPT-2's is <|endoftext|>).
+  Batches are padded with 0 (batch.py), which an encoder must read as padding;
+  a decoder never attends forward to right padding, so any pad id does for it."""
+  m, name = config.model, tokenizer.name
+  fixes = []
+  if tokenizer.vocab_size > m.vocab_size:
+    fixes.append((f'config.model.vocab_size={m.vocab_size} is smaller than the {name} '
+                  f'tokenizer\'s {tokenizer.vocab_size} ids',
+                  f'--config.model.vocab_size={tokenizer.vocab_size} or more'))
+  if tokenizer.pad_id != m.pad_id:
+    fixes.append((f'config.model.pad_id={m.pad_id} is not the {name} tokenizer\'s padding id '
+                  f'{tokenizer.pad_id}', f'--config.model.pad_id={tokenizer.pad_id}'))
+  if fixes:
+    raise ConfigError(f'{"; ".join(p for p, _ in fixes)}; set {" and ".join(f for _, f in fixes)}.')
+  if m.variant != 'decoder' and tokenizer.pad_id != 0:
+    raise ConfigError(f'the {name} tokenizer pads with id {tokenizer.pad_id}, but batches are '
+                      f'padded with 0, which config.model.variant={m.variant} would read as a '
+                      'token; use a tokenizer whose padding id is 0 (BERT\'s [PAD] is).')
 
 
 # ----------------------------------------------------------------------------

@@ -64,8 +64,9 @@ def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> O
   classify: (text, label) -> inputs [t1..tn], targets label, weights 1.
   seq2seq:  (source, target) -> inputs [s1..sm, <eos>], targets [t1..tn, <eos>]
             (the model shifts the targets right itself).
+  <eos> is the tokenizer's (`tokenizer.eos_id`: GPT-2's <|endoftext|>).
   """
-  eos = tok_lib.EOS_ID
+  eos = tokenizer.eos_id
   as_ids = lambda ids: np.asarray(ids, np.int32)
   if task in ('lm', 'mlm'):
     ids = overflow.fit(tokenizer.encode(raw), where, reserve=int(task == 'lm'))
@@ -115,39 +116,47 @@ class StreamedExamples(collections.abc.Sequence):
 
 
 def bert_mask(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int,
-              rate: float = 0.15, rows: slice = slice(None), num_rows: int = 0) -> dict:
+              rate: float = 0.15, rows: slice = slice(None), num_rows: int = 0,
+              mask_id: int = tok_lib.MASK_ID,
+              special_ids: tuple = tuple(range(tok_lib.NUM_SPECIALS))) -> dict:
   """BERT's corruption of real tokens [b, l] -> inputs, targets, weights [b, l].
 
-  Each real token is chosen with probability `rate`; a chosen token becomes
-  <mask> 80% of the time, a random non-special token 10%, and stays itself
-  10%. The loss is on the chosen positions only (weights 1 there). The random
+  Each real token (not one of `special_ids`, padding among them) is chosen
+  with probability `rate`; a chosen token becomes `mask_id` 80% of the time, a
+  random token 10% (an id from NUM_SPECIALS up: for our tokenizers never a
+  special one; for a checkpoint's, as BERT's own code, any id), and stays
+  itself 10%. The loss is on the chosen positions only (weights 1 there). The random
   draws are made for a batch of num_rows rows (default b) of which `tokens`
   are `rows`, so a host masking its rows of a global batch masks them as one
   process masking the whole batch would.
   """
   shape = (num_rows or len(tokens),) + tokens.shape[1:]
-  real = tokens >= tok_lib.NUM_SPECIALS
+  real = ~np.isin(tokens, special_ids)
   chosen = (rng.random(shape)[rows] < rate) & real
   action = rng.random(shape)[rows]
   random_ids = rng.integers(tok_lib.NUM_SPECIALS, vocab_size, shape, dtype=np.int32)[rows]
-  inputs = np.where(chosen & (action < 0.8), tok_lib.MASK_ID, tokens)
+  inputs = np.where(chosen & (action < 0.8), mask_id, tokens)
   inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
   return {'inputs': inputs.astype(np.int32), 'targets': tokens.astype(np.int32),
           'weights': chosen.astype(np.float32)}
 
 
-def mlm_transform(seed: int, vocab_size: int, rate: float, batch_size: int):
+def mlm_transform(seed: int, tokenizer, rate: float, batch_size: int):
   """(i, this host's rows of global batch i) -> those rows with `inputs`
-  masked. The mask of global batch i is a function of (seed, i) only, drawn
-  for all batch_size rows on every host (process_count() times the draws of
-  its own rows), so resume and eval are reproducible and the hosts' masks
-  together are the one-process mask. The generator is seeded by (seed, i, 0):
+  masked (with the tokenizer's mask id; its special ids are never chosen). The
+  mask of global batch i is a function of (seed, i) only, drawn for all
+  batch_size rows on every host (process_count() times the draws of its own
+  rows), so resume and eval are reproducible and the hosts' masks together are
+  the one-process mask. The generator is seeded by (seed, i, 0):
   the 0 keeps the masks one-process runs drew before hosts shared them."""
   rows = batching.host_rows(batch_size)
+  vocab_size, mask_id, special_ids = (tokenizer.vocab_size, tokenizer.mask_id,
+                                      tokenizer.special_ids)
 
   def transform(index, batch):
     rng = np.random.default_rng([seed, index, 0])
-    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate, rows, batch_size)}
+    return {**batch, **bert_mask(batch['inputs'], rng, vocab_size, rate, rows, batch_size,
+                                 mask_id, special_ids)}
   return transform
 
 
@@ -155,7 +164,7 @@ def mlm_transform(seed: int, vocab_size: int, rate: float, batch_size: int):
 # From raw examples to train and eval batches.
 
 
-def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
+def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
                      batch_size: int, where: str):
   """(train dataset, eval rows, info). `train` is a list of raw examples
   (encoded here) or StreamedExamples (encoded as batches are read);
@@ -180,7 +189,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
                     f'config.data.overflow={d.overflow}; raise config.seq_len.')
   info.update({'train_examples': len(train), 'eval_examples': len(evals),
                **eval_overflow.report('eval')})
-  transform = (mlm_transform(config.seed, vocab_size, d.mask_rate, batch_size)
+  transform = (mlm_transform(config.seed, tokenizer, d.mask_rate, batch_size)
                if task == 'mlm' else None)
   options = batching.grain_read_options(config)
   if d.packing:
@@ -190,7 +199,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, vocab_size: int,
     train_ds = batching.bucketed_train(train, seq_len, batch_size, config.seed, options)
   else:
     train_ds = batching.array_train(train, seq_len, batch_size, config.seed, options, transform)
-  eval_transform = (mlm_transform(config.seed + 1, vocab_size, d.mask_rate, batch_size)
+  eval_transform = (mlm_transform(config.seed + 1, tokenizer, d.mask_rate, batch_size)
                     if task == 'mlm' else None)
   eval_ds = batching.ArrayEval(batching.pad_rows(evals, seq_len), batch_size, eval_transform)
   if task == 'lm':  # streamed: estimated on up to 100,000 examples spread over the split.

@@ -40,9 +40,16 @@ def make_tokenizer(config, directory: Optional[str], train_text_fn: Callable[[],
   `train_text_fn()` yields the training text (lines or whole texts). A
   SentencePiece model is trained into `directory` (the run's tokenizer
   directory), or without one cached in the temporary directory under `key`,
-  which names the dataset so cached models are never mixed up.
+  which names the dataset so cached models are never mixed up. A Hugging Face
+  tokenizer (hf) is read, not built: from config.tokenizer_path(config).
   """
   d = config.data
+  if d.tokenizer == 'hf':
+    try:
+      return tok_lib.HFTokenizer(config_lib.tokenizer_path(config))
+    except DataError as e:
+      named = 'config.data.tokenizer_path' if d.tokenizer_path else 'config.init_from'
+      raise DataError(f'config.data.tokenizer=hf ({named}): {e}') from None
   if d.tokenizer == 'char':
     chars = set()
     for piece in train_text_fn():
@@ -156,10 +163,10 @@ class ShakespeareStream(Recipe):
     shift = task == 'lm'
     train_transform = eval_transform = None
     if task == 'mlm':
-      train_transform = examples_lib.mlm_transform(config.seed, tokenizer.vocab_size,
-                                                   d.mask_rate, batch_size)
-      eval_transform = examples_lib.mlm_transform(config.seed + 1, tokenizer.vocab_size,
-                                                  d.mask_rate, batch_size)
+      train_transform = examples_lib.mlm_transform(config.seed, tokenizer, d.mask_rate,
+                                                   batch_size)
+      eval_transform = examples_lib.mlm_transform(config.seed + 1, tokenizer, d.mask_rate,
+                                                  batch_size)
     train = batching.stream_train(train_tokens, seq_len, batch_size, config.seed,
                                   batching.grain_read_options(config), shift, train_transform)
     eval_ds = batching.ArrayEval(batching.stream_eval_rows(eval_tokens, seq_len, shift),
@@ -257,7 +264,7 @@ class Cmudict(Recipe):
   def batches(self, tokenizer, batch_size):
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     train_ds, eval_ds, info = examples_lib.example_datasets(
-        self.config, encode, self.train_raw, self.eval_raw, tokenizer.vocab_size, batch_size,
+        self.config, encode, self.train_raw, self.eval_raw, tokenizer, batch_size,
         'cmudict')
     info.update({f'{s}_words': len(self.splits[s]) for s in sources.G2P_SPLITS})
     return train_ds, eval_ds, info
@@ -333,7 +340,7 @@ class Tfds(Recipe):
                                           functools.partial(encode, overflow=overflow),
                                           f'{d.name} train', np.arange(self.num_train))
     train_ds, eval_ds, info = examples_lib.example_datasets(
-        self.config, encode, train, self.eval_raw, tokenizer.vocab_size, batch_size, d.name)
+        self.config, encode, train, self.eval_raw, tokenizer, batch_size, d.name)
     info['tokenizer_examples'] = self.num_text
     return train_ds, eval_ds, info
 
@@ -398,6 +405,6 @@ class TextFiles(Recipe):
   def batches(self, tokenizer, batch_size):
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     train_ds, eval_ds, more = examples_lib.example_datasets(
-        self.config, encode, self.train_raw, self.eval_raw, tokenizer.vocab_size, batch_size,
+        self.config, encode, self.train_raw, self.eval_raw, tokenizer, batch_size,
         self.config.data.train_files)
     return train_ds, eval_ds, {**self.info, **more}

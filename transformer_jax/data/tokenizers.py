@@ -12,7 +12,9 @@ pipeline never need to ask which one they got:
 
 `encode(str) -> list[int]` and `decode(list[int]) -> str` never add or strip
 <eos>; the data recipes decide where examples end. `decode` drops <pad>, <eos>
-and <mask>.
+and <mask>. The one exception is `HFTokenizer`: a checkpoint's ids are its own,
+so it names them in the same attributes (`pad_id`, `eos_id`, `mask_id`,
+`special_ids`), which the pipeline reads instead of the constants.
 
 A run owns its vocabulary: `tokenizer.save(directory)` writes it (a small
 tokenizer.json, plus the .model file for SentencePiece) and `load(directory)`
@@ -59,6 +61,11 @@ class Tokenizer:
     """The symbols built from data (characters, graphemes and phonemes); ()
     for a tokenizer that is not a symbol table."""
     return ()
+
+  @property
+  def special_ids(self) -> tuple:
+    """Ids that are never text (BERT masking leaves them alone)."""
+    return tuple(range(NUM_SPECIALS))
 
   def encode_array(self, text: str) -> np.ndarray:
     """encode() as an int32 array [n]."""
@@ -257,15 +264,24 @@ class HFTokenizer(Tokenizer):
   vocab.json + merges.txt), read by `transformers.AutoTokenizer` (the hf extra;
   imported here only). Its special ids are the checkpoint's own ([PAD], [SEP],
   [MASK] for BERT; GPT-2 has only <|endoftext|>, which serves as <eos> and
-  <pad>); `encode` adds no special tokens, as the other tokenizers.
+  <pad>); `encode` adds no special tokens, as the other tokenizers ([CLS] and
+  [SEP] included). Selected by config.data.tokenizer=hf; saved with the run as
+  the files save_pretrained writes (under tokenizer/hf/).
 
   Raises:
     DataError: `path` holds no tokenizer transformers can read.
   """
   name = 'hf'
   SUBDIRECTORY = 'hf'  # under the run's tokenizer/ directory.
+  # A vocabulary file of some tokenizer: without one, AutoTokenizer builds an
+  # empty tokenizer from a model's config.json, which encodes every text to [].
+  FILES = ('tokenizer.json', 'vocab.txt', 'vocab.json', 'spiece.model', 'tokenizer.model',
+           'sentencepiece.bpe.model')
 
   def __init__(self, path: str):
+    if not any(os.path.isfile(os.path.join(path, f)) for f in self.FILES):
+      raise DataError(f'{path} holds no tokenizer files ({", ".join(self.FILES[:3])}); give a '
+                      'directory that save_pretrained wrote.')
     try:
       from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
     except ImportError:
@@ -287,12 +303,29 @@ class HFTokenizer(Tokenizer):
   def vocab_size(self) -> int:
     return len(self._tokenizer)
 
+  @property
+  def special_ids(self) -> tuple:
+    return tuple(sorted(set(self._tokenizer.all_special_ids)))
+
+  def save_pretrained(self, directory: str):
+    """The tokenizer's files as transformers writes them (AutoTokenizer reads them)."""
+    self._tokenizer.save_pretrained(directory)
+
   def _fields(self, directory: str) -> dict:
-    self._tokenizer.save_pretrained(os.path.join(directory, self.SUBDIRECTORY))
+    """The files save_pretrained writes, in `directory`/hf/; each written whole
+    (to a directory of this process, then renamed: every process of a multi-host
+    run saves them)."""
+    target = os.path.join(directory, self.SUBDIRECTORY)
+    os.makedirs(target, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+      self.save_pretrained(tmp)
+      for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(target, name))
     return {'path': self.SUBDIRECTORY}
 
   def encode(self, text: str) -> list:
-    return list(self._tokenizer.encode(text, add_special_tokens=False))
+    # verbose=False: a text longer than the checkpoint's context is what a stream is.
+    return list(self._tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
