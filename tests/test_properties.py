@@ -66,6 +66,21 @@ def test_appending_padding_changes_nothing(variant):
   np.testing.assert_allclose(other, logits, atol=1e-5)
 
 
+def test_a_decoder_reads_its_pad_id_as_a_token_and_stays_causal():
+  """GPT-2's padding id is its <|endoftext|>: where the text has one, a decoder-only
+  model must attend to it (rows are right-padded, so no token need be padding)."""
+  pad = 7
+  model = build_model(model_config('decoder', pad_id=pad))
+  tokens = random_tokens(8, (2, 10)).at[:, 0].set(pad).at[:, 4].set(pad)
+  params = model.init(jax.random.key(0), tokens)
+  logits = model.apply(params, tokens)
+  explicit = model.apply(params, tokens, jnp.ones_like(tokens))  # every token real.
+  np.testing.assert_allclose(logits, explicit, atol=1e-6)
+  changed = model.apply(params, tokens.at[:, 4].set(pad + 1))
+  np.testing.assert_allclose(changed[:, :4], logits[:, :4], atol=1e-6)  # causal.
+  assert not np.allclose(changed[:, 4:], logits[:, 4:], atol=1e-3)  # the pad id was read.
+
+
 def test_classifier_ignores_padding():
   model = build_model(model_config('encoder', encoder_head='classify', num_classes=3))
   tokens = random_tokens(6, (2, 7))
