@@ -228,6 +228,34 @@ def test_a_prompt_token_equal_to_eos_does_not_stop_the_row(lm):
   np.testing.assert_array_equal(out[1, :6], free[1, :6])
 
 
+def test_a_padding_id_that_is_also_eos_is_sampled_and_ends_the_row(lm):
+  """GPT-2 pads with <|endoftext|>: generation may emit it, and it ends the row;
+  a padding id that is not EOS is never emitted."""
+  model, params = lm
+  free = np.asarray(decode.sample(model, params, PROMPTS, LENGTH))
+  token = int(free[0, PROMPT_LENGTHS[0]])  # row 0's first greedy token.
+  padded_by = tiny_model('decoder', num_layers=2, position='rotary', norm='pre', pad_id=token)
+  out = np.asarray(decode.sample(padded_by, params, PROMPTS, LENGTH, eos_id=token,
+                                prompt_lengths=PROMPT_LENGTHS))
+  assert out[0, PROMPT_LENGTHS[0]] == token  # emitted: row 0's first greedy token.
+  for row, start in enumerate(PROMPT_LENGTHS):  # nothing but padding after the first one.
+    hits = np.nonzero(out[row, start:] == token)[0]
+    if len(hits):
+      assert (out[row, start + hits[0]:] == token).all(), out[row]
+  beam, _ = decode.beam_search(padded_by, params, PROMPTS, LENGTH, beam_size=1, eos_id=token,
+                               prompt_lengths=PROMPT_LENGTHS)
+  for row, start in enumerate(PROMPT_LENGTHS):  # greedy through the first EOS.
+    hits = np.nonzero(out[row, start:] == token)[0]
+    end = start + hits[0] + 1 if len(hits) else LENGTH
+    np.testing.assert_array_equal(beam[row, 0, :end], out[row, :end])
+  never = np.asarray(decode.sample(padded_by, params, PROMPTS, LENGTH, eos_id=EOS,
+                                  prompt_lengths=PROMPT_LENGTHS))
+  for row, start in enumerate(PROMPT_LENGTHS):  # up to EOS, never the padding id.
+    generated = never[row, start:]
+    hits = np.nonzero(generated == EOS)[0]
+    assert token not in generated[:hits[0] if len(hits) else None], never[row]
+
+
 # --- Beam search. --------------------------------------------------------------
 
 

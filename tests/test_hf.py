@@ -349,10 +349,13 @@ def test_gpt2_fine_tunes_on_the_command_line_with_its_tokenizer_and_the_run_keep
   sample = _shakespeare_sample()
   expected = theirs.encode(sample, add_special_tokens=False)
   workdir = tmp_path / 'run'
-  # GPT-2 has no padding token: the tokenizer pads with <|endoftext|>, and the model must agree.
+  # GPT-2 has no padding token: the tokenizer pads with <|endoftext|>, and the model must
+  # agree; hf.flags says so (from config.json's eos_token_id) for the hf tokenizer only.
+  assert f'--config.model.pad_id={theirs.eos_token_id}' in hf.flags(path).split()
+  assert 'pad_id' not in hf.flags(path, tokenizer='char')
   command = ['--config=shakespeare_char:quick', f'--workdir={workdir}',
              f'--config.init_from=hf:{path}', '--config.data.tokenizer=hf', *hf.flags(path).split(),
-             f'--config.model.pad_id={theirs.eos_token_id}', *RUN]
+             *RUN]
   trained = _main(*command)
   assert 'Initialised from gpt2' in trained and 'fresh: none' in trained
   shutil.move(path, tmp_path / 'moved')  # the run must not need the checkpoint any more.

@@ -92,7 +92,8 @@ def _decoder_stepper(model, params, prompts, prompt_lengths, length: int, prefil
                      cached: bool) -> Stepper:
   """A DecoderOnly model continuing right-padded prompts [n, P] up to `length` tokens."""
   variables = _variables(params)
-  buffer = jnp.pad(prompts, ((0, 0), (0, length - prompts.shape[1])))
+  buffer = jnp.pad(prompts, ((0, 0), (0, length - prompts.shape[1])),
+                   constant_values=model.cfg.pad_id)  # what rows hold after they end.
   if not cached:
 
     def full_step(carry, buffer, p):
@@ -124,7 +125,8 @@ def _seq2seq_stepper(model, params, sources, length: int, cached: bool) -> Stepp
   """A Transformer producing `length` tokens for padded sources [n, ls], encoded once."""
   variables = _variables(params)
   n = sources.shape[0]
-  buffer = jnp.zeros((n, length + 1), jnp.int32)  # the start token 0, then the outputs.
+  # The start token 0, then the outputs; padding where rows have ended.
+  buffer = jnp.full((n, length + 1), model.cfg.pad_id, jnp.int32).at[:, 0].set(0)
   ones = jnp.ones((n,), jnp.int32)
   sources_segment_ids = (sources != model.cfg.pad_id).astype(jnp.int32)
   encoded = model.apply(variables, sources, sources_segment_ids, method='encode')  # [n, ls, d]
@@ -192,6 +194,13 @@ def sample_logits(rng, logits, temperature, top_k=0, top_p=1.0):
   return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
+def _forbid_padding(logits, pad_id: int, eos_id, low):
+  """`logits` [..., vocab] with the padding id set to `low`, unless it is also
+  the EOS id (GPT-2's <|endoftext|> is both): then it stays, so rows can end."""
+  is_pad = (jnp.arange(logits.shape[-1]) == pad_id) & (pad_id != eos_id)
+  return jnp.where(is_pad, jnp.asarray(low, logits.dtype), logits)
+
+
 def _sample_loop(stepper: Stepper, rng, temperature, top_k, top_p, eos_id, pad_id):
   """Fills the stepper's buffer [n, length] from position `prefill` on; returns it."""
   prompt_lengths, length = stepper.prompt_lengths, stepper.buffer.shape[1]
@@ -203,7 +212,7 @@ def _sample_loop(stepper: Stepper, rng, temperature, top_k, top_p, eos_id, pad_i
   def body(state):
     p, buffer, carry, done = state
     logits, carry = stepper.step(carry, buffer, p)
-    logits = logits.at[:, pad_id].set(-jnp.inf)
+    logits = _forbid_padding(logits, pad_id, eos_id, -jnp.inf)
     token = sample_logits(jax.random.fold_in(rng, p), logits, temperature, top_k, top_p)
     forced = p + 1 < prompt_lengths
     token = jnp.where(forced, _token_at(buffer, p + 1), jnp.where(done, pad_id, token))
@@ -269,7 +278,7 @@ def _beam_loop(stepper: Stepper, beam_size: int, alpha, eos_id, pad_id):
     logits, carry = stepper.step(s.carry, s.alive.reshape(b * k, length), p)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits).reshape(b, k, vocab)
-    log_probs = log_probs.at[..., pad_id].set(NEG_INF)
+    log_probs = _forbid_padding(log_probs, pad_id, eos_id, NEG_INF)
     forced = p + 1 < prompt_lengths  # [b]
     forced_log_probs = jnp.where(jnp.arange(vocab) == _token_at(buffer, p + 1)[:, None], 0.0,
                                  NEG_INF)  # [b, vocab]

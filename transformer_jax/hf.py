@@ -128,12 +128,25 @@ def model_fields(hf: dict, head: str = 'mlm') -> tuple:
   return required, head_fields
 
 
+def token_fields(hf: dict, tokenizer: str) -> dict:
+  """The config.model ids that reading text with `tokenizer` (config.data.tokenizer)
+  implies: with the checkpoint's own ('hf'), `pad_id` is its padding token, or, for
+  GPT-2, which has none, `<|endoftext|>` (eos_token_id); other tokenizers keep theirs."""
+  if tokenizer != 'hf':
+    return {}
+  pad = hf.get('pad_token_id')
+  if pad is None:
+    pad = hf.get('eos_token_id')
+  return {} if pad is None else {'pad_id': pad}
+
+
 def configure(config, path: str):
   """Sets config.model to the checkpoint's architecture (and its encoder head's
-  fields), config.init_from to hf:PATH; returns config."""
+  fields and, with config.data.tokenizer='hf', its padding id), config.init_from to
+  hf:PATH; returns config."""
   hf = read_config(path)
   required, head_fields = model_fields(hf, config.model.encoder_head)
-  config.model.update({**required, **head_fields})
+  config.model.update({**required, **head_fields, **token_fields(hf, config.data.tokenizer)})
   config.init_from = PREFIX + path
   return config
 
@@ -142,14 +155,17 @@ def _override(name, value) -> str:
   return f'--config.model.{name}={value}'
 
 
-def flags(path: str, head: str = 'mlm') -> str:
+def flags(path: str, head: str = 'mlm', tokenizer: str = 'hf') -> str:
   """The command-line overrides that make config.model the checkpoint's
-  architecture (what `configure` sets in Python), e.g. for a shell:
+  architecture (and, for `tokenizer` 'hf', the default, its padding id), as
+  `configure` sets them in Python, e.g. for a shell:
   $(python -c "from transformer_jax import hf; print(hf.flags('DIR'))"). A field
   the checkpoint wants unset (num_kv_heads=None) is left out: a flag cannot unset
   it, and no packaged config sets it."""
-  required, head_fields = model_fields(read_config(path), head)
-  return ' '.join(_override(n, v) for n, v in {**required, **head_fields}.items()
+  hf = read_config(path)
+  required, head_fields = model_fields(hf, head)
+  fields = {**required, **head_fields, **token_fields(hf, tokenizer)}
+  return ' '.join(_override(n, v) for n, v in fields.items()
                   if v is not None)
 
 
