@@ -3,23 +3,24 @@
 Each candidate is the project's own `train_step` (train.make_steps) on one
 fixed synthetic batch of a train_throughput.py workload, changed in one way:
 
-- `pmap`: the step as `--mode=train` places it by default (config.parallelism
-  'pmap'): the baseline every ratio is taken against;
-- `jit`: the same step under the 'mesh' strategy (plain `jit`, no pmap);
-- `pmap_as_jit`: the pmap strategy's state and batch layout (a leading device
-  axis of 1) but the step under `jit`, the axis dropped inside the program (a
-  bitcast), i.e. what PmapStrategy could run on one device;
+- `jit`: the step as `--mode=train` places it on one device (parallel.create:
+  plain `jit`, whatever config.parallelism says): the baseline every ratio is
+  taken against;
+- `pmap`: the same step under `jax.pmap` over the one device
+  (parallel.PmapStrategy, what one device ran before plain jit replaced it);
 - `fused_qkv`: the model with one fused Q/K/V projection per self-attention
   (a [d, 3, h, k] DenseGeneral; cross-attention fuses K and V), by swapping in
   a subclass of layers.MultiHeadAttention in this process only (the model
-  code is not changed), placed as `pmap`;
+  code is not changed), placed as `jit`;
+- `concat_qkv`: the model's own query/key/value parameters, their kernels
+  concatenated at run time into one matmul (no parameter renamed);
 - `heads_major`: fused Q/K/V projected straight into the [b, h, l, k] layout
   the attention matmuls read, attention (forward and hand-written backward as
   layers.attention's) in that layout, and the output projection from it, so no
   [b, l, h, k] <-> [b, h, l, k] transposes are left around the score matmuls;
 - `philox_dropout`: the dropout masks from XLA's Philox generator instead of
   ThreeFry (layers.Dropout swapped in-process);
-- `xla:<name>`: the `pmap` step compiled with XLA:CPU options (XLA_OPTIONS
+- `xla:<name>`: the `jit` step compiled with XLA:CPU options (XLA_OPTIONS
   below, passed per compilation as `compiler_options`, so the variants share
   one process and run interleaved).
 
@@ -29,7 +30,7 @@ candidate's loss after the timed steps is from the baseline's (numerics: 0.0
 means the same program result).
 
   python benchmarks/step_candidates.py                               # nanogpt_cpu, every candidate
-  python benchmarks/step_candidates.py --workloads=gpt_6x384 --candidates=pmap,jit,fused_qkv
+  python benchmarks/step_candidates.py --workloads=gpt_6x384 --candidates=jit,pmap,fused_qkv
 """
 
 import math
@@ -71,7 +72,7 @@ XLA_OPTIONS = {
     'vector_512': {'xla_cpu_prefer_vector_width': 512},
 }
 
-flags.DEFINE_list('candidates', ['pmap', 'jit', 'pmap_as_jit', 'fused_qkv', 'heads_major',
+flags.DEFINE_list('candidates', ['jit', 'pmap', 'fused_qkv', 'concat_qkv', 'heads_major',
                                  'philox_dropout'] + [f'xla:{k}' for k in XLA_OPTIONS],
                   'Contenders; the first is the baseline.')
 flags.FLAGS.set_default('workloads', ['nanogpt_cpu'])
@@ -100,6 +101,44 @@ class FusedQKVAttention(layers.MultiHeadAttention):
       query = dense(1, 'query')(inputs_q)[:, :, 0]
       kv = dense(2, 'kv')(inputs_kv)
       key, value = kv[:, :, 0], kv[:, :, 1]
+    if cfg.position == 'rotary' and positions_kv is not None:
+      query = layers.apply_rotary(query, positions_q)
+      key = layers.apply_rotary(key, positions_kv)
+    out = layers.attention(query, key, value, mask)
+    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
+                           dtype=dtype, name='out')(out)
+
+
+class ConcatQKVAttention(layers.MultiHeadAttention):
+  """layers.MultiHeadAttention keeping its query/key/value parameters, their
+  kernels concatenated into one [d, 3h, k] matmul at run time (cross-attention:
+  key and value). Training only."""
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, mask=None, *, segment_ids=None, positions_q=None,
+               positions_kv=None, deterministic: bool = True, decode: bool = False):
+    del segment_ids
+    cfg = self.cfg
+    dtype = layers.compute_dtype(cfg)
+    h, k = cfg.num_heads, cfg.d_model // cfg.num_heads
+    init = nn.initializers.lecun_normal()
+    def weights(name):
+      kernel = self.param(name + '_kernel', lambda r, s: init(r, (s[0], s[1] * s[2])).reshape(s),
+                          (cfg.d_model, h, k))
+      bias = self.param(name + '_bias', nn.initializers.zeros, (h, k)) if cfg.use_bias else None
+      return kernel, bias
+    def project(names, x):
+      ws = [weights(n) for n in names]
+      kernel = jnp.concatenate([w for w, _ in ws], axis=1).astype(dtype)
+      y = jnp.einsum('bld,dhk->blhk', x.astype(dtype), kernel)
+      if cfg.use_bias:
+        y = y + jnp.concatenate([b for _, b in ws], axis=0).astype(dtype)
+      return jnp.split(y, len(names), axis=2)
+    if inputs_kv is inputs_q:
+      query, key, value = project(('query', 'key', 'value'), inputs_q)
+    else:
+      query, = project(('query',), inputs_q)
+      key, value = project(('key', 'value'), inputs_kv)
     if cfg.position == 'rotary' and positions_kv is not None:
       query = layers.apply_rotary(query, positions_q)
       key = layers.apply_rotary(key, positions_kv)
@@ -192,18 +231,10 @@ class PhiloxDropout(layers.Dropout):
 
 # Candidates that swap a module class (in this process only): (module, name, class).
 SWAPS = {'fused_qkv': [(transformer, 'MultiHeadAttention', FusedQKVAttention)],
+         'concat_qkv': [(transformer, 'MultiHeadAttention', ConcatQKVAttention)],
          'heads_major': [(transformer, 'MultiHeadAttention', HeadsMajorAttention)],
          'philox_dropout': [(transformer, 'Dropout', PhiloxDropout),
                             (layers, 'Dropout', PhiloxDropout)]}
-
-
-def _one_device_jit(train_step):
-  """train_step under jit on pmap's one-device layout ([1, ...] in and out)."""
-  one = lambda tree: jax.tree.map(lambda x: x[0], tree)
-  def step(state, batch, rng):
-    state, metrics = train_step(one(state), one(batch), rng)
-    return jax.tree.map(lambda x: x[None], (state, metrics))
-  return jax.jit(step, donate_argnums=(0,))
 
 
 class Candidate:
@@ -213,21 +244,19 @@ class Candidate:
     self.name = name
     config = config.copy_and_resolve_references()
     options = None
-    if name == 'jit':
-      config.parallelism = 'mesh'
-    elif name in ('pmap', 'pmap_as_jit'):
-      config.parallelism = 'pmap'
-    elif name.startswith('xla:'):
-      config.parallelism = 'pmap'
+    if name.startswith('xla:'):
       options = XLA_OPTIONS[name[4:]]
-    elif name not in SWAPS:
+    elif name not in SWAPS and name not in ('jit', 'pmap'):
       raise app.UsageError(f'--candidates: unknown candidate {name!r}.')
     swaps = SWAPS.get(name, [])
     saved = [getattr(module, attr) for module, attr, _ in swaps]
     for module, attr, cls in swaps:
       setattr(module, attr, cls)
     try:
-      strategy = parallel.create(config, *train_lib.make_steps(config))
+      if name == 'pmap':
+        strategy = parallel.PmapStrategy(*train_lib.make_steps(config))
+      else:
+        strategy = parallel.create(config, *train_lib.make_steps(config))
       model = transformer.build_model(config.model)
       tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
       init_rng, self.rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -238,8 +267,6 @@ class Candidate:
         jitted = strategy._train_step._fn  # pylint: disable=protected-access
         step = jitted.lower(self.state, strategy.put_batch(batch),
                             self.rng).compile(compiler_options=options)
-      if name == 'pmap_as_jit':
-        step = _one_device_jit(train_lib.make_steps(config)[0])
       self._step, self.strategy = step, strategy
       self.step()  # compiles now, under the swapped module.
       self.sync()

@@ -234,7 +234,7 @@ def base_config() -> config_dict.ConfigDict:
       restore_checkpoint=resumable('latest'),
       eval_every=resumable(500),
       checkpoint_every=resumable(500),
-      parallelism=resumable('pmap'),  # pmap | mesh; one device is the degenerate case.
+      parallelism=resumable('pmap'),  # pmap | mesh; one device runs as mesh (plain jit).
       # mesh only: devices on the 'fsdp' axis (parameters sharded); the rest on 'data'.
       fsdp=resumable(1),
       log_every=resumable(50),  # steps per train record (stdout, TensorBoard, metrics.jsonl).
