@@ -70,6 +70,7 @@ XLA_OPTIONS = {
     'xnn_graph': {'xla_cpu_experimental_xnn_graph_fusion_mode': 'XNN_GRAPH_FUSION_MODE_GREEDY'},
     'concurrency_scheduler': {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'},
     'vector_512': {'xla_cpu_prefer_vector_width': 512},
+    'one_thread': {'xla_cpu_multi_thread_eigen': False},
 }
 
 flags.DEFINE_list('candidates', ['jit', 'pmap', 'fused_qkv', 'concat_qkv', 'heads_major',
