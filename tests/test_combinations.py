@@ -11,7 +11,11 @@ meets every variant. The attention kinds (full, local, linear) and the
 key/value head counts (num_heads, multi-query) rotate on their own periods, 3
 and 2, prime to the 8 extras, so each kind meets every extra and every variant;
 linear attention takes local's place where attention dropout is on (linear has
-no weights to drop; the validator says so).
+no weights to drop; the validator says so). Image input (the Vision
+Transformer: config.model.patch_size > 0, an encoder classifier) is enumerated
+over every position x image pooling ([CLS] or mean) x norm, with the same
+rotations (the text-only extras left out); the text combinations leave out the
+image-only choices (2-D sinusoids, [CLS] pooling).
 """
 
 import itertools
@@ -44,6 +48,13 @@ EXTRAS = [
     {'model.num_encoder_layers': 2, 'model.num_decoder_layers': 1},
 ]
 ENUMERATED_ACTIVATIONS = tuple(a for a in config_lib.ACTIVATIONS if a != 'gelu_tanh')
+# Options that have no meaning for image input (there is no vocabulary or text segment).
+TEXT_ONLY = ('model.share_embeddings', 'model.scale_embeddings', 'model.token_types',
+             'model.head_transform', 'model.output_bias')
+IMAGE_POOLINGS = ('cls', 'mean')
+# digits: 8x8 grey images in 10 classes, each cut into 4 patches of 4x4 pixels.
+IMAGE = {'model.patch_size': 4, 'model.image_size': 8, 'model.num_channels': 1,
+         'model.num_classes': 10, 'data.name': 'digits'}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -61,21 +72,32 @@ def _heads(variant):
   if variant != 'encoder':
     return [{}]
   return [{'model.encoder_head': 'mlm'}] + [
-      {'model.encoder_head': 'classify', 'model.pooling': p} for p in config_lib.POOLINGS]
+      {'model.encoder_head': 'classify', 'model.pooling': p} for p in config_lib.POOLINGS
+      if p not in IMAGE_POOLINGS or p == 'mean']
 
 
 def _combinations():
   combos = []
   for variant, position, norm, activation in itertools.product(
       config_lib.VARIANTS, config_lib.POSITIONS, config_lib.NORMS, ENUMERATED_ACTIVATIONS):
+    if position in config_lib.IMAGE_POSITIONS:
+      continue
     for head in _heads(variant):
       values = {'model.variant': variant, 'model.position': position, 'model.norm': norm,
                 'model.activation': activation, **head,
                 'data.task': TASK_OF[variant, head.get('model.encoder_head')]}
       combos.append(values)
+  for position, pooling, norm in itertools.product(config_lib.POSITIONS, IMAGE_POOLINGS,
+                                                   config_lib.NORMS):
+    combos.append({'model.variant': 'encoder', 'model.position': position, 'model.norm': norm,
+                   'model.activation': 'gelu', 'model.encoder_head': 'classify',
+                   'model.pooling': pooling, 'data.task': 'classify', **IMAGE})
   out = []
   for i, c in enumerate(combos):
-    c = dict(c, **EXTRAS[i % len(EXTRAS)])
+    extras = EXTRAS[i % len(EXTRAS)]
+    if c.get('model.patch_size'):
+      extras = {k: v for k, v in extras.items() if k not in TEXT_ONLY}
+    c = dict(c, **extras)
     kind = config_lib.ATTENTIONS[i % len(config_lib.ATTENTIONS)]
     if kind == 'linear' and c.get('model.attention_dropout_rate'):
       kind = 'local'
@@ -107,17 +129,23 @@ def _batch(config, rng):
   batch = {'inputs': tokens(), 'targets': tokens(), 'weights': np.ones(shape, np.float32)}
   if config.data.task == 'classify':
     batch.update(targets=np.array([0, 1], np.int32), weights=np.ones(BATCH, np.float32))
+  if config.model.patch_size:
+    m = config.model
+    batch['inputs'] = rng.random((BATCH, m.image_size, m.image_size, m.num_channels),
+                                 np.float32)
   return batch
 
 
 def _name(values):
-  return '-'.join(str(v) for k, v in values.items() if k != 'data.task')
+  return '-'.join(str(v) for k, v in values.items()
+                  if k != 'data.task' and k not in IMAGE or k == 'model.patch_size')
 
 
 def test_every_combination_is_accepted_by_the_validator():
   for values in COMBINATIONS:
     config_lib.validate(_config(values))
-  assert len(COMBINATIONS) == 120
+  assert len(COMBINATIONS) == 120 + len(config_lib.POSITIONS) * 2 * 2  # text + image.
+  assert len({_name(values) for values in COMBINATIONS}) == len(COMBINATIONS)
 
 
 @pytest.mark.parametrize('values', COMBINATIONS, ids=_name)

@@ -58,8 +58,44 @@ CASES = {
 }
 
 
+
+
+def image_config(name):
+  size, channels, _ = config_lib.IMAGE_DATASETS[name]
+  c = load_config('digits_vit')
+  c.model.update(image_size=size, num_channels=channels, patch_size=4)
+  c.data.name = name
+  c.batch_size = 4
+  return c
+
+
+# Image recipes encode pixels, not text (they have no encode_input); (recipe, config, raw
+# train examples). cifar10's train rows are augmented: tests/test_vit.py.
+IMAGE_CASES = {
+    'digits': (datasets.recipes.Digits, lambda: image_config('digits'),
+               lambda: [(sources.digits()[0][i], sources.digits()[1][i])
+                        for i in sources.digits_split()['train']]),
+    'tfds mnist': (datasets.recipes.TfdsImages, lambda: image_config('tfds:mnist'),
+                   lambda: sources.tfds_examples('mnist', 'train')),
+}
+
+
 def test_every_recipe_is_covered():
-  assert {recipe for recipe, _ in CASES.values()} == set(datasets.RECIPES)
+  covered = {recipe for recipe, *_ in [*CASES.values(), *IMAGE_CASES.values()]}
+  assert covered == set(datasets.RECIPES)
+
+
+@pytest.mark.parametrize('case', sorted(IMAGE_CASES))
+def test_image_train_rows_are_the_recipes_encode_of_train_images(case):
+  recipe, make_config, train_raw = IMAGE_CASES[case]
+  with tfds.testing.mock_data(num_examples=8):
+    ds = datasets.create_datasets(make_config(), None)
+    batch = next(ds.train)
+    raw = train_raw()
+  assert isinstance(ds.recipe, recipe) and ds.tokenizer is None
+  encoded = {ds.recipe.encode(ex)['inputs'].tobytes(): int(ex[1]) for ex in raw}
+  for inputs, label in zip(batch['inputs'], batch['targets']):
+    assert encoded[inputs.tobytes()] == label
 
 
 @pytest.mark.parametrize('case', sorted(CASES))

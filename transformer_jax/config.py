@@ -26,11 +26,12 @@ from typing import Any, Optional
 from ml_collections import config_dict
 
 VARIANTS = ('encoder', 'decoder', 'seq2seq')
-POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none')
+POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none', 'sinusoidal_2d')
+IMAGE_POSITIONS = ('sinusoidal_2d',)  # for image patches only (config.model.patch_size > 0).
 NORMS = ('post', 'pre')
 ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'swiglu')
 ENCODER_HEADS = ('mlm', 'classify')
-POOLINGS = ('mean', 'first')
+POOLINGS = ('mean', 'first', 'cls')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = ('xla', 'cudnn')
 ATTENTIONS = ('full', 'local', 'linear')
@@ -44,6 +45,9 @@ TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
          'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
 TOKENIZERS = ('char', 'byte', 'sentencepiece', 'hf')
 HF_PREFIX = 'hf:'  # config.init_from=hf:PATH names a Hugging Face checkpoint directory (hf.py).
+# The image datasets (data/recipes.py) -> (image side in pixels, channels, classes): an image
+# model's config.model.image_size, num_channels and num_classes must match its dataset's.
+IMAGE_DATASETS = {'digits': (8, 1, 10), 'tfds:mnist': (28, 1, 10), 'tfds:cifar10': (32, 3, 10)}
 OVERFLOWS = ('drop', 'truncate', 'error')
 UNEVEN_BATCHES = ('drop', 'error')
 FORMATS = ('lines', 'tsv')
@@ -120,16 +124,27 @@ def model_config() -> config_dict.ConfigDict:
       # before the pre-softmax projection: dense + activation + LayerNorm (BERT's MLM head).
       head_transform=False,
       output_bias=False,  # a bias per vocabulary entry on a tied pre-softmax projection (BERT).
-      position='sinusoidal',  # sinusoidal (paper) | learned | rotary (self-attention) | none
-      max_len=512,  # size of the positional table / longest sequence.
+      # sinusoidal (paper) | learned | rotary (self-attention) | none | sinusoidal_2d (image
+      # patches only: half the dimensions encode the patch's row, half its column).
+      position='sinusoidal',
+      max_len=512,  # size of the positional table / longest sequence (text; images: see below).
       norm='post',  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
       layer_norm_epsilon=1e-6,
       use_bias=True,
       encoder_head='mlm',  # encoder variant only: mlm | classify
       num_classes=2,  # classify head only.
-      pooling='mean',  # classify head only: mean over real tokens | first
+      # classify head only: mean over real tokens (images: all patches) | first (text: the first
+      # token's output) | cls (images: a learned [CLS] vector prepended to the patches, ViT).
+      pooling='mean',
       pooler=False,  # classify head only: dense + tanh on the pooled vector (BERT's pooler).
       pad_id=0,
+      # Image input (the Vision Transformer, Dosovitskiy et al. 2020): 0 = text tokens; P > 0 cuts
+      # every image into (image_size / P)^2 non-overlapping P x P patches, projected to d_model.
+      # Encoder variant with the classify head only; its positional table has one row per patch
+      # (plus the [CLS] vector's), so max_len and config.seq_len are not read.
+      patch_size=0,
+      image_size=0,  # patch_size > 0 only: the side of the (square) images, in pixels.
+      num_channels=1,  # patch_size > 0 only: colour channels (1 grey, 3 RGB).
       dtype='float32',  # compute dtype; parameters stay float32.
       # xla | cudnn (flash attention on GPU; falls back to xla, logged).
       attention_impl=resumable('xla'),
@@ -327,6 +342,9 @@ class ModelConfig:
   pooling: str
   pooler: bool
   pad_id: int
+  patch_size: int
+  image_size: int
+  num_channels: int
   dtype: str
   attention_impl: str
   remat: str
@@ -359,6 +377,25 @@ class ModelConfig:
   def kv_heads(self) -> int:
     """Key/value heads: num_kv_heads, else num_heads."""
     return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def num_patches(self) -> int:
+    """N = (image_size / patch_size)^2 patches per image; 0 for text."""
+    return (self.image_size // self.patch_size)**2 if self.patch_size else 0
+
+  @property
+  def image_length(self) -> int:
+    """Tokens per image row the encoder computes on: N patches, plus the [CLS] vector."""
+    return self.num_patches + (self.pooling == 'cls')
+
+  @property
+  def num_positions(self) -> int:
+    """Rows of the positional table: one per image token, else max_len."""
+    return self.image_length if self.patch_size else self.max_len
+
+  def row_length(self, seq_len: int) -> int:
+    """Tokens per row a step computes on: image_length for images, else `seq_len`."""
+    return self.image_length if self.patch_size else seq_len
 
   @property
   def encoder_layers(self) -> int:
@@ -417,6 +454,9 @@ def validate_model(m):
          ' change num_heads or d_model.')
   _check(m.position != 'sinusoidal' or m.d_model % 2 == 0,
          f'config.model.position=sinusoidal needs an even d_model, got {m.d_model}.')
+  _check(m.position != 'sinusoidal_2d' or m.d_model % 4 == 0,
+         f'config.model.position=sinusoidal_2d needs d_model divisible by 4 (a sine and a cosine '
+         f'for rows and for columns), got {m.d_model}.')
   ff = m.ffn_ratio * m.d_model
   _check(m.ffn_ratio > 0 and abs(ff - round(ff)) < 1e-9,
          f'config.model.ffn_ratio={m.ffn_ratio} times d_model={m.d_model} is {ff}, not a '
@@ -436,6 +476,37 @@ def validate_model(m):
   for name in ('num_encoder_layers', 'num_decoder_layers'):
     _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
   _validate_attention(m)
+  _validate_image(m)
+
+
+def _validate_image(m):
+  """Image input (patch_size > 0): its sizes, and the options that mean something for
+  images only or for text only."""
+  _check(m.patch_size >= 0, f'config.model.patch_size={m.patch_size} must be >= 0 (0 = text).')
+  if not m.patch_size:
+    _check(m.pooling != 'cls',
+           'config.model.pooling=cls prepends a learned [CLS] vector to image patches '
+           '(config.model.patch_size > 0); a text classifier pools its first token (first) or '
+           'the mean of its tokens (mean).')
+    _check(m.position not in IMAGE_POSITIONS,
+           f'config.model.position={m.position} encodes the rows and columns of image patches; '
+           'set config.model.patch_size > 0 for images, or a 1-D position for text.')
+    return
+  _check(m.variant == 'encoder' and m.encoder_head == 'classify',
+         f'config.model.patch_size={m.patch_size} makes an image classifier (ViT), which needs '
+         f'variant=encoder and encoder_head=classify (got variant={m.variant}'
+         f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""}); set them, '
+         'or patch_size=0 for text.')
+  _check(m.image_size > 0 and m.image_size % m.patch_size == 0,
+         f'config.model.image_size={m.image_size} must be a positive multiple of '
+         f'config.model.patch_size={m.patch_size} (non-overlapping patches); pick a patch size '
+         'that divides the image side.')
+  _check(m.num_channels > 0, f'config.model.num_channels={m.num_channels} must be positive.')
+  _check(m.pooling in ('cls', 'mean'),
+         f'config.model.pooling={m.pooling} would pool the top-left patch of an image; use cls '
+         '(a learned [CLS] vector, ViT) or mean (of the patches).')
+  _check(m.token_types == 0, f'config.model.token_types={m.token_types} adds text segment '
+         'embeddings; set it to 0 for images.')
 
 
 def _validate_attention(m):
@@ -497,7 +568,8 @@ def validate_run(c):
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
   _check(c.fsdp == 1 or c.parallelism == 'mesh',
          f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
-  _check(c.model.position in ('rotary', 'none') or c.seq_len <= c.model.max_len,
+  _check(c.model.position in ('rotary', 'none') or c.model.patch_size or
+         c.seq_len <= c.model.max_len,
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
   validate_distributed(c.distributed)
@@ -535,7 +607,8 @@ def validate_data(c):
   """Raises ConfigError for data fields that cannot work with the model."""
   d, m = c.data, c.model
   _check(bool(d.name), 'config.data.name is empty; set it to shakespeare, cmudict, '
-         'tfds:<name> or text.')
+         'tfds:<name>, text or digits.')
+  _validate_image_data(c)
   _check_choice('data.', d, 'task', tuple(TASKS))
   variant, head = TASKS[d.task]
   if m.variant != variant or (head and m.encoder_head != head):
@@ -575,6 +648,29 @@ def tokenizer_path(c) -> str:
     return c.data.tokenizer_path
   init_from = str(c.init_from or '')
   return init_from[len(HF_PREFIX):] if init_from.startswith(HF_PREFIX) else ''
+
+
+def _validate_image_data(c):
+  """An image model reads an image dataset of its image size, channels and classes; a text
+  model, a text dataset."""
+  d, m = c.data, c.model
+  shape = IMAGE_DATASETS.get(d.name)
+  if m.patch_size and shape is None:
+    raise ConfigError(f'config.model.patch_size={m.patch_size} makes an image model, but '
+                      f'config.data.name={d.name!r} is not an image dataset; use one of '
+                      f'{", ".join(IMAGE_DATASETS)}, or set config.model.patch_size=0 for text.')
+  if shape is None:
+    return
+  size, channels, classes = shape
+  _check(bool(m.patch_size),
+         f'config.data.name={d.name} holds {size}x{size} images, but config.model.patch_size=0 '
+         'makes a text model; set config.model.patch_size (a divisor of '
+         f'{size}), image_size={size} and num_channels={channels}, or start from '
+         '--config=digits_vit.')
+  for name, value in (('image_size', size), ('num_channels', channels), ('num_classes', classes)):
+    _check(m[name] == value, f'config.model.{name}={m[name]} but {d.name} has {size}x{size} '
+           f'images of {channels} channel(s) in {classes} classes; set config.model.{name}='
+           f'{value}.')
 
 
 def validate_decode(d):

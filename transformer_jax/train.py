@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from transformer_jax.data import batch as batch_lib
+from transformer_jax.models.transformer import init_inputs
 
 
 class TrainState(struct.PyTreeNode):
@@ -98,8 +99,7 @@ def make_apply_fn(model, variant: str) -> Callable:
 
 def init_fn(config, model, tx) -> Callable:
   """rng -> a fresh TrainState (pure, so a strategy can jit it into its shards)."""
-  shape = (1, config.seq_len)
-  args = [jnp.ones(shape, jnp.int32)] * (2 if config.model.variant == 'seq2seq' else 1)
+  args = init_inputs(config.model, config.seq_len)
   apply_fn = make_apply_fn(model, config.model.variant)
 
   def init(rng):

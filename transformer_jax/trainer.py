@@ -184,9 +184,12 @@ def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   return strategy.fetch(total)
 
 
-def _tokens(batch: dict, variant: str) -> int:
-  """Positions a step computes on: target tokens (input tokens for encoders)."""
-  return int(np.size(batch['inputs'] if variant == 'encoder' else batch['targets']))
+def _tokens(batch: dict, model) -> int:
+  """Positions a step computes on: target tokens (input tokens for encoders; for
+  images, each row's patch tokens and [CLS])."""
+  if model.patch_size:
+    return len(batch['targets']) * config_lib.ModelConfig.of(model).image_length
+  return int(np.size(batch['inputs'] if model.variant == 'encoder' else batch['targets']))
 
 
 class _Interval:
@@ -268,7 +271,7 @@ def _loop(run: Run) -> dict:
         step += 1
         interval.steps.append(step)
         interval.metrics.append(step_metrics)
-        interval.tokens += _tokens(batch, config.model.variant)
+        interval.tokens += _tokens(batch, config.model)
         stopping = stop.should_stop(step)
         if step == start_step + 1:  # the first step compiles: time the rest.
           jax.block_until_ready(step_metrics)

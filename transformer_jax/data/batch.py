@@ -18,6 +18,9 @@ rows), L = config.seq_len, and every sequence is zero-padded (pad id 0).
   classify  encoder         all           inputs                 int32    [b, L]
             (classify)                    targets (class)        int32    [b]
                                           weights                float32  [b]
+  classify  encoder         images        inputs (in [0, 1])     float32  [b, H, W, C]
+  (images)  (classify,                    targets (class)        int32    [b]
+            patch_size>0)                 weights                float32  [b]
   seq2seq   seq2seq         all           inputs (source)        int32    [b, l]
                                           targets (target)       int32    [b, l]
                                           weights                float32  [b, l]
@@ -33,7 +36,9 @@ unpacked rows carry neither (encoders and the seq2seq model derive them from
 `inputs != pad_id`; a decoder-only model reads every token of its right-padded,
 causal rows as real: models/transformer.py).
 Eval batches are never packed or bucketed: one example per row, padded to L,
-and the last batch filled with all-zero rows of weight 0.
+and the last batch filled with all-zero rows of weight 0. Images (H = W =
+config.model.image_size, C = num_channels) are never padded; an image model
+makes its own segment ids and positions (models/transformer.ImageEmbedder).
 """
 
 # Batch keys each variant's model takes (the rest, targets and weights, feed the loss).

@@ -154,8 +154,9 @@ def stream_eval_rows(tokens: np.ndarray, seq_len: int, shift: bool = True) -> di
 
 
 def pad_rows(examples: list, length: int) -> dict:
-  """Examples -> arrays: sequences [N, length] zero-padded, scalars [N]. A None
-  (a dropped streamed example) becomes an all-zero row, weight 0."""
+  """Examples -> arrays: sequences [N, length] zero-padded, scalars [N], arrays
+  of two or more dimensions (images [H, W, C]) stacked as they are [N, H, W, C].
+  A None (a dropped streamed example) becomes an all-zero row, weight 0."""
   template = next((ex for ex in examples if ex is not None), None)
   if template is None:
     return {}
@@ -164,6 +165,8 @@ def pad_rows(examples: list, length: int) -> dict:
     if np.ndim(first) == 0:
       rows[key] = np.asarray([0 if ex is None else ex[key] for ex in examples],
                              dtype=np.asarray(first).dtype)
+    elif np.ndim(first) > 1:
+      rows[key] = np.stack([np.zeros_like(first) if ex is None else ex[key] for ex in examples])
     else:
       out = np.zeros((len(examples), length), first.dtype)
       for i, ex in enumerate(examples):
@@ -175,8 +178,9 @@ def pad_rows(examples: list, length: int) -> dict:
 
 def array_train(examples, seq_len: int, batch_size: int, seed: int, read_options=None,
                 transform=None) -> grain.IterDataset:
-  """Random batches of examples (a list or StreamedExamples) padded to seq_len,
-  each example once per epoch."""
+  """Random batches of examples (a list or StreamedExamples) padded to seq_len
+  (`pad_rows`), each example once per epoch; `transform(batch index, rows)`
+  then changes them (BERT masking, image augmentation)."""
   num = len(examples)
   if num < batch_size:
     raise ConfigError(f'The training split has {num} examples, fewer than '

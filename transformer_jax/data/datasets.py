@@ -11,6 +11,7 @@ returns a `Datasets`:
   tokenizer     encode/decode, vocab_size, pad_id (0; a Hugging Face checkpoint's
                 tokenizer names its own: tokenizers.py); the run's own, saved in
                 <workdir>/tokenizer/ at its first start.
+                None for an image dataset (recipes.ImageRecipe).
   train         an infinite grain iterator of this host's rows of the global
                 batches (batch.py: the keys; batching.py: how hosts share a
                 batch). Shuffling is seeded by config.seed; the iterator's
@@ -84,7 +85,7 @@ def _check_vocab(config, tokenizer):
 
 # Every recipe; create_datasets picks the one serving config.data.name and .task.
 RECIPES = (recipes.ShakespeareStream, recipes.ShakespeareGenres, recipes.Cmudict,
-           recipes.Tfds, recipes.TextFiles)
+           recipes.Tfds, recipes.TextFiles, recipes.Digits, recipes.TfdsImages)
 
 
 def recipe_for(config) -> type:
@@ -93,7 +94,7 @@ def recipe_for(config) -> type:
   served = [recipe for recipe in RECIPES if recipe.serves(d.name)]
   if not served:
     raise ConfigError(f'config.data.name={d.name!r} is unknown; use shakespeare, cmudict, '
-                      'tfds:<name> (e.g. tfds:wmt14_translate/de-en) or text.')
+                      'tfds:<name> (e.g. tfds:wmt14_translate/de-en), text or digits.')
   tasks = []
   for recipe in served:
     if d.task in recipe.tasks_for(d.name):
@@ -106,7 +107,7 @@ def recipe_for(config) -> type:
 @dataclasses.dataclass
 class Datasets:
   """A run's data (the module doc says what each field holds)."""
-  tokenizer: tok_lib.Tokenizer
+  tokenizer: Optional[tok_lib.Tokenizer]  # None for images.
   train: grain.DatasetIterator
   eval: Callable[[], Iterable[dict]]
   info: dict
@@ -133,10 +134,13 @@ def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
   config_lib.validate(config)
   batch_size = global_batch_size(config)
   recipe = recipe_for(config)(config)
-  tokenizer = tok_lib.run_tokenizer(workdir, recipe.tokenizer_name, recipe.new_tokenizer)
-  _check_vocab(config, tokenizer)
+  tokenizer = None
+  if recipe.tokenizes:
+    tokenizer = tok_lib.run_tokenizer(workdir, recipe.tokenizer_name, recipe.new_tokenizer)
+    _check_vocab(config, tokenizer)
   train_ds, eval_ds, info = recipe.batches(tokenizer, batch_size)
-  info.update(batch_size=batch_size, vocab_size=tokenizer.vocab_size,
-              tokenizer=tokenizer.name)
+  info.update(batch_size=batch_size)
+  if tokenizer is not None:
+    info.update(vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.name)
   return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds, info=info,
                   recipe=recipe, eval_split=recipe.eval_split, references=recipe.references())

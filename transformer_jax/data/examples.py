@@ -1,9 +1,10 @@
-"""Raw examples -> example dicts of variable-length int32 arrays, and BERT masking.
+"""Raw examples -> example dicts of variable-length int32 arrays, BERT masking,
+and images (scaled to [0, 1]; the CIFAR augmentation).
 
 `make_example` is the one place that decides how a raw example becomes model
 rows (where <eos> goes, what is cut); datasets.py's recipes encode training,
-eval and decode inputs through it. `StreamedExamples` does the same lazily for
-a random-access source too large to hold in memory.
+eval and decode inputs through it (`image_example` for images). `StreamedExamples`
+does the same lazily for a random-access source too large to hold in memory.
 """
 
 import collections.abc
@@ -161,15 +162,60 @@ def mlm_transform(seed: int, tokenizer, rate: float, batch_size: int):
 
 
 # ----------------------------------------------------------------------------
+# Images.
+
+
+def image_example(raw, scale: float) -> dict:
+  """(image [H, W, C] of values 0..scale, label) -> inputs float32 [H, W, C] in
+  [0, 1], targets the label, weights 1 (a batch's keys: batch.py)."""
+  image, label = raw
+  return {'inputs': np.asarray(image, np.float32) / np.float32(scale),
+          'targets': np.int32(label), 'weights': np.float32(1.0)}
+
+
+def random_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int,
+                     rows: slice = slice(None), num_rows: int = 0) -> np.ndarray:
+  """The standard CIFAR augmentation (He et al. 2016, section 4.2), images
+  [b, H, W, C] -> the same shape: each image zero-padded by `pad` pixels on
+  every side, a random H x W crop of that taken, and flipped left to right with
+  probability 1/2. The draws are made for a batch of num_rows rows (default b)
+  of which `images` are `rows`, as `bert_mask`'s."""
+  b, h, w, _ = images.shape
+  n = num_rows or b
+  offsets = rng.integers(0, 2 * pad + 1, (n, 2))[rows]  # [b, 2] top, left of the crop.
+  flips = (rng.random(n) < 0.5)[rows]
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = np.empty_like(images)
+  for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
+    crop = padded[i, top:top + h, left:left + w]
+    out[i] = crop[:, ::-1] if flip else crop
+  return out
+
+
+def augment_transform(seed: int, batch_size: int, pad: int = 4):
+  """(i, this host's rows of global batch i) -> those rows with their images
+  augmented (`random_crop_flip`). As `mlm_transform`'s masks, the draws of
+  global batch i are a function of (seed, i) only, so a resumed run augments
+  exactly as the uninterrupted one and hosts together augment as one process."""
+  rows = batching.host_rows(batch_size)
+
+  def transform(index, batch):
+    rng = np.random.default_rng([seed, index, 1])
+    return {**batch, 'inputs': random_crop_flip(batch['inputs'], rng, pad, rows, batch_size)}
+  return transform
+
+
+# ----------------------------------------------------------------------------
 # From raw examples to train and eval batches.
 
 
 def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
-                     batch_size: int, where: str):
+                     batch_size: int, where: str, augment: Optional[Callable] = None):
   """(train dataset, eval rows, info). `train` is a list of raw examples
   (encoded here) or StreamedExamples (encoded as batches are read);
   `eval_raw` a list of raw examples; `encode(raw, overflow=, where=)` the
-  recipe's encode."""
+  recipe's encode; `augment(batch index, rows)` changes train batches only
+  (image augmentation: `augment_transform`)."""
   d, task, seq_len = config.data, config.data.task, config.seq_len
   info = {}
   if isinstance(train, list):
@@ -190,7 +236,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
   info.update({'train_examples': len(train), 'eval_examples': len(evals),
                **eval_overflow.report('eval')})
   transform = (mlm_transform(config.seed, tokenizer, d.mask_rate, batch_size)
-               if task == 'mlm' else None)
+               if task == 'mlm' else augment)
   options = batching.grain_read_options(config)
   if d.packing:
     train_ds = batching.packed_train(train, task, seq_len, batch_size, config.seed, options,

@@ -4,6 +4,8 @@ A `Recipe` owns where a dataset's raw examples come from (sources.py), the
 tasks it serves, its eval split and the references the decoding metrics score
 against, and `encode`, the one way its text becomes model inputs, used alike
 by training examples, eval rows and decode inputs (`Datasets.encode_input`).
+Image recipes (`ImageRecipe`: digits, tfds:mnist, tfds:cifar10) encode pixels
+instead, need no tokenizer, and say whether their train batches are augmented.
 datasets.py registers them and builds a run's data from the one it picks.
 """
 
@@ -89,6 +91,7 @@ class Recipe:
   name = ''  # the config.data.name served.
   tasks = ()  # the config.data.task values served.
   selects_eval_split = False  # whether config.data.eval_split picks the eval split.
+  tokenizes = True  # text, for which the run builds (and keeps) a tokenizer; False: images.
 
   def __init__(self, config):
     self.config = config
@@ -283,7 +286,7 @@ class Tfds(Recipe):
 
   @classmethod
   def serves(cls, name):
-    return name.startswith(cls.name)
+    return name.startswith(cls.name) and sources.TFDS.get(name[len(cls.name):]) != 'image'
 
   @classmethod
   def tasks_for(cls, name):
@@ -408,3 +411,115 @@ class TextFiles(Recipe):
         self.config, encode, self.train_raw, self.eval_raw, tokenizer, batch_size,
         self.config.data.train_files)
     return train_ds, eval_ds, {**self.info, **more}
+
+
+# ----------------------------------------------------------------------------
+# Images (the Vision Transformer: config.model.patch_size > 0).
+
+
+class ImageRecipe(Recipe):
+  """Image classification: (image, label) examples, pixels scaled to [0, 1]
+  (`examples.image_example`), no tokenizer. The image shapes and class counts
+  are config.IMAGE_DATASETS' (checked against the model before anything loads,
+  and against the data here); train batches get the CIFAR augmentation
+  (`examples.augment_transform`) where `augment` says so."""
+  tasks = ('classify',)
+  selects_eval_split = True
+  tokenizes = False
+  scale = 255  # the largest pixel value.
+  augment = False
+
+  @property
+  def tokenizer_name(self) -> str:
+    return ''
+
+  def encode(self, raw, tokenizer=None, overflow=None, where: str = '') -> dict:
+    """(image [H, W, C], label) -> inputs float32 [H, W, C] in [0, 1], targets, weights."""
+    del tokenizer, overflow, where  # pixels, not text; nothing to cut.
+    return examples_lib.image_example(raw, self.scale)
+
+  def image_datasets(self, train, eval_raw, batch_size: int) -> tuple:
+    """(train dataset, eval rows, info) of `train` (raw examples or
+    StreamedExamples) and `eval_raw`, through the flow every recipe shares."""
+    config, name = self.config, self.config.data.name
+    size, channels, _ = config_lib.IMAGE_DATASETS[name]
+    shape = self.encode(eval_raw[0])['inputs'].shape
+    if shape != (size, size, channels):
+      raise DataError(f'{name}: images are {shape}, not the {(size, size, channels)} of '
+                      'config.IMAGE_DATASETS; fix the table.')
+    augment = examples_lib.augment_transform(config.seed, batch_size) if self.augment else None
+    train_ds, eval_ds, info = examples_lib.example_datasets(
+        config, self.encode, train, eval_raw, None, batch_size, name, augment)
+    info['augmentation'] = ('random crop of the 4-pixel zero-padded image, horizontal flip'
+                            if self.augment else 'none')
+    return train_ds, eval_ds, info
+
+
+class Digits(ImageRecipe):
+  """scikit-learn's handwritten digits (`sources.digits`): 1,797 grey 8x8 images
+  of the digits 0-9, pixels 0..16 scaled to [0, 1], no augmentation (a shifted
+  8x8 digit loses an eighth of itself; a flipped one can be another digit).
+
+  Split by class with a fixed seed (`sources.digits_split`, seed 0): 1,259
+  train, 179 validation, 359 test images. Training evaluates on validation
+  (the default eval split, which also picks the best checkpoint); the held-out
+  number to report is `--mode=eval --config.data.eval_split=test`.
+  """
+  name = 'digits'
+  scale = 16
+
+  def __init__(self, config):
+    super().__init__(config)
+    if self.eval_split not in sources.DIGITS_SPLITS[1:]:
+      raise ConfigError(f'config.data.eval_split={self.eval_split!r} is not a held-out split of '
+                        'digits; use validation or test.')
+    images, labels = sources.digits()
+    split = sources.digits_split()
+    raw = lambda name: [(images[i], labels[i]) for i in split[name]]
+    self.train_raw, self.eval_raw = raw('train'), raw(self.eval_split)
+
+  @property
+  def eval_split(self) -> str:
+    return self.config.data.eval_split or 'validation'
+
+  def batches(self, tokenizer, batch_size):
+    del tokenizer
+    train_ds, eval_ds, info = self.image_datasets(self.train_raw, self.eval_raw, batch_size)
+    info.update(split_seed=sources.DIGITS_SEED, eval_class_counts=np.bincount(
+        [label for _, label in self.eval_raw], minlength=10).tolist())
+    return train_ds, eval_ds, info
+
+
+class TfdsImages(ImageRecipe):
+  """TFDS mnist (28x28 grey) and cifar10 (32x32 RGB), 10 classes each, pixels
+  0..255 scaled to [0, 1]: the train split streamed record by record from
+  tfds.data_source (as `Tfds`), the eval split (default test) read whole.
+  cifar10's train batches are augmented (random crop of the image zero-padded
+  by 4 pixels, horizontal flip: He et al. 2016's CIFAR recipe); mnist's are not
+  (a flipped digit can be another digit)."""
+  name = 'tfds:'
+
+  @classmethod
+  def serves(cls, name):
+    return name.startswith(cls.name) and sources.TFDS.get(name[len(cls.name):]) == 'image'
+
+  def __init__(self, config):
+    super().__init__(config)
+    d = config.data
+    self.dataset = d.name[len(self.name):]
+    self.augment = self.dataset == 'cifar10'
+    source = sources.tfds_source(self.dataset, 'train', d.data_dir)
+    count = min(len(source), d.max_examples) if d.max_examples else len(source)
+    self.train = examples_lib.StreamedExamples(
+        source, functools.partial(sources.tfds_example, self.dataset), self.encode,
+        f'{d.name} train', np.arange(count))
+    self.eval_raw = sources.tfds_examples(self.dataset, self.eval_split, d.data_dir,
+                                          max_examples=d.max_examples)
+
+  @property
+  def eval_split(self) -> str:
+    return self.config.data.eval_split or sources.TFDS_EVAL_SPLIT[self.dataset]
+
+  def batches(self, tokenizer, batch_size):
+    del tokenizer
+    return self.image_datasets(self.train, self.eval_raw, batch_size)

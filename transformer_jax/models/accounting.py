@@ -14,23 +14,22 @@ Shared key/value heads shrink W^K and W^V. Encoder-decoder attention is full.
 Embedding lookups are free; a tied output projection still costs its matmul,
 and BERT's MLM head transform (`head_transform`) its d x d dense.
 For seq2seq the count is per target token, with a source as long as the target.
+An image model (ViT) adds the patch projection E per token, and its rows are its
+image_length tokens (patches, plus [CLS]).
 """
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
 from transformer_jax.models.attention import LINEAR_CHUNK
-from transformer_jax.models.transformer import build_model
+from transformer_jax.models.transformer import build_model, init_inputs
 
 
 def count_params(cfg) -> int:
   """Trainable parameters of the model, from shapes alone (nothing is allocated)."""
   model = build_model(cfg)
-  tokens = jnp.ones((1, 2), jnp.int32)
-  args = (tokens, tokens) if cfg.variant == 'seq2seq' else (tokens,)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(cfg, 2)))
   return int(sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(shapes['params']))))
 
 
@@ -41,6 +40,8 @@ def _matmul_weights(cfg) -> dict:
   attention = 2 * d * d + 2 * d * cfg.kv_heads * cfg.head_dim  # W^Q, W^O; W^K, W^V
   ffn = (3 if cfg.activation == 'swiglu' else 2) * d * ff
   parts = {}
+  if cfg.patch_size:  # E, per patch token (the [CLS] token has none: an upper bound).
+    parts['patch_embedding'] = cfg.patch_size**2 * cfg.num_channels * d
   if cfg.variant in ('encoder', 'seq2seq'):
     parts['encoder'] = config_lib.encoder_layers(cfg) * (attention + ffn)
   if cfg.variant in ('decoder', 'seq2seq'):
@@ -72,7 +73,9 @@ def attention_flops_per_token(cfg, seq_len: int, causal: bool, kind: str) -> flo
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
-  """Forward+backward FLOPs per (target) token at context length `seq_len`."""
+  """Forward+backward FLOPs per (target) token at context length `seq_len` (an
+  image model's rows are its image_length tokens whatever `seq_len` says)."""
+  seq_len = config_lib.ModelConfig.of(cfg).row_length(seq_len)
   weights = sum(_matmul_weights(cfg).values())
   attention = 0.0
   if cfg.variant in ('encoder', 'seq2seq'):
@@ -88,11 +91,15 @@ def flops_per_token(cfg, seq_len: int) -> float:
 
 def describe(cfg, seq_len: int) -> dict:
   """A JSON-ready summary of the model: what `--mode=describe` prints."""
+  frozen = config_lib.ModelConfig.of(cfg)
   return {
       'variant': cfg.variant,
       'params': count_params(cfg),
       'flops_per_token': flops_per_token(cfg, seq_len),
-      'seq_len': seq_len,
+      'seq_len': frozen.row_length(seq_len),
+      **({'patch_size': cfg.patch_size, 'image_size': cfg.image_size,
+          'num_channels': cfg.num_channels, 'num_patches': frozen.num_patches,
+          'pooling': cfg.pooling} if cfg.patch_size else {}),
       'num_encoder_layers': config_lib.encoder_layers(cfg) if cfg.variant != 'decoder' else 0,
       'num_decoder_layers': config_lib.decoder_layers(cfg) if cfg.variant != 'encoder' else 0,
       'd_model': cfg.d_model,

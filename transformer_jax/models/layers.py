@@ -77,6 +77,36 @@ class TokenEmbedding(nn.Module):
     return jnp.einsum('bld,vd->blv', x, self.embedding.astype(self.dtype))
 
 
+class PatchEmbedding(nn.Module):
+  """x_p E: an image cut into N = HW / P^2 non-overlapping P x P patches, each flattened
+  (x_p in R^{N x (P^2 C)}) and linearly projected to d_model by E in R^{(P^2 C) x D}
+  (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words", section 3.1, eq. 1).
+
+  images [b, H, W, C] -> [b, N, d], the patches in raster order (row by row, each row left
+  to right). Computed as the ViT reference code does, as a convolution with a P x P kernel
+  and stride P: `kernel` [P, P, C, d] reshaped to [P^2 C, d] is E, for patches flattened in
+  (row, column, channel) order; `bias` [d] is added to every patch.
+  """
+  patch_size: int
+  d_model: int
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, images):
+    p, channels = self.patch_size, images.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (p, p, channels, self.d_model), jnp.float32)
+    x = jax.lax.conv_general_dilated(images.astype(self.dtype), kernel.astype(self.dtype),
+                                     window_strides=(p, p), padding='VALID',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [b, H/P, W/P, d]
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.d_model,), jnp.float32)
+      x = x + bias.astype(x.dtype)
+    b, rows, cols, d = x.shape
+    return x.reshape(b, rows * cols, d)
+
+
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
   """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
   pos = np.arange(max_len, dtype=np.float64)[:, None]
@@ -87,12 +117,24 @@ def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
   return table
 
 
+def sinusoidal_table_2d(grid: int, d_model: int) -> np.ndarray:
+  """2-D sinusoids for a grid x grid of patches in raster order [grid^2, d]: the first d/2
+  dimensions are the paper's sinusoids (`sinusoidal_table`) of the patch's row, the last d/2
+  those of its column; fixed, as MAE's (He et al. 2022) and big_vision's posemb_sincos_2d."""
+  half = sinusoidal_table(grid, d_model // 2)  # [grid, d/2]
+  rows, columns = np.divmod(np.arange(grid * grid), grid)
+  return np.concatenate([half[rows], half[columns]], axis=1)
+
+
 class PositionalEncoding(nn.Module):
   """Adds position information to embeddings: the paper's sinusoids, or learned.
 
   `positions` [b, l] gives each token's index in its own example, so packed
   examples each start at 0 and a cached decoder step knows where it is.
   Rotary positions are applied inside attention instead (see `apply_rotary`).
+  The table has `cfg.num_positions` rows: max_len for text; for image patches
+  one per token, the [CLS] vector's first (ViT's E_pos in R^{(N+1) x D},
+  Dosovitskiy et al. 2020, eq. 1), where 'sinusoidal_2d' gives [CLS] a zero row.
   """
   cfg: config_lib.ModelConfig
 
@@ -100,9 +142,12 @@ class PositionalEncoding(nn.Module):
   def __call__(self, x, positions):  # x [b, l, d], positions [b, l]
     cfg = self.cfg
     if cfg.position == 'sinusoidal':
-      table = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model))
+      table = jnp.asarray(sinusoidal_table(cfg.num_positions, cfg.d_model))
+    elif cfg.position == 'sinusoidal_2d':
+      table = sinusoidal_table_2d(cfg.image_size // cfg.patch_size, cfg.d_model)
+      table = jnp.asarray(np.pad(table, ((cfg.image_length - cfg.num_patches, 0), (0, 0))))
     elif cfg.position == 'learned':
-      table = self.param('table', nn.initializers.normal(0.02), (cfg.max_len, cfg.d_model))
+      table = self.param('table', nn.initializers.normal(0.02), (cfg.num_positions, cfg.d_model))
     else:
       return x
     return x + jnp.take(table, positions, axis=0).astype(x.dtype)

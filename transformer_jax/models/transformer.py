@@ -1,6 +1,7 @@
 """Encoder and decoder stacks, and the three variants composed from them.
 
-- `EncoderOnly` (BERT-style): Encoder + masked-LM or classification head.
+- `EncoderOnly` (BERT-style): Encoder + masked-LM or classification head; with
+  `cfg.patch_size` the same Encoder on image patches (ViT, Dosovitskiy et al. 2020).
 - `DecoderOnly` (GPT-style): Decoder without cross-attention + LM head.
 - `Transformer` (seq2seq, the paper's model): Encoder + Decoder + LM head.
 
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
 from transformer_jax.models.layers import (AddNorm, Dropout, FeedForward,
-                                           MultiHeadAttention, PositionalEncoding, TokenEmbedding,
-                                           activation_fn, attention_mask, compute_dtype)
+                                           MultiHeadAttention, PatchEmbedding, PositionalEncoding,
+                                           TokenEmbedding, activation_fn, attention_mask,
+                                           compute_dtype)
 
 
 def default_segments(tokens, pad_id, segment_ids=None, positions=None):
@@ -130,16 +132,56 @@ class Embedder(nn.Module):
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
+class ImageEmbedder(nn.Module):
+  """The Vision Transformer's input (Dosovitskiy et al. 2020, section 3.1, eq. 1):
+
+    z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos, then dropout,
+
+  patches embedded by `PatchEmbedding`; the learned [CLS] vector x_class only with
+  `cfg.pooling='cls'`; E_pos by `PositionalEncoding` (learned as ViT, the paper's 1-D
+  sinusoids over the raster order, 2-D sinusoids, or none; rotary is applied in
+  attention). images [b, H, W, C] -> (z_0 [b, l, d], segment_ids [b, l] all 1,
+  positions [b, l] = 0..l-1), l = N (+1 with [CLS], which comes first).
+  """
+  cfg: config_lib.ModelConfig
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    cfg = self.cfg
+    x = PatchEmbedding(cfg.patch_size, cfg.d_model, compute_dtype(cfg), cfg.use_bias,
+                       name='patch_embedding')(images)  # [b, N, d]
+    b = x.shape[0]
+    if cfg.pooling == 'cls':
+      x_class = self.param('cls_token', nn.initializers.zeros, (1, 1, cfg.d_model))
+      x = jnp.concatenate([jnp.broadcast_to(x_class.astype(x.dtype), (b, 1, cfg.d_model)), x], 1)
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    x = PositionalEncoding(cfg, name='positional_encoding')(x, positions)
+    if cfg.embedding_norm:
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                       name='embedding_norm')(x)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return x, jnp.ones(x.shape[:2], jnp.int32), positions
+
+
 class Encoder(nn.Module):
-  """Embedding, then N EncoderLayers (and a final LayerNorm for pre-LN)."""
+  """An embedder, then N EncoderLayers (and a final LayerNorm for pre-LN).
+
+  The embedder is text's `Embedder` (tokens [b, l], with their segment ids and
+  positions) or, with `cfg.patch_size`, the ViT's `ImageEmbedder` (images
+  [b, H, W, C]; segments and positions made there); the stack after it is the
+  same for both. -> [b, l, d].
+  """
   cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True):
+  def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
     cfg = self.cfg
-    segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
-    x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
+    if cfg.patch_size:
+      x, segment_ids, positions = ImageEmbedder(cfg, name='embedder')(inputs, deterministic)
+    else:
+      segment_ids, positions = default_segments(inputs, cfg.pad_id, segment_ids, positions)
+      x = Embedder(cfg, self.embedding, name='embedder')(inputs, positions, deterministic)
     # Full attention reads a [b, 1, l, l] mask; local and linear, the segment ids alone.
     mask = attention_mask(segment_ids, segment_ids, causal=False) if (
         cfg.attention == 'full') else None
@@ -249,12 +291,18 @@ class EncoderOnly(nn.Module):
   """BERT-style encoder with a masked-LM head (logits [b, l, vocab]) or a
   sequence-classification head over pooled outputs (logits [b, num_classes]):
   the mean of the real tokens' outputs or the first token's, then (with
-  `cfg.pooler`, BERT's pooler: Devlin et al. 2019, section 3) dense + tanh."""
+  `cfg.pooler`, BERT's pooler: Devlin et al. 2019, section 3) dense + tanh.
+
+  With `cfg.patch_size` the inputs are images [b, H, W, C] and this is the
+  Vision Transformer (Dosovitskiy et al. 2020, section 3.1): the same Encoder
+  over the patches (`ImageEmbedder`), pooled as the [CLS] vector's output
+  (`pooling='cls'`, eq. 4: y = LN(z_L^0) with pre-LN's final norm) or the mean
+  of the patches' (`'mean'`), into the linear classifier."""
   cfg: config_lib.ModelConfig
 
   def setup(self):
     cfg = self.cfg
-    self.embedding = token_embedding(cfg)
+    self.embedding = None if cfg.patch_size else token_embedding(cfg)
     self.encoder = Encoder(cfg, embedding=self.embedding)
     if cfg.encoder_head == 'mlm':
       self.project = OutputProjection(cfg, cfg.vocab_size,
@@ -265,12 +313,15 @@ class EncoderOnly(nn.Module):
       self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
-    segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
+    if not self.cfg.patch_size:
+      segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
     x = self.encoder(inputs, segment_ids, positions, deterministic)
     if self.cfg.encoder_head == 'mlm':
       return self.project(x)
-    if self.cfg.pooling == 'first':
+    if self.cfg.pooling in ('first', 'cls'):
       pooled = x[:, 0]
+    elif segment_ids is None:  # image patches: every token is real.
+      pooled = x.mean(1)
     else:
       real = (segment_ids > 0)[..., None].astype(x.dtype)
       pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1)
@@ -316,6 +367,17 @@ class Transformer(nn.Module):
 
 
 VARIANTS = {'encoder': EncoderOnly, 'decoder': DecoderOnly, 'seq2seq': Transformer}
+
+
+def init_inputs(cfg, seq_len: int, batch: int = 1) -> tuple:
+  """The positional inputs `model.init` traces a model with: images [b, H, W, C]
+  (float32) for an image model, else tokens [b, seq_len] (twice for seq2seq:
+  sources and targets)."""
+  cfg = config_lib.ModelConfig.of(cfg)
+  if cfg.patch_size:
+    return (jnp.zeros((batch, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32),)
+  tokens = jnp.ones((batch, seq_len), jnp.int32)
+  return (tokens, tokens) if cfg.variant == 'seq2seq' else (tokens,)
 
 
 def build_model(cfg) -> nn.Module:
