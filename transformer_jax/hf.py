@@ -128,16 +128,15 @@ def model_fields(hf: dict, head: str = 'mlm') -> tuple:
   return required, head_fields
 
 
-def token_fields(hf: dict, tokenizer: str) -> dict:
+def token_fields(directory: str, tokenizer: str) -> dict:
   """The config.model ids that reading text with `tokenizer` (config.data.tokenizer)
-  implies: with the checkpoint's own ('hf'), `pad_id` is its padding token, or, for
-  GPT-2, which has none, `<|endoftext|>` (eos_token_id); other tokenizers keep theirs."""
+  implies: with the checkpoint's own ('hf', read from `directory`), `pad_id` is
+  the padding id `tokenizers.HFTokenizer` pads with (GPT-2's <|endoftext|>); other
+  tokenizers keep theirs."""
   if tokenizer != 'hf':
     return {}
-  pad = hf.get('pad_token_id')
-  if pad is None:
-    pad = hf.get('eos_token_id')
-  return {} if pad is None else {'pad_id': pad}
+  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  return {'pad_id': tokenizers.HFTokenizer(directory).pad_id}
 
 
 def configure(config, path: str):
@@ -146,8 +145,9 @@ def configure(config, path: str):
   hf:PATH; returns config."""
   hf = read_config(path)
   required, head_fields = model_fields(hf, config.model.encoder_head)
-  config.model.update({**required, **head_fields, **token_fields(hf, config.data.tokenizer)})
   config.init_from = PREFIX + path
+  config.model.update({**required, **head_fields,
+                       **token_fields(config_lib.tokenizer_path(config), config.data.tokenizer)})
   return config
 
 
@@ -164,7 +164,7 @@ def flags(path: str, head: str = 'mlm', tokenizer: str = 'hf') -> str:
   it, and no packaged config sets it."""
   hf = read_config(path)
   required, head_fields = model_fields(hf, head)
-  fields = {**required, **head_fields, **token_fields(hf, tokenizer)}
+  fields = {**required, **head_fields, **token_fields(path, tokenizer)}
   return ' '.join(_override(n, v) for n, v in fields.items()
                   if v is not None)
 
