@@ -1,8 +1,9 @@
 """The machine's measured matmul roof, the denominator of every MFU we report.
 
 A large square matmul, jitted, timed best of N: float32 on CPU, bfloat16 on
-GPU. On CPU the same matmul through PyTorch (MKL / oneDNN) is timed too and the
-roof is the larger of the two, so MFU is never flattered by a slow baseline.
+GPU. The same matmul through PyTorch (MKL / oneDNN on CPU, cuBLAS on an NVIDIA
+GPU) is timed too and the roof is the larger of the two, so MFU is never
+flattered by a slow baseline.
 
   python benchmarks/peak.py                    # CPU: f32, n = 2048
   python benchmarks/peak.py --size=8192        # GPU: bf16 (the default dtype there)
@@ -10,6 +11,7 @@ roof is the larger of the two, so MFU is never flattered by a slow baseline.
 
 import json
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -30,16 +32,26 @@ def _best_seconds(fn, repeats: int) -> float:
   return best
 
 
-def torch_matmul_flops(size: int, repeats: int) -> float:
-  """FLOP/s of the best float32 torch.matmul on CPU (None without torch)."""
+def torch_matmul_flops(size: int, repeats: int, dtype: str = 'float32',
+                       device: str = 'cpu') -> Optional[float]:
+  """FLOP/s of the best torch.matmul of two [size, size] `dtype` matrices on
+  `device` ('cpu' or 'cuda'); None without torch (or without CUDA for 'cuda')."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  a = torch.randn(size, size)
-  b = torch.randn(size, size)
+  if device == 'cuda' and not torch.cuda.is_available():
+    return None
+  a = torch.randn(size, size, device=device).to(getattr(torch, dtype))
+  b = torch.randn(size, size, device=device).to(getattr(torch, dtype))
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def matmul():
+    torch.matmul(a, b)
+    sync()
+
   with torch.no_grad():
-    seconds = _best_seconds(lambda: torch.matmul(a, b), repeats)
+    seconds = _best_seconds(matmul, repeats)
   return 2.0 * size**3 / seconds
 
 
@@ -50,10 +62,9 @@ def measure(size: int = 0, dtype: str = '', repeats: int = 10) -> dict:
   size = size or (2048 if platform == 'cpu' else 8192)
   result = {'platform': platform, 'device_kind': jax.devices()[0].device_kind, 'dtype': dtype,
             'size': size, 'jax_flops': metrics.measured_matmul_flops(size, dtype, repeats)}
-  result['roof_flops'] = result['jax_flops']
-  if platform == 'cpu' and dtype == 'float32':
-    result['torch_flops'] = torch_matmul_flops(size, repeats)
-    result['roof_flops'] = max(result['jax_flops'], result['torch_flops'] or 0.0)
+  torch_device = {'cpu': 'cpu', 'gpu': 'cuda'}.get(platform)
+  result['torch_flops'] = torch_device and torch_matmul_flops(size, repeats, dtype, torch_device)
+  result['roof_flops'] = max(result['jax_flops'], result['torch_flops'] or 0.0)
   return result
 
 

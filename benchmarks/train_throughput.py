@@ -5,8 +5,10 @@ For each workload this builds
 - ours: the project's own `train_step` (train.make_steps) placed by the
   project's strategy (parallel.create, as `--mode=train` does), on a fixed
   synthetic batch;
-- the PyTorch peer, built from PyTorch's own modules: for the decoder-only LM
-  `nn.TransformerEncoder` (post-LN layers as the paper's) with a causal mask,
+- the PyTorch peers, built from PyTorch's own modules: the minimal GPT
+  (`gpt_model`: fused QKV, `F.scaled_dot_product_attention`, pre-LN, GELU,
+  learned positions, tied head, AdamW) for the decoder-only LM; and for the
+  decoder-only LM `nn.TransformerEncoder` (post-LN layers as the paper's) with a causal mask,
   an `nn.Embedding` scaled by sqrt(d_model), the sinusoidal table and the tied
   LM head; for seq2seq `nn.Transformer` with one shared embedding tied to the
   output; Adam with the same betas and eps; eager, and `torch.compile`d where
@@ -21,7 +23,11 @@ start of the run.
 
   python benchmarks/train_throughput.py                                 # CPU workloads
   python benchmarks/train_throughput.py --workloads=nanogpt_cpu --rounds=5
-  python benchmarks/train_throughput.py --workloads=gpt2_small,seq2seq_base --dtype=bfloat16
+  python benchmarks/train_throughput.py --workloads=gpt2_small --attention_impl=cudnn  # GPU
+
+On an NVIDIA GPU the models compute in bfloat16 (float32 parameters) and the
+minimal-GPT and nn.Transformer* peers run there too (bfloat16 autocast, TF32,
+fused AdamW), as a GPU researcher would run them.
 
 Prints one markdown row per workload and writes them all to --output (JSON).
 """
@@ -59,14 +65,17 @@ flags.DEFINE_list('workloads', ['nanogpt_cpu', 'gpt_6x384', 'seq2seq_base'],
                   f'Workloads to run, from: {", ".join(sorted(("nanogpt_cpu", "gpt_6x384", "seq2seq_base", "gpt2_small")))}.')
 flags.DEFINE_integer('batch_size', 0, 'Override every workload\'s batch size (0 = its own).')
 flags.DEFINE_string('dtype', '', "Model compute dtype; '' = float32 on CPU, bfloat16 on GPU.")
+flags.DEFINE_string('attention_impl', '', "'' = the config's default (xla); cudnn = flash "
+                    'attention on an NVIDIA GPU.')
 flags.DEFINE_string('parallelism', '', "'' = the config's default strategy; pmap | mesh.")
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median counts.')
 flags.DEFINE_integer('steps_per_round', 0, 'Steps of each contender per round (0 = about 2 s).')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps of each contender after compiling.')
-PEERS = {'eager': (lambda *a: TorchPeer(*a, compiled=False)),
-         'compile': (lambda *a: TorchPeer(*a, compiled=True)),
-         'gpt_eager': (lambda *a: GPTPeer(*a, compiled=False)),
-         'gpt_compile': (lambda *a: GPTPeer(*a, compiled=True))}
+PEERS = {  # name: (config, batch, device) -> contender.
+    'eager': lambda config, batch, device: TorchPeer(config, batch, False, device),
+    'compile': lambda config, batch, device: TorchPeer(config, batch, True, device),
+    'gpt_eager': lambda config, batch, device: GPTPeer(config, batch, False, device),
+    'gpt_compile': lambda config, batch, device: GPTPeer(config, batch, True, device)}
 flags.DEFINE_list('peers', ['gpt_eager', 'gpt_compile', 'eager', 'compile'],
                   'PyTorch peers: gpt_eager, gpt_compile (the minimal GPT, decoders only), '
                   'eager, compile (nn.TransformerEncoder / nn.Transformer); none: [].')
@@ -204,19 +213,56 @@ def torch_model(cfg, seq_len: int):
   return Seq2Seq() if cfg.variant == 'seq2seq' else LM()
 
 
-class TorchPeer:
+class _TorchContender:
+  """What the PyTorch peers share: the device ('cpu', or 'cuda' when JAX runs on
+  an NVIDIA GPU), the batch as int64 tensors there, the compute dtype (float32,
+  or bfloat16 autocast over float32 parameters, as config.model.dtype does for
+  ours), the thread count on CPU, and the synchronisation before a clock read."""
+
+  def __init__(self, config, batch, device: str):
+    import torch
+    torch.manual_seed(config.seed)
+    self.device = device
+    self.inputs = torch.from_numpy(batch['inputs']).long().to(device)
+    self.targets = torch.from_numpy(batch['targets']).long().to(device)
+    self.autocast_dtype = (None if config.model.dtype == 'float32'
+                           else getattr(torch, config.model.dtype))
+    if device == 'cuda':  # float32 matmuls on tensor cores (TF32), as ours get by default.
+      torch.backends.cuda.matmul.allow_tf32 = True
+      torch.backends.cudnn.allow_tf32 = True
+    self.last = None
+    self.threads = None  # set by run_workload on CPU: torch.set_num_threads for this peer.
+
+  def _context(self):
+    import contextlib
+    import torch
+    if self.threads and torch.get_num_threads() != self.threads:
+      torch.set_num_threads(self.threads)
+    if self.autocast_dtype is None:
+      return contextlib.nullcontext()
+    return torch.autocast(device_type=self.device, dtype=self.autocast_dtype)
+
+  def sync(self):
+    import torch
+    if self.device == 'cuda':
+      torch.cuda.synchronize()  # CPU torch is synchronous.
+
+  def loss(self) -> float:
+    return float(self.last.detach())
+
+
+class TorchPeer(_TorchContender):
   """The PyTorch peer's training step: forward, cross-entropy, backward, Adam."""
 
-  def __init__(self, config, batch, compiled: bool):
+  def __init__(self, config, batch, compiled: bool, device: str = 'cpu'):
     import torch
+    super().__init__(config, batch, device)
     self.name = 'torch_compile' if compiled else 'torch_eager'
-    torch.manual_seed(config.seed)
     cfg, o = config.model, config.optimizer
-    self.model = torch_model(cfg, config.seq_len).train()
+    self.model = torch_model(cfg, config.seq_len).to(device).train()
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4, betas=(o.b1, o.b2),
                                       eps=o.eps)
     self.seq2seq = cfg.variant == 'seq2seq'
-    self.batch = batch
     smoothing = o.label_smoothing
 
     def loss_fn(model, inputs, targets):
@@ -225,26 +271,14 @@ class TorchPeer:
                                                targets.reshape(-1), label_smoothing=smoothing)
 
     self.loss_fn = torch.compile(loss_fn) if compiled else loss_fn
-    self.last = None
-    self.threads = None  # set by run_workload: torch.set_num_threads for this peer.
 
   def step(self):
-    import torch
-    if self.threads and torch.get_num_threads() != self.threads:
-      torch.set_num_threads(self.threads)
-    inputs = torch.from_numpy(self.batch['inputs']).long()
-    targets = torch.from_numpy(self.batch['targets']).long()
     self.optimizer.zero_grad(set_to_none=True)
-    loss = self.loss_fn(self.model, inputs, targets)
+    with self._context():
+      loss = self.loss_fn(self.model, self.inputs, self.targets)
     loss.backward()
     self.optimizer.step()
     self.last = loss
-
-  def sync(self):
-    pass  # CPU torch is synchronous.
-
-  def loss(self) -> float:
-    return float(self.last.detach())
 
 
 def gpt_model(cfg, seq_len: int):
@@ -309,45 +343,34 @@ def gpt_model(cfg, seq_len: int):
   return GPT()
 
 
-class GPTPeer:
+class GPTPeer(_TorchContender):
   """The minimal-GPT peer's training step: forward, cross-entropy, backward,
-  AdamW (weight decay on matrices only), gradients set to None between steps."""
+  AdamW (weight decay on matrices only; the fused CUDA kernel on a GPU),
+  gradients set to None between steps."""
 
-  def __init__(self, config, batch, compiled: bool):
+  def __init__(self, config, batch, compiled: bool, device: str = 'cpu'):
     import torch
+    super().__init__(config, batch, device)
     self.name = 'gpt_compile' if compiled else 'gpt_eager'
-    torch.manual_seed(config.seed)
     o = config.optimizer
-    self.model = gpt_model(config.model, config.seq_len).train()
+    self.model = gpt_model(config.model, config.seq_len).to(device).train()
     matrices = [p for p in self.model.parameters() if p.dim() >= 2]
     others = [p for p in self.model.parameters() if p.dim() < 2]
     self.optimizer = torch.optim.AdamW([{'params': matrices, 'weight_decay': 0.1},
                                         {'params': others, 'weight_decay': 0.0}],
-                                       lr=1e-3, betas=(o.b1, o.b2), eps=o.eps)
-    self.batch = batch
+                                       lr=1e-3, betas=(o.b1, o.b2), eps=o.eps,
+                                       fused=device == 'cuda')
     self.forward = torch.compile(self.model) if compiled else self.model
-    self.last = None
-    self.threads = None  # set by run_workload: torch.set_num_threads for this peer.
 
   def step(self):
-    import torch
     from torch.nn import functional as F
-    if self.threads and torch.get_num_threads() != self.threads:
-      torch.set_num_threads(self.threads)
-    inputs = torch.from_numpy(self.batch['inputs']).long()
-    targets = torch.from_numpy(self.batch['targets']).long()
-    logits = self.forward(inputs)
-    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+    with self._context():
+      logits = self.forward(self.inputs)
+      loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), self.targets.view(-1))
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     self.optimizer.step()
     self.last = loss
-
-  def sync(self):
-    pass  # CPU torch is synchronous.
-
-  def loss(self) -> float:
-    return float(self.last.detach())
 
 
 def pick_torch_threads(peer, probes: int = 3) -> int:
@@ -393,7 +416,19 @@ def interleaved_seconds(contenders, rounds: int, steps_per_round: int, warmup: i
   return times
 
 
-def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
+def torch_device_for(platform: str):
+  """Where the PyTorch peers run beside JAX's first device: 'cpu', 'cuda' (an
+  NVIDIA GPU that this PyTorch build sees), or None (no peer on this device)."""
+  if platform == 'cpu':
+    return 'cpu'
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return 'cuda' if platform == 'gpu' and torch.cuda.is_available() else None
+
+
+def run_workload(name: str, roof: float, on_cpu: bool, torch_device) -> dict:
   config = workload_config(name, on_cpu)
   if FLAGS.batch_size:
     config.batch_size = FLAGS.batch_size
@@ -401,22 +436,25 @@ def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
     config.model.dtype = FLAGS.dtype
   elif not on_cpu:
     config.model.dtype = 'bfloat16'
+  if FLAGS.attention_impl:
+    config.model.attention_impl = FLAGS.attention_impl
   if FLAGS.parallelism:
     config.parallelism = FLAGS.parallelism
   config_lib.validate(config)
   batch = synthetic_batch(config)
   contenders = [Ours(config, batch)]
   torch_threads = {}
-  for peer in FLAGS.peers if on_cpu else []:  # the CPU peer says nothing about a GPU.
+  for peer in FLAGS.peers if torch_device else []:
     if peer not in PEERS:
       raise app.UsageError(f'--peers: unknown peer {peer!r}; use {", ".join(PEERS)}.')
     if peer.startswith('gpt') and config.model.variant != 'decoder':
       continue  # the minimal GPT is a decoder-only LM.
     try:
-      contender = PEERS[peer](config, batch)
+      contender = PEERS[peer](config, batch, torch_device)
       contender.step()  # compiles (torch.compile) or fails here.
-      contender.threads = FLAGS.torch_threads or pick_torch_threads(contender)
-      torch_threads[contender.name] = contender.threads
+      if torch_device == 'cpu':
+        contender.threads = FLAGS.torch_threads or pick_torch_threads(contender)
+        torch_threads[contender.name] = contender.threads
       contenders.append(contender)
     except Exception as e:  # pylint: disable=broad-except
       print(f'{name}: torch peer {peer!r} does not run here: {type(e).__name__}: {e}', flush=True)
@@ -428,8 +466,9 @@ def run_workload(name: str, roof: float, on_cpu: bool) -> dict:
          'd_model': config.model.d_model, 'heads': config.model.num_heads,
          'seq_len': config.seq_len, 'batch_size': config.batch_size,
          'vocab_size': config.model.vocab_size, 'dropout': config.model.dropout_rate,
-         'dtype': config.model.dtype, 'parallelism': config.parallelism,
-         'torch_threads': torch_threads,
+         'dtype': config.model.dtype, 'attention_impl': config.model.attention_impl,
+         'parallelism': config.parallelism,
+         'torch_threads': torch_threads, 'torch_device': torch_device,
          'flops_per_token': flops, 'roof_flops': roof, 'contenders': {}}
   for c in contenders:
     seconds = statistics.median(times[c.name])
@@ -462,13 +501,14 @@ HEADER = ('| workload | batch x ctx | ours tok/s | minimal GPT eager tok/s | rat
 
 def main(argv):
   del argv
-  on_cpu = jax.devices()[0].platform == 'cpu'
+  platform = jax.devices()[0].platform
+  on_cpu, torch_device = platform == 'cpu', torch_device_for(platform)
   roof = peak_lib.measure(FLAGS.peak_size)
   print(f"roof: {roof['roof_flops'] / 1e9:.1f} GFLOP/s ({roof['dtype']} matmul "
         f"{roof['size']}^3)", flush=True)
   rows = []
   for name in FLAGS.workloads:
-    rows.append(run_workload(name, roof['roof_flops'], on_cpu))
+    rows.append(run_workload(name, roof['roof_flops'], on_cpu, torch_device))
     print(markdown_row(rows[-1]), flush=True)
   result = {**common.environment(with_torch=True), 'roof': roof, 'rows': rows}
   common.print_environment(result)

@@ -132,6 +132,39 @@ def test_gpt_peer_matches_our_matmuls_and_is_causal():
   assert peer.loss() < first
 
 
+@pytest.mark.parametrize('peer_class', ['GPTPeer', 'TorchPeer'])
+def test_a_bfloat16_peer_trains_under_autocast(peer_class):
+  """With config.model.dtype=bfloat16 (the GPU default) a peer computes under
+  bfloat16 autocast over float32 parameters, as ours does, and still trains; a
+  GPU run takes the same code path with device='cuda'."""
+  torch = pytest.importorskip('torch')
+  from benchmarks import train_throughput  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.model.update(variant='decoder', num_layers=1, d_model=32, num_heads=4, vocab_size=17,
+                 max_len=16, dropout_rate=0.0, dtype='bfloat16')
+  c.optimizer.label_smoothing = 0.0
+  c.update(seq_len=16, batch_size=3)
+  peer = getattr(train_throughput, peer_class)(c, train_throughput.synthetic_batch(c),
+                                                compiled=False, device='cpu')
+  assert peer.autocast_dtype == torch.bfloat16
+  with peer._context():  # pylint: disable=protected-access
+    logits = peer.model(peer.inputs)
+  assert logits.dtype == torch.bfloat16
+  assert all(p.dtype == torch.float32 for p in peer.model.parameters())
+  peer.step()
+  first = peer.loss()
+  for _ in range(30):
+    peer.step()
+  assert peer.loss() < first
+
+
+def test_torch_peers_run_beside_cpu_and_nvidia_devices_only():
+  pytest.importorskip('torch')
+  from benchmarks import train_throughput  # pylint: disable=g-import-not-at-top
+  assert train_throughput.torch_device_for('cpu') == 'cpu'
+  assert train_throughput.torch_device_for('tpu') is None
+
+
 def test_train_throughput_with_the_gpt_peer(tmp_path):
   result = _run_script('train_throughput', tmp_path, '--workloads=nanogpt_cpu', '--batch_size=2',
                        '--peers=gpt_eager', '--rounds=1', '--steps_per_round=1', '--warmup=0',
