@@ -134,7 +134,12 @@ def test_main_takes_names_paths_and_overrides_and_errs_in_one_line(tmp_path):
       (['--config=shakespeare_char:big'], "Config error: shakespeare_char: unknown config "
                                           "argument 'big'; use one of 'quick' or none."),
       (['--config=no_such_config'], "Config error: no config named 'no_such_config'"),
-      (['--config.model.num_head=4'], 'Config error: \'num_head\' Did you mean "num_heads"'),
+      (['--config.model.num_head=4'], 'Config error: config.model.num_head is not a config '
+                                      'field; did you mean config.model.num_heads? (in '),
+      (['--config.model.foo=1'], 'Config error: config.model.foo is not a config field; '
+                                 'config.model has activation, attention, '),
+      (['--config.model.num_heads.x=1'], 'Config error: config.model.num_heads is a value, not '
+                                         'a section'),
   ]:
     out = run_main(tmp_path, *args, '--mode=describe')
     assert out.returncode != 0 and out.stderr.strip().startswith(message), out.stderr
