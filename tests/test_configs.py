@@ -108,6 +108,21 @@ def test_a_user_file_loads_and_a_broken_one_is_one_line(tmp_path):
     configs.load(str(empty))
 
 
+def test_a_user_get_config_that_cannot_serve_the_spec_is_one_line(tmp_path):
+  no_arg = tmp_path / 'no_arg.py'
+  no_arg.write_text('from transformer_jax import config\n\n'
+                    'def get_config():\n  return config.base_config()\n')
+  assert configs.load(str(no_arg)).model.num_heads == config_lib.base_config().model.num_heads
+  with pytest.raises(config_lib.ConfigError, match=r'no_arg.py: get_config\(\) takes no '
+                     'argument, so :quick cannot be passed; drop :quick'):
+    configs.load(f'{no_arg}:quick')
+  plain = tmp_path / 'plain.py'
+  plain.write_text('def get_config():\n  return {"model": {"num_heads": 2}}\n')
+  with pytest.raises(config_lib.ConfigError, match=r'plain.py: get_config\(\) returned a dict, '
+                     'not a ConfigDict'):
+    configs.load(str(plain))
+
+
 def test_big_is_the_base_model_scaled_up():
   b, g = configs.load('wmt14_ende_base'), configs.load('wmt14_ende_big')
   assert (g.model.d_model, g.model.num_heads, g.model.dropout_rate) == (1024, 16, 0.3)
