@@ -114,6 +114,19 @@ def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
   assert log.count('=== launched') == 2 and log.count('no_such_dataset') >= 4
 
 
+def test_report_only_before_any_run_says_the_runs_have_not_run(config_file, tmp_path):
+  workdir = str(tmp_path / 'sweep')
+  out = subprocess.run([sys.executable, '-m', 'transformer_jax.sweep', f'--config={config_file}',
+                        '--sweep=seed', f'--workdir={workdir}', '--report_only'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      '1 of 1 runs have not run yet: seed=0; launch the same command without --report_only '
+      'to run them.')
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['not run']
+
+
 def test_an_unknown_command_line_override_names_the_section_fields(config_file):
   with pytest.raises(config_lib.ConfigError) as error:
     sweep.requested_config(config_file, sweep.Run({}), ['--config.model.foo=1'])

@@ -272,7 +272,8 @@ def summarise(run: Run, run_dir: str) -> dict:
   if os.path.exists(status_path):
     with open(status_path) as f:
       status = json.load(f)
-  row['status'] = 'ok' if status.get('returncode') == 0 else 'failed'
+  row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else
+                   'failed')
   row['seconds'] = round(status.get('seconds', float('nan')), 1)
   row['run'] = run.name
   return row
@@ -468,11 +469,16 @@ def main(argv):
   except SweepStopped as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  failed = [r['run'] for r in rows if r['status'] != 'ok']
+  failed = [r['run'] for r in rows if r['status'] == 'failed']
   if failed:
     print(f'{len(failed)} of {len(rows)} runs failed: {", ".join(failed)}; see each run\'s '
           'log.txt, fix the cause and launch the same command (finished runs are skipped).',
           file=sys.stderr, flush=True)
+    sys.exit(1)
+  not_run = [r['run'] for r in rows if r['status'] == 'not run']
+  if not_run:
+    print(f'{len(not_run)} of {len(rows)} runs have not run yet: {", ".join(not_run)}; launch '
+          'the same command without --report_only to run them.', file=sys.stderr, flush=True)
     sys.exit(1)
 
 
