@@ -143,6 +143,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path
     assert np.all(np.isfinite(leaf))
 
 
+def test_a_divergence_before_any_checkpoint_says_the_run_starts_again(tiny_config, tmp_path):
+  config = tiny_config(learning_rate=1e30, optimizer__schedule='constant', warmup_steps=0,
+                       checkpoint_every=1000, eval_every=1000, total_steps=20, log_every=5)
+  with pytest.raises(trainer.TrainingDiverged) as error:
+    trainer.train(config, str(tmp_path))
+  assert 'No checkpoint was saved before it; to start again from step 0, run the same ' \
+      'command with a lower --config.learning_rate' in str(error.value)
+  assert 'none' not in str(error.value)
+
+
 # ---------------------------------------------------------------------------
 # Real processes: SIGTERM, and kill -9 in the middle of a save.
 

@@ -108,6 +108,21 @@ def test_a_user_file_loads_and_a_broken_one_is_one_line(tmp_path):
     configs.load(str(empty))
 
 
+def test_a_user_get_config_that_cannot_serve_the_spec_is_one_line(tmp_path):
+  no_arg = tmp_path / 'no_arg.py'
+  no_arg.write_text('from transformer_jax import config\n\n'
+                    'def get_config():\n  return config.base_config()\n')
+  assert configs.load(str(no_arg)).model.num_heads == config_lib.base_config().model.num_heads
+  with pytest.raises(config_lib.ConfigError, match=r'no_arg.py: get_config\(\) takes no '
+                     'argument, so :quick cannot be passed; drop :quick'):
+    configs.load(f'{no_arg}:quick')
+  plain = tmp_path / 'plain.py'
+  plain.write_text('def get_config():\n  return {"model": {"num_heads": 2}}\n')
+  with pytest.raises(config_lib.ConfigError, match=r'plain.py: get_config\(\) returned a dict, '
+                     'not a ConfigDict'):
+    configs.load(str(plain))
+
+
 def test_big_is_the_base_model_scaled_up():
   b, g = configs.load('wmt14_ende_base'), configs.load('wmt14_ende_big')
   assert (g.model.d_model, g.model.num_heads, g.model.dropout_rate) == (1024, 16, 0.3)
@@ -134,7 +149,12 @@ def test_main_takes_names_paths_and_overrides_and_errs_in_one_line(tmp_path):
       (['--config=shakespeare_char:big'], "Config error: shakespeare_char: unknown config "
                                           "argument 'big'; use one of 'quick' or none."),
       (['--config=no_such_config'], "Config error: no config named 'no_such_config'"),
-      (['--config.model.num_head=4'], 'Config error: \'num_head\' Did you mean "num_heads"'),
+      (['--config.model.num_head=4'], 'Config error: config.model.num_head is not a config '
+                                      'field; did you mean config.model.num_heads? (in '),
+      (['--config.model.foo=1'], 'Config error: config.model.foo is not a config field; '
+                                 'config.model has activation, attention, '),
+      (['--config.model.num_heads.x=1'], 'Config error: config.model.num_heads is a value, not '
+                                         'a section'),
   ]:
     out = run_main(tmp_path, *args, '--mode=describe')
     assert out.returncode != 0 and out.stderr.strip().startswith(message), out.stderr

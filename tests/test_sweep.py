@@ -62,8 +62,11 @@ def test_grid_expands_to_the_product():
 
 def test_bad_override_key_is_one_line_error():
   base = config_lib.base_config()
-  with pytest.raises(config_lib.ConfigError, match='model.num_head=2 names no config field'):
+  with pytest.raises(config_lib.ConfigError, match='model.num_head=2: config.model.num_head is '
+                     'not a config field; did you mean config.model.num_heads'):
     sweep.check_runs(base, sweep.expand([{'model.num_head': 2}]))
+  with pytest.raises(config_lib.ConfigError, match='config.model.num_heads is a value'):
+    sweep.check_runs(base, sweep.expand([{'model.num_heads.x': 2}]))
   with pytest.raises(config_lib.ConfigError, match='num_heads'):
     sweep.check_runs(base, sweep.expand([{'model.num_heads': 7}]))
 
@@ -109,6 +112,27 @@ def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
   with open(os.path.join(workdir, 'runs', 'data.name=no_such_dataset', 'log.txt')) as f:
     log = f.read()
   assert log.count('=== launched') == 2 and log.count('no_such_dataset') >= 4
+
+
+def test_report_only_before_any_run_says_the_runs_have_not_run(config_file, tmp_path):
+  workdir = str(tmp_path / 'sweep')
+  out = subprocess.run([sys.executable, '-m', 'transformer_jax.sweep', f'--config={config_file}',
+                        '--sweep=seed', f'--workdir={workdir}', '--report_only'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      '1 of 1 runs have not run yet: seed=0; launch the same command without --report_only '
+      'to run them.')
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['not run']
+
+
+def test_an_unknown_command_line_override_names_the_section_fields(config_file):
+  with pytest.raises(config_lib.ConfigError) as error:
+    sweep.requested_config(config_file, sweep.Run({}), ['--config.model.foo=1'])
+  fields = ', '.join(sorted(config_lib.base_config().model))
+  assert str(error.value).endswith(
+      f'do not work: config.model.foo is not a config field; config.model has {fields}.')
 
 
 def test_grid_report_has_table_csv_and_plots(config_file, tmp_path):

@@ -21,6 +21,7 @@ derived sizes (`d_ff`, `head_dim`, layer counts) as properties.
 """
 
 import dataclasses
+import difflib
 from typing import Any, Optional
 
 from ml_collections import config_dict
@@ -287,6 +288,28 @@ def flatten(tree, sep: str = '.') -> dict:
     else:
       out[key] = value
   return out
+
+
+def unknown_override(config, args) -> Optional[str]:
+  """The first --config.KEY=VALUE among args whose KEY names no field of config,
+  as one line with the fix (the closest names, or the section's fields); None
+  when every KEY is a field."""
+  for arg in args:
+    if not arg.startswith('--config.'):
+      continue
+    parts = arg[len('--config.'):].split('=', 1)[0].split('.')
+    section = config
+    for i, part in enumerate(parts):
+      where = '.'.join(['config', *parts[:i]])
+      if not isinstance(section, config_dict.ConfigDict):
+        return f'{where} is a value, not a section, so {arg.split("=")[0][2:]} names no field.'
+      if part not in section:
+        close = difflib.get_close_matches(part, list(section), n=1)
+        fix = (f'did you mean {where}.{close[0]}?' if close else
+               f'{where} has {", ".join(sorted(section))}.')
+        return f'{where}.{part} is not a config field; {fix}'
+      section = section[part]
+  return None
 
 
 def from_saved(saved: dict) -> config_dict.ConfigDict:

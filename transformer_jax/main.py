@@ -46,11 +46,19 @@ CONFIG_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 
 
 def _config_error(e: Exception) -> str:
-  """One line from ml_collections' multi-line, quoted override errors."""
-  message = str(e.args[0] if len(e.args) == 1 else e).strip('\'"').replace('\\n', ' ')
-  message = ' '.join(message.replace('\\"', '"').replace("\\'", "'").split())
-  overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config'))
-  return f'Config error: {message} (in {overrides})'
+  """One line for a refused override: the field it names that does not exist,
+  else ml_collections' multi-line, quoted error."""
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config')]
+  specs = [a[len('--config='):] for a in overrides if a.startswith('--config=')]
+  try:
+    message = config_lib.unknown_override(configs.load(specs[-1] if specs else DEFAULT_CONFIG),
+                                          overrides)
+  except config_lib.ConfigError as error:  # --config itself is wrong: that is the message.
+    message = str(error)
+  if message is None:
+    message = str(e.args[0] if len(e.args) == 1 else e).strip('\'"').replace('\\n', ' ')
+    message = ' '.join(message.replace('\\"', '"').replace("\\'", "'").split())
+  return f'Config error: {message} (in {" ".join(overrides)})'
 
 
 def _fail(message: str):

@@ -73,17 +73,14 @@ def expand(spec) -> List[Run]:
 def apply_overrides(config, overrides: Dict[str, Any]):
   """Sets dotted keys ('model.num_heads') on a ConfigDict; a missing key is an error."""
   for key, value in overrides.items():
-    parent = config
+    unknown = config_lib.unknown_override(config, [f'--config.{key}'])
+    if unknown:
+      raise config_lib.ConfigError(f'sweep override {key}={value!r}: {unknown} Fix the key in '
+                                   'get_sweep().')
     *path, leaf = key.split('.')
-    try:
-      for part in path:
-        parent = parent[part]
-      if leaf not in parent:
-        raise KeyError(key)
-    except (KeyError, AttributeError) as e:
-      raise config_lib.ConfigError(
-          f'sweep override {key}={value!r} names no config field; fix the key in get_sweep().'
-      ) from e
+    parent = config
+    for part in path:
+      parent = parent[part]
     parent[leaf] = value
   return config
 
@@ -108,13 +105,13 @@ def requested_config(config_path: str, run: Run, extra: Sequence[str]):
   """
   args = ['sweep', *[f'--config.{k}={v}' for k, v in run.overrides.items()],
           *_config_args(extra)]
+  config = configs.load(config_path)
   values = flags.FlagValues()
   try:
-    config_flags.DEFINE_config_dict('config', configs.load(config_path), flag_values=values,
-                                    sys_argv=args)
+    config_flags.DEFINE_config_dict('config', config, flag_values=values, sys_argv=args)
     values(args)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = ' '.join(str(e).split())
+    message = config_lib.unknown_override(config, args) or ' '.join(str(e).split())
     raise config_lib.ConfigError(f'the overrides of run {run.name or "(base)"} '
                                  f'({" ".join(args[1:])}) do not work: {message}') from None
   config = values.config
@@ -275,7 +272,8 @@ def summarise(run: Run, run_dir: str) -> dict:
   if os.path.exists(status_path):
     with open(status_path) as f:
       status = json.load(f)
-  row['status'] = 'ok' if status.get('returncode') == 0 else 'failed'
+  row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else
+                   'failed')
   row['seconds'] = round(status.get('seconds', float('nan')), 1)
   row['run'] = run.name
   return row
@@ -471,11 +469,16 @@ def main(argv):
   except SweepStopped as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  failed = [r['run'] for r in rows if r['status'] != 'ok']
+  failed = [r['run'] for r in rows if r['status'] == 'failed']
   if failed:
     print(f'{len(failed)} of {len(rows)} runs failed: {", ".join(failed)}; see each run\'s '
           'log.txt, fix the cause and launch the same command (finished runs are skipped).',
           file=sys.stderr, flush=True)
+    sys.exit(1)
+  not_run = [r['run'] for r in rows if r['status'] == 'not run']
+  if not_run:
+    print(f'{len(not_run)} of {len(rows)} runs have not run yet: {", ".join(not_run)}; launch '
+          'the same command without --report_only to run them.', file=sys.stderr, flush=True)
     sys.exit(1)
 
 

@@ -301,12 +301,13 @@ def _loop(run: Run) -> dict:
   except TrainingDiverged as e:
     checkpointer.wait()
     good = checkpointer.latest_step()
+    where = (f'The last good checkpoint is step {good} in {checkpointer.directory}; to continue '
+             'from it' if good is not None else
+             'No checkpoint was saved before it; to start again from step 0')
     raise TrainingDiverged(
-        f'Training diverged: {e}; stopped. The last good checkpoint is '
-        + (f'step {good} in {checkpointer.directory}' if good is not None else 'none')
-        + '; to continue from it, run the same command with a lower --config.learning_rate or '
-        'a --config.optimizer.grad_clip_norm (optimiser settings may change on resume).'
-    ) from None
+        f'Training diverged: {e}; stopped. {where}, run the same command with a lower '
+        '--config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser settings may '
+        'change on resume).') from None
   finally:
     writer.close()
   run.state, run.step = state, step

@@ -14,9 +14,12 @@ path of a .py file, each optionally followed by `:arg`:
 
 import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 from typing import Mapping, Tuple
+
+from ml_collections import config_dict
 
 from transformer_jax import config as config_lib
 
@@ -87,7 +90,8 @@ def load_module(spec: str):
 
 
 def load(spec: str):
-  """The ConfigDict a spec names: the module's get_config(arg)."""
+  """The ConfigDict a spec names: the module's get_config(arg); a get_config that
+  cannot take the arg or returns no ConfigDict is a ConfigError."""
   module = load_module(spec)
   source, arg = split(spec)
   if arg and hasattr(module, 'ARGS'):
@@ -95,7 +99,19 @@ def load(spec: str):
       parse_arg(arg, module.ARGS)
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f'{source}: {e}') from None
-  return module.get_config(arg) if arg else module.get_config()
+  if arg:
+    try:
+      inspect.signature(module.get_config).bind(arg)
+    except TypeError:
+      raise config_lib.ConfigError(
+          f'config {source}: get_config() takes no argument, so :{arg} cannot be passed; drop '
+          f':{arg} or define get_config(arg).') from None
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, config_dict.ConfigDict):
+    raise config_lib.ConfigError(
+        f'config {source}: get_config() returned a {type(config).__name__}, not a ConfigDict; '
+        'return transformer_jax.config.base_config() with your changes.')
+  return config
 
 
 def config_file(spec: str) -> str:
