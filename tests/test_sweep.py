@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import override
 from transformer_jax import config as config_lib
 from transformer_jax import run_log
 from transformer_jax import sweep
@@ -240,3 +241,31 @@ def test_the_report_names_a_bad_record_file(tmp_path):
   path.write_text(path.read_text().replace('"eval"', '"eval', 1))
   with pytest.raises(run_log.RecordError, match=f'{path} line 1'):
     sweep.report(runs, str(tmp_path), 'loss')
+
+
+def test_the_table_keeps_the_runs_own_eval_when_a_test_split_eval_is_added(tmp_path):
+  """A --mode=eval on the test split, or on a few batches, is recorded with how
+  it measured (trainer.eval_measure) and never stands in for the run's own
+  (validation, full) eval in the sweep's row; an eval measured the same way does."""
+  from transformer_jax import configs  # pylint: disable=g-import-not-at-top
+  from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
+  config = configs.load('digits_vit:quick')
+  config.update(total_steps=4, eval_every=4, checkpoint_every=4, log_every=2, eval_steps=0)
+  run, = sweep.expand({'seed': [0]})
+  workdir = str(tmp_path / 'runs' / run.name)
+  trainer.train(config, workdir)
+  with open(os.path.join(workdir, sweep.STATUS_FILE), 'w') as f:
+    json.dump({'returncode': 0, 'seconds': 1.0}, f)
+  own, = run_log.read_jsonl(workdir, 'eval')
+  assert own['eval_split'] == 'validation' and 'eval_steps' not in own
+  for overrides in ({'data.eval_split': 'test'}, {'eval_steps': 1}, {}):
+    changed = override(config, overrides)
+    evaluation.record_eval(changed, workdir, evaluation.evaluate_checkpoint(changed, workdir))
+  records = run_log.read_jsonl(workdir, 'eval')
+  assert [(r.get('eval_split'), r.get('eval_steps')) for r in records] == [
+      ('validation', None), ('test', None), ('validation', 1), ('validation', None)]
+  assert records[1]['loss'] != own['loss'] and records[2]['loss'] != own['loss']
+  row = sweep.summarise(run, workdir)
+  assert row['eval_loss'] == records[3]['loss'] == pytest.approx(own['loss'])
+  assert 'eval_eval_steps' not in row

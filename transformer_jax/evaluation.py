@@ -62,12 +62,10 @@ def task_metrics(run: trainer.Run, loss: float) -> dict:
 
 
 def eval_tags(config, datasets) -> dict:
-  """How --mode=eval measured: the eval split (where the dataset has a choice
-  of them) and, where the task decodes, the decoding method (recorded with the
-  numbers in metrics.jsonl)."""
-  tags = {}
-  if datasets.recipe.selects_eval_split:
-    tags['eval_split'] = datasets.eval_split
+  """How --mode=eval measured: trainer.eval_measure (the eval split, the batches)
+  and, where the task decodes, the decoding method (recorded with the numbers
+  in metrics.jsonl)."""
+  tags = trainer.eval_measure(config, datasets)
   if config.data.task == 'seq2seq':
     m = config.decode
     tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
@@ -94,8 +92,9 @@ def record_eval(config, workdir: str, result: dict):
   Raises:
     OSError: the workdir cannot be written (e.g. it is read-only).
   """
-  values = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != 'step'}
-  tags = {k: v for k, v in result.items() if isinstance(v, str)}
+  tags = {k: v for k, v in result.items() if isinstance(v, str) or k in trainer.MEASURE_KEYS}
+  values = {k: v for k, v in result.items()
+            if isinstance(v, (int, float)) and k != 'step' and k not in tags}
   writer = run_log.MetricWriter(workdir, config.total_steps, echo=False)  # main prints it.
   try:
     writer.write(result['step'], 'eval', values, tags)

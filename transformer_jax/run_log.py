@@ -174,8 +174,9 @@ class MetricWriter:
     self._start = time.time()
 
   def write(self, step: int, split: str, values: dict, tags: Optional[dict] = None):
-    """`values` are numbers (also sent to TensorBoard); `tags` are strings that say
-    how they were measured (e.g. the eval split and decoding method of --mode=eval)."""
+    """`values` are numbers (also sent to TensorBoard); `tags` say how they were
+    measured (trainer.eval_measure's eval split and batch cap, --mode=eval's
+    decoding method), in the record and the printed line only."""
     values = {k: v for k, v in values.items() if v is not None}
     tags = tags or {}
     if not self.enabled:

@@ -168,6 +168,22 @@ def _announce_tuned(checkpointer: checkpoint_lib.Checkpointer):
           'environment.json).', flush=True)
 
 
+MEASURE_KEYS = ('eval_split', 'eval_steps')
+
+
+def eval_measure(config, datasets) -> dict:
+  """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
+  evals measured differently are never compared as one series: the eval split,
+  where the dataset has a choice of them, and config.eval_steps where it caps
+  the batches (a partial eval). Keys: MEASURE_KEYS."""
+  measure = {}
+  if datasets.recipe.selects_eval_split:
+    measure['eval_split'] = datasets.eval_split
+  if config.eval_steps:
+    measure['eval_steps'] = config.eval_steps
+  return measure
+
+
 def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
   total = None
@@ -250,7 +266,7 @@ def _loop(run: Run) -> dict:
   def run_eval(step):
     sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, task)
-    writer.write(step, 'eval', values)
+    writer.write(step, 'eval', values, eval_measure(config, datasets))
     return values
 
   def save(step, eval_metrics=None):
