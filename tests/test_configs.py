@@ -159,3 +159,16 @@ def test_main_takes_names_paths_and_overrides_and_errs_in_one_line(tmp_path):
     out = run_main(tmp_path, *args, '--mode=describe')
     assert out.returncode != 0 and out.stderr.strip().startswith(message), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_first_start_refused_once_the_data_is_read_leaves_no_workdir(tmp_path):
+  """The workdir check writes in it and trainer.setup makes the run's files; a
+  first start refused after both (the vocabulary does not fit) leaves nothing,
+  so the listing of runs shows only runs that started."""
+  workdir = tmp_path / 'runs' / 'too_small'
+  out = run_main(tmp_path, '--config=shakespeare_char:quick', f'--workdir={workdir}',
+                 '--config.model.vocab_size=10')
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      'Config error: config.model.vocab_size=10 is smaller than the char tokenizer')
+  assert not (tmp_path / 'runs').exists()

@@ -29,6 +29,7 @@ anything is compiled.
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -147,13 +148,19 @@ def _read_lines(path: str) -> list:
 
 
 def _check_workdir(workdir: str):
-  """A training workdir must be a directory this process can write."""
+  """A training workdir must be a directory this process can write. The check
+  writes there; directories it had to make are removed again (trainer.setup
+  makes them for the run), so a run refused before it starts leaves none."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     _fail(f'--workdir={workdir} is a file, not a directory; give a directory for the run.')
+  from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
+  made = trainer.missing_root(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):
       pass
+    if made:
+      shutil.rmtree(made)
   except OSError as e:
     _fail(f'--workdir={workdir} is not writable ({e.strerror}); give a directory you can '
           'write to.')

@@ -79,6 +79,15 @@ class Run:
     return False
 
 
+def missing_root(path: str) -> Optional[str]:
+  """The outermost directory of `path` that does not exist yet (None: it exists),
+  i.e. what to remove to undo making `path`."""
+  missing, parent = None, os.path.abspath(path)
+  while not os.path.exists(parent):
+    missing, parent = parent, os.path.dirname(parent)
+  return missing
+
+
 def setup(config, workdir: str, mode: str = 'train') -> Run:
   """The run in `workdir` for `mode`, resumed from its newest intact checkpoint.
 
@@ -88,8 +97,9 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   `tunable` settings on resume (said in one line). Eval and decode need a
   checkpoint (config.restore_checkpoint: the latest, the best or a step), and
   only read the workdir. A first start that is refused (a config error found
-  once the data is read) leaves no vocabulary behind, so the corrected command
-  builds the one it asks for.
+  once the data is read, data that is not there) leaves no vocabulary behind,
+  so the corrected command builds the one it asks for, and no workdir where
+  there was none.
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
@@ -101,6 +111,7 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   """
   config_lib.validate(config)
   training = mode == 'train'
+  new_root = missing_root(workdir) if training else None
   lock = lock_lib.WorkdirLock(workdir).acquire() if training and jax.process_index() == 0 else None
   checkpointer = None
   vocabulary = os.path.join(workdir, tokenizers_lib.RUN_DIRECTORY)
@@ -147,6 +158,8 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
       checkpointer.close()
     if lock is not None:
       lock.release()
+    if new_root and jax.process_index() == 0:  # it holds nothing but what setup made.
+      shutil.rmtree(new_root, ignore_errors=True)
     raise
   return Run(config=config, workdir=workdir, datasets=datasets, strategy=strategy, model=model,
              state=state, rng=rng, step=step, checkpointer=checkpointer, lock=lock)
