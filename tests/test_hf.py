@@ -263,6 +263,19 @@ def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, ca
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOLERANCE, rtol=TOLERANCE)
 
 
+def test_export_to_a_file_is_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'taken').write_text('')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.main', f'--workdir={tmp_path}', '--mode=export',
+       f'--output={tmp_path / "taken"}'], cwd=repo, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]  # was os.makedirs' traceback.
+  assert result.stderr == (f'--output={tmp_path / "taken"} is a file, not a directory; give a '
+                           'directory for the export.\n')
+
+
 def test_hf_tokenizer_reads_the_checkpoint_files_and_saves_with_the_run(tmp_path):
   from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
   from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
