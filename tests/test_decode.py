@@ -447,6 +447,27 @@ def test_a_cut_prompt_and_a_cut_output_are_said(lm, seq2seq, caplog):
       '3 of 3 outputs (output 0, 1, 2) reached the length limit']
 
 
+def test_inputs_with_symbols_the_vocabulary_lacks_are_said(lm, seq2seq, caplog):
+  # They were read as <unk> without a word ('a' is <unk> here).
+  tokenizer = CharTokenizer()
+  tokenizer.unk_id = 2
+  texts = ['ab', 'bc', 'a']
+  with caplog.at_level(logging.WARNING):
+    generate.generate_text(*lm, tokenizer, texts, encode=tokenizer.encode, context=32,
+                           method='greedy', max_new_tokens=2)
+    generate.translate(*seq2seq, tokenizer, texts, encode=encode_source, context=32,
+                       method='greedy', max_decode_len=DECODE_LEN, batch_size=4)
+  message = ("2 of 3 inputs (input 0, 2) hold symbols the run's vocabulary lacks; the model "
+             'reads them as <unk>. Remove or replace them.')
+  assert [r.getMessage() for r in caplog.records if 'vocabulary' in r.getMessage()] == [message] * 2
+  caplog.clear()
+  tokenizer.unk_id = EOS  # GPT-2's <|endoftext|> is <unk> too: no text encodes to it.
+  with caplog.at_level(logging.WARNING):
+    generate.generate_text(*lm, tokenizer, texts, encode=tokenizer.encode, context=32,
+                           method='greedy', max_new_tokens=2)
+  assert not caplog.records
+
+
 def test_sources_up_to_the_context_decode_and_longer_ones_fail():
   # max_len == context == 12: padding to a power of two (16) would overflow the table.
   context = 12

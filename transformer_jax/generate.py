@@ -78,6 +78,17 @@ def _which(indices: list[int], total: int, what: str) -> str:
   return f'{len(indices)} of {total} {what}s ({what} {names})'
 
 
+def _check_unknown(tokenizer: Tokenizer, encoded: list[list[int]], eos_id: Optional[int]):
+  """Says in one line which inputs hold text the vocabulary lacks (read as <unk>)."""
+  unk_id = getattr(tokenizer, 'unk_id', None)
+  if unk_id is None or unk_id in (eos_id, tokenizer.pad_id):  # GPT-2's is <|endoftext|>.
+    return
+  unknown = [i for i, ids in enumerate(encoded) if unk_id in ids]
+  if unknown:
+    logging.warning('%s hold symbols the run\'s vocabulary lacks; the model reads them as '
+                    '<unk>. Remove or replace them.', _which(unknown, len(encoded), 'input'))
+
+
 def _check_sources(encoded: list[list[int]], limit: int):
   for i, ids in enumerate(encoded):
     if len(ids) > limit:
@@ -160,6 +171,7 @@ def generate_text(model, params, tokenizer: Tokenizer, prompts: Sequence[str], *
   eos_id = _eos_id(tokenizer, eos_id)
   pad_id = model.cfg.pad_id
   rows = [_prompt_ids(encode, prompt) for prompt in prompts]
+  _check_unknown(tokenizer, rows, eos_id)
   generated = [[] for _ in rows]
   done = [False] * len(rows)
   remaining, window = max_new_tokens, 0
@@ -205,6 +217,7 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
   pad_id = model.cfg.pad_id
   encoded = [list(encode(s)) for s in sources]
   _check_sources(encoded, limit)
+  _check_unknown(tokenizer, encoded, eos_id)
   outputs, cut = [], []
   for start in tqdm.trange(0, len(encoded), batch_size, desc='decoding', unit='batch',
                            leave=False, disable=None):
