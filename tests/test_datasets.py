@@ -207,6 +207,20 @@ def test_cmudict_references_are_the_eval_splits_words(split):
   assert evaluation.eval_tags(c, ds)['eval_split'] == ds.eval_split
 
 
+@pytest.mark.parametrize('data, message', [
+    (dict(name='cmudict', task='seq2seq', eval_split='tset'),
+     r"^config.data.eval_split='tset' is not a held-out split of cmudict; use dev or test.$"),
+    (dict(eval_split='test'),
+     r"^config.data.eval_split='test': shakespeare has one eval split \(validation\); drop "
+     r"--config.data.eval_split.$"),
+])
+def test_an_eval_split_the_dataset_lacks_is_refused_in_one_line(data, message):
+  # Not a KeyError traceback (cmudict), nor the validation split evaluated under
+  # the name asked for (a dataset with a single eval split).
+  with pytest.raises(config_lib.ConfigError, match=message):
+    datasets.create_datasets(small_config('seq2seq' if 'task' in data else 'decoder', **data))
+
+
 def test_translation_references_are_the_eval_pairs():
   c = small_config('seq2seq', name='tfds:wmt14_translate/de-en', task='seq2seq',
                    tokenizer='byte', overflow='truncate', bucketing=False)

@@ -9,6 +9,7 @@ between tests so that each decoder compiles once.
 """
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -419,6 +420,52 @@ def test_prompts_longer_than_the_context_slide_a_window(position, monkeypatch):
     assert [len(text) for text in texts] == [40, 40, 40]  # no EOS: every token generated.
   assert len(lengths) == 3 * 5  # windows of 8 new tokens after the last 8.
   assert max(lengths) <= context  # a buffer of L tokens feeds positions 0..L-2.
+
+
+def test_a_cut_prompt_and_a_cut_output_are_said(lm, seq2seq, caplog):
+  # Neither is silent: a prompt whose start the first window drops, and an
+  # output that reaches the length limit without <eos> (eos_id=-1: none does).
+  tokenizer = CharTokenizer()
+  model, params = lm
+  prompts = ['bcd', 'bcdefghijk' * 2 + 'bcde']  # 3 and 24 tokens.
+  with caplog.at_level(logging.WARNING):
+    generate.generate_text(model, params, tokenizer, prompts, method='greedy',
+                           encode=tokenizer.encode, context=32, max_new_tokens=8)
+    assert not caplog.records  # 24 + 8 tokens fit the context.
+    generate.generate_text(model, params, tokenizer, prompts, method='greedy',
+                           encode=tokenizer.encode, context=32, max_new_tokens=9)
+  assert [r.getMessage() for r in caplog.records] == [
+      '1 of 2 prompts (prompt 1) with 9 new tokens pass the context of 32 tokens, so the model sees '
+      'only the last 16 tokens of each; shorten them or ask for fewer tokens.']
+  caplog.clear()
+  model, params = seq2seq
+  sources = ['bcd', 'efghi', 'jk']
+  with caplog.at_level(logging.WARNING):
+    generate.translate(model, params, tokenizer, sources, encode=encode_source, context=32,
+                       method='greedy', max_decode_len=DECODE_LEN, batch_size=4, eos_id=-1)
+  assert [r.getMessage().split(' (max_decode_len')[0] for r in caplog.records] == [
+      '3 of 3 outputs (output 0, 1, 2) reached the length limit']
+
+
+def test_inputs_with_symbols_the_vocabulary_lacks_are_said(lm, seq2seq, caplog):
+  # They were read as <unk> without a word ('a' is <unk> here).
+  tokenizer = CharTokenizer()
+  tokenizer.unk_id = 2
+  texts = ['ab', 'bc', 'a']
+  with caplog.at_level(logging.WARNING):
+    generate.generate_text(*lm, tokenizer, texts, encode=tokenizer.encode, context=32,
+                           method='greedy', max_new_tokens=2)
+    generate.translate(*seq2seq, tokenizer, texts, encode=encode_source, context=32,
+                       method='greedy', max_decode_len=DECODE_LEN, batch_size=4)
+  message = ("2 of 3 inputs (input 0, 2) hold symbols the run's vocabulary lacks; the model "
+             'reads them as <unk>. Remove or replace them.')
+  assert [r.getMessage() for r in caplog.records if 'vocabulary' in r.getMessage()] == [message] * 2
+  caplog.clear()
+  tokenizer.unk_id = EOS  # GPT-2's <|endoftext|> is <unk> too: no text encodes to it.
+  with caplog.at_level(logging.WARNING):
+    generate.generate_text(*lm, tokenizer, texts, encode=tokenizer.encode, context=32,
+                           method='greedy', max_new_tokens=2)
+  assert not caplog.records
 
 
 def test_sources_up_to_the_context_decode_and_longer_ones_fail():

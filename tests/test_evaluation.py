@@ -107,3 +107,15 @@ def test_decode_mode_needs_a_generating_model(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='--mode=decode needs a decoder or seq2seq'):
     evaluation.decode_checkpoint(c, str(tmp_path / 'nothing_restored'), ['x'])
   assert not os.path.exists(tmp_path / 'nothing_restored')  # refused before restoring.
+
+
+def test_a_beam_wider_than_half_the_vocabulary_is_a_config_error():
+  # Refused with the config field and its bound, not as decode.beam_search's
+  # ValueError traceback after the checkpoint is restored.
+  c = configs.load('shakespeare_char:quick')
+  c.decode.beam_size = 49
+  with pytest.raises(config_lib.ConfigError, match=r'^config.decode.beam_size=49 is more than '
+                     r'half the vocabulary \(config.model.vocab_size=96\); set it to at most 48.$'):
+    config_lib.validate(c)
+  c.decode.method = 'greedy'  # the beam is not used.
+  config_lib.validate(c)

@@ -192,6 +192,34 @@ def test_refuses_a_path_that_is_not_a_model_directory(tmp_path):
   assert 'no weights' in _one_line(e)
 
 
+def test_refuses_a_broken_config_or_weights_file_in_one_line(gpt2_dir, tmp_path):
+  # Each was a traceback (JSONDecodeError, KeyError, SafetensorError, UnpicklingError).
+  path, _ = gpt2_dir
+  (tmp_path / 'model.safetensors').write_bytes(b'')
+  for text, message in (('{"model_type": "gpt2",', 'config.json is not JSON'),
+                        ('{"model_type": "gpt2", "n_embd": 16}', 'config.json lacks vocab_size, '
+                         'n_positions, n_layer, n_head;'),
+                        ('[]', "model_type None is not an architecture")):
+    (tmp_path / 'config.json').write_text(text)
+    with pytest.raises(config_lib.ConfigError) as e:
+      hf.read_config(str(tmp_path))
+    assert message in _one_line(e)
+  config, _, _, _ = _import(path, 'decoder')
+  with open(os.path.join(path, 'model.safetensors'), 'rb') as f:
+    (tmp_path / 'model.safetensors').write_bytes(f.read(3000))  # cut short.
+  (tmp_path / 'config.json').write_text(open(os.path.join(path, 'config.json')).read())
+  os.makedirs(tmp_path / 'bin')
+  (tmp_path / 'bin' / 'config.json').write_text(open(os.path.join(path, 'config.json')).read())
+  (tmp_path / 'bin' / 'pytorch_model.bin').write_bytes(b'not a pickle')
+  for directory, name in ((tmp_path, 'model.safetensors'),
+                          (tmp_path / 'bin', 'pytorch_model.bin')):
+    config.init_from = f'hf:{directory}'
+    with pytest.raises(config_lib.ConfigError) as e:
+      hf.load(config, {})
+    assert f'{directory}/{name} cannot be read (' in _one_line(e)
+    assert 'is it complete? Save or download it again.' in _one_line(e)
+
+
 def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, capsys):
   """The command-line flow: train from hf:PATH (trainer.setup), then --mode=export."""
   import subprocess  # pylint: disable=g-import-not-at-top
@@ -233,6 +261,19 @@ def test_a_run_starts_from_gpt2_trains_and_exports_for_transformers(tmp_path, ca
   with torch.no_grad():
     theirs = back(torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_export_to_a_file_is_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'taken').write_text('')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.main', f'--workdir={tmp_path}', '--mode=export',
+       f'--output={tmp_path / "taken"}'], cwd=repo, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]  # was os.makedirs' traceback.
+  assert result.stderr == (f'--output={tmp_path / "taken"} is a file, not a directory; give a '
+                           'directory for the export.\n')
 
 
 def test_hf_tokenizer_reads_the_checkpoint_files_and_saves_with_the_run(tmp_path):

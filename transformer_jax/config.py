@@ -696,10 +696,14 @@ def _validate_image_data(c):
            f'{value}.')
 
 
-def validate_decode(d):
-  """Raises ConfigError for decoding settings that cannot work."""
+def validate_decode(d, m):
+  """Raises ConfigError for decoding settings that cannot work with config.model `m`."""
   _check_choice('decode.', d, 'method', DECODE_METHODS)
   _check(d.beam_size >= 1, f'config.decode.beam_size={d.beam_size} must be at least 1.')
+  # Each step keeps 2 x beam_size candidates of beam_size x vocab_size (decode.beam_search).
+  _check(d.method != 'beam' or m.variant == 'encoder' or d.beam_size <= m.vocab_size // 2,
+         f'config.decode.beam_size={d.beam_size} is more than half the vocabulary '
+         f'(config.model.vocab_size={m.vocab_size}); set it to at most {m.vocab_size // 2}.')
   _check(d.batch_size >= 1, f'config.decode.batch_size={d.batch_size} must be at least 1.')
   _check(d.temperature > 0 or d.method != 'sample',
          f'config.decode.temperature={d.temperature} must be positive for sampling.')
@@ -715,7 +719,7 @@ def validate(c):
   validate_run(c)
   validate_optimizer(c)
   validate_data(c)
-  validate_decode(c.decode)
+  validate_decode(c.decode, c.model)
 
 
 def global_batch_size(c, num_devices: int) -> int:

@@ -15,6 +15,7 @@ input gets exactly one output, in order.
 
 from typing import Callable, Optional, Protocol, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 import tqdm
@@ -69,6 +70,23 @@ def _windows(rows: list[list[int]], max_new_tokens: int, limit: int):
     return rows, max_new_tokens
   contexts = [ids[-(limit // 2):] for ids in rows]
   return contexts, min(max_new_tokens, limit - max(len(ids) for ids in contexts))
+
+
+def _which(indices: list[int], total: int, what: str) -> str:
+  """'3 of 8 outputs (output 0, 3, 5)', the first 10 named."""
+  names = ', '.join(map(str, indices[:10])) + (' ...' if len(indices) > 10 else '')
+  return f'{len(indices)} of {total} {what}s ({what} {names})'
+
+
+def _check_unknown(tokenizer: Tokenizer, encoded: list[list[int]], eos_id: Optional[int]):
+  """Says in one line which inputs hold text the vocabulary lacks (read as <unk>)."""
+  unk_id = getattr(tokenizer, 'unk_id', None)
+  if unk_id is None or unk_id in (eos_id, tokenizer.pad_id):  # GPT-2's is <|endoftext|>.
+    return
+  unknown = [i for i, ids in enumerate(encoded) if unk_id in ids]
+  if unknown:
+    logging.warning('%s hold symbols the run\'s vocabulary lacks; the model reads them as '
+                    '<unk>. Remove or replace them.', _which(unknown, len(encoded), 'input'))
 
 
 def _check_sources(encoded: list[list[int]], limit: int):
@@ -153,11 +171,17 @@ def generate_text(model, params, tokenizer: Tokenizer, prompts: Sequence[str], *
   eos_id = _eos_id(tokenizer, eos_id)
   pad_id = model.cfg.pad_id
   rows = [_prompt_ids(encode, prompt) for prompt in prompts]
+  _check_unknown(tokenizer, rows, eos_id)
   generated = [[] for _ in rows]
   done = [False] * len(rows)
   remaining, window = max_new_tokens, 0
   while remaining > 0 and not all(done):
     contexts, new_tokens = _windows(rows, remaining, limit)
+    cut = [i for i, (c, r) in enumerate(zip(contexts, rows)) if len(c) < len(r)]
+    if window == 0 and cut:
+      logging.warning('%s with %d new tokens pass the context of %d tokens, so the model sees '
+                      'only the last %d tokens of each; shorten them or ask for fewer tokens.',
+                      _which(cut, len(rows), 'prompt'), max_new_tokens, limit, limit // 2)
     lengths = np.array([len(ids) for ids in contexts], np.int32)
     width = int(lengths.max())
     out = _run(model, params, _padded(contexts, width, pad_id), width + new_tokens, method,
@@ -193,7 +217,8 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
   pad_id = model.cfg.pad_id
   encoded = [list(encode(s)) for s in sources]
   _check_sources(encoded, limit)
-  outputs = []
+  _check_unknown(tokenizer, encoded, eos_id)
+  outputs, cut = [], []
   for start in tqdm.trange(0, len(encoded), batch_size, desc='decoding', unit='batch',
                            leave=False, disable=None):
     chunk = encoded[start:start + batch_size]
@@ -203,8 +228,16 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
     out = _run(model, params, inputs, _output_length(model, width, limit, max_decode_len), method,
                temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
                alpha=alpha, rng=jax.random.fold_in(jax.random.key(seed), start), eos_id=eos_id)
-    outputs.extend(
-        tokenizer.decode(_until_eos(row, eos_id, pad_id)[0]) for row in out[:len(chunk)])
+    for i, row in enumerate(out[:len(chunk)]):
+      ids, ended = _until_eos(row, eos_id, pad_id)
+      outputs.append(tokenizer.decode(ids))
+      if not ended and eos_id is not None:
+        cut.append(start + i)
+  if cut:
+    logging.warning('%s reached the length limit (max_decode_len, default 2 x the padded source '
+                    'width + 8 tokens, within max_len and the context) without <eos> and are cut '
+                    'there; a model that repeats itself needs more training.',
+                    _which(cut, len(outputs), 'output'))
   return outputs
 
 

@@ -39,6 +39,10 @@ WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_mo
 ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu',
                'relu': 'relu'}
 EXPORT_ACTIVATIONS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu'}
+# The config.json fields that model_fields reads without a default.
+SHAPE_FIELDS = {'gpt2': ('vocab_size', 'n_positions', 'n_embd', 'n_layer', 'n_head'),
+                'bert': ('vocab_size', 'max_position_embeddings', 'hidden_size',
+                         'num_hidden_layers', 'num_attention_heads', 'intermediate_size')}
 
 
 def is_hf(spec: str) -> bool:
@@ -49,7 +53,8 @@ def read_config(path: str) -> dict:
   """PATH/config.json of a GPT-2 or BERT checkpoint.
 
   Raises:
-    ConfigError: PATH is not a directory with config.json and weights, or the
+    ConfigError: PATH is not a directory with config.json and weights,
+      config.json is not a JSON object with the shape fields, or the
       model_type is not gpt2 or bert.
   """
   where = f'config.init_from={PREFIX}{path}'
@@ -59,12 +64,20 @@ def read_config(path: str) -> dict:
   if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
     raise ConfigError(f'{where}: {path} holds no weights ({", ".join(WEIGHT_FILES)}); give a '
                       'directory that save_pretrained wrote.')
-  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
-    hf = json.load(f)
-  kind = hf.get('model_type')
-  if kind not in ('gpt2', 'bert'):
+  try:
+    with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+      hf = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ConfigError(f'{where}: {path}/config.json is not JSON ({e}); give a directory that '
+                      'save_pretrained wrote.') from None
+  kind = hf.get('model_type') if isinstance(hf, dict) else None
+  if kind not in SHAPE_FIELDS:
     raise ConfigError(f'{where}: model_type {kind!r} is not an architecture this project '
                       'imports; use a gpt2 or bert checkpoint.')
+  missing = [name for name in SHAPE_FIELDS[kind] if name not in hf]
+  if missing:
+    raise ConfigError(f'{where}: {path}/config.json lacks {", ".join(missing)}; give a '
+                      'directory that save_pretrained wrote.')
   return hf
 
 
@@ -228,24 +241,33 @@ def _require(module: str):
 
 
 def read_weights(path: str) -> dict:
-  """Every tensor of the checkpoint in PATH as float32 numpy, by its name there."""
+  """Every tensor of the checkpoint in PATH as float32 numpy, by its name there.
+
+  Raises:
+    ConfigError: a weights file is truncated or not of its format.
+  """
   single = os.path.join(path, 'model.safetensors')
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.isfile(single) or os.path.isfile(index):
-    load_file = _require('safetensors.numpy').load_file
+    read = _require('safetensors.numpy').load_file
     if os.path.isfile(single):
       files = [single]
     else:
       with open(index, encoding='utf-8') as f:
         files = sorted({os.path.join(path, v) for v in json.load(f)['weight_map'].values()})
-    out = {}
-    for file in files:
-      out.update(load_file(file))
   else:
     torch = _require('torch')
-    state = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu',
-                       weights_only=True)
-    out = {k: v.float().numpy() for k, v in state.items()}
+    files = [os.path.join(path, 'pytorch_model.bin')]
+    read = lambda file: {k: v.float().numpy() for k, v in
+                         torch.load(file, map_location='cpu', weights_only=True).items()}
+  out = {}
+  for file in files:
+    try:
+      out.update(read(file))
+    except Exception as e:  # pylint: disable=broad-except  # safetensors', torch's, pickle's.
+      raise ConfigError(f'config.init_from={PREFIX}{path}: {file} cannot be read '
+                        f'({type(e).__name__}: {" ".join(str(e).split())[:120]}); is it '
+                        'complete? Save or download it again.') from None
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 

@@ -242,8 +242,14 @@ def main(argv):
       return
     elif _MODE.value == 'export':
       from transformer_jax import hf  # pylint: disable=g-import-not-at-top  # the hf extra.
-      print(hf.export_checkpoint(config, workdir, _OUTPUT.value or
-                                 os.path.join(workdir, 'export')), flush=True)
+      output = _OUTPUT.value or os.path.join(workdir, 'export')
+      if os.path.exists(output) and not os.path.isdir(output):
+        _fail(f'--output={output} is a file, not a directory; give a directory for the export.')
+      try:
+        print(hf.export_checkpoint(config, workdir, output), flush=True)
+      except (FileExistsError, PermissionError, NotADirectoryError) as e:
+        _fail(f'--output={output} cannot be written ({e.strerror}); give a directory you can '
+              'write to.')
       return
     elif _MODE.value == 'decode':
       evaluation.check_decodable(config)

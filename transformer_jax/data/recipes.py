@@ -95,6 +95,10 @@ class Recipe:
 
   def __init__(self, config):
     self.config = config
+    split = config.data.eval_split
+    if split and not self.selects_eval_split and split != self.eval_split:
+      raise ConfigError(f'config.data.eval_split={split!r}: {config.data.name} has one eval '
+                        f'split ({self.eval_split}); drop --config.data.eval_split.')
 
   @classmethod
   def serves(cls, name: str) -> bool:
@@ -243,6 +247,9 @@ class Cmudict(Recipe):
 
   def __init__(self, config):
     super().__init__(config)
+    if self.eval_split not in sources.G2P_SPLITS[1:]:
+      raise ConfigError(f'config.data.eval_split={self.eval_split!r} is not a held-out split of '
+                        'cmudict; use dev or test.')
     d = config.data
     self.splits = sources.cmudict_g2p(d.keep_stress)
     pairs = lambda split: [(w, p) for w, prons in self.splits[split] for p in prons]
