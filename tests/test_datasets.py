@@ -207,6 +207,16 @@ def test_cmudict_references_are_the_eval_splits_words(split):
   assert evaluation.eval_tags(c, ds)['eval_split'] == ds.eval_split
 
 
+def test_a_g2p_word_in_capitals_is_spelled_not_read_as_phonemes():
+  c = small_config('seq2seq', name='cmudict', task='seq2seq', max_examples=100, overflow='drop')
+  ds = datasets.create_datasets(c, None)
+  graphemes = {ds.tokenizer.encode(g)[0] for g in ds.tokenizer.graphemes}
+  ids = ds.encode_input('WORLD')
+  assert ids == ds.encode_input('world')
+  assert set(ids) - {tokenizers.EOS_ID} <= graphemes and tokenizers.UNK_ID not in ids
+  assert ds.tokenizer.encode('W R L D') != ds.tokenizer.encode('wrld')  # what the fix avoids.
+
+
 @pytest.mark.parametrize('data, message', [
     (dict(name='cmudict', task='seq2seq', eval_split='tset'),
      r"^config.data.eval_split='tset' is not a held-out split of cmudict; use dev or test.$"),

@@ -262,6 +262,11 @@ class Cmudict(Recipe):
   def eval_split(self) -> str:
     return self.config.data.eval_split or 'dev'
 
+  def input_example(self, text: str):
+    """A word to pronounce, in lower case: CMUdict's words are, and its upper-case
+    symbols are phonemes ('WORLD' would read W, R, L, D as phonemes)."""
+    return (text.lower(), '')
+
   @property
   def tokenizer_name(self) -> str:
     return tok_lib.G2PTokenizer.name
