@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import override  # pylint: disable=g-bad-import-order
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax.models import accounting
@@ -172,3 +173,15 @@ def test_a_first_start_refused_once_the_data_is_read_leaves_no_workdir(tmp_path)
   assert out.stderr.strip().splitlines()[-1].startswith(
       'Config error: config.model.vocab_size=10 is smaller than the char tokenizer')
   assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('field', ['learning_rate', 'optimizer.b2', 'optimizer.grad_clip_norm',
+                                   'model.dropout_rate', 'model.ffn_ratio', 'data.mask_rate',
+                                   'decode.top_p', 'sample_temperature'])
+@pytest.mark.parametrize('value', [float('inf'), float('nan')])
+def test_a_number_that_is_not_finite_is_refused_in_one_line(field, value):
+  """Every float of the config, whatever its own range check (inf passes `> 0`)."""
+  c = override(configs.load('shakespeare_char'), {field: value})
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == f'config.{field}={value} is not a finite number; give one.'

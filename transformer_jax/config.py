@@ -22,6 +22,7 @@ derived sizes (`d_ff`, `head_dim`, layer counts) as properties.
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Optional
 
 from ml_collections import config_dict
@@ -713,8 +714,19 @@ def validate_decode(d, m):
   _check(d.max_examples >= 0, f'config.decode.max_examples={d.max_examples} must be >= 0.')
 
 
+def _check_finite(fields, prefix: str = 'config.'):
+  """Every number of the config is finite: inf passes a `> 0` check, and NaN
+  or inf as a rate, size or threshold makes no run."""
+  for name, value in fields.items():
+    if isinstance(value, config_dict.ConfigDict):
+      _check_finite(value, f'{prefix}{name}.')
+    elif isinstance(value, float):
+      _check(math.isfinite(value), f'{prefix}{name}={value} is not a finite number; give one.')
+
+
 def validate(c):
   """Raises ConfigError for a run config that cannot work."""
+  _check_finite(c)
   validate_model(c.model)
   validate_run(c)
   validate_optimizer(c)
