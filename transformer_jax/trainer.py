@@ -103,20 +103,27 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
-      field that changes what the run computes, or (train) asks for fewer
-      steps than the checkpoint has done.
+      field that changes what the run computes (or, multi-host, from process
+      0's), or (train) asks for fewer steps than the checkpoint has done.
     WorkdirLocked: (train) another process trains in the workdir.
+    DistributedError: (multi-host) another process refused to start.
     FileNotFoundError: eval or decode on a workdir without a checkpoint.
     NoIntactCheckpoint: no checkpoint of the workdir restores.
   """
   config_lib.validate(config)
   training = mode == 'train'
   new_root = missing_root(workdir) if training else None
-  lock = lock_lib.WorkdirLock(workdir).acquire() if training and jax.process_index() == 0 else None
+  lock = refusal = None
+  if training and jax.process_index() == 0:
+    try:
+      lock = lock_lib.WorkdirLock(workdir).acquire()
+    except lock_lib.WorkdirLocked as e:
+      refusal = e
   checkpointer = None
   vocabulary = os.path.join(workdir, tokenizers_lib.RUN_DIRECTORY)
   new_vocabulary = False
   try:
+    parallel.start_together(config, refusal)
     checkpointer = checkpoint_lib.Checkpointer(workdir, config, writable=training)
     latest = checkpointer.latest_step()
     if latest is None and not training:
