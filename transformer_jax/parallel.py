@@ -75,8 +75,12 @@ def initialize_distributed(d) -> None:
         'process_id, or set config.distributed.enabled=False.') from None
 
 
-def _allgather_text(text: str) -> list:
-  """Every process's `text`, in process order (each process calls it)."""
+def _allgather_text(text: str, name: str, timeout_s: int) -> list:
+  """Every process's `text`, in process order (each process calls it), after
+  waiting up to `timeout_s` for all of them at the runtime's barrier `name`
+  (gloo allows only 30 s between the first and the last to arrive)."""
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  multihost.get_barrier_sync_fn()(key=f'transformer_jax {name}', timeout_ms=timeout_s * 1000)
   data = np.frombuffer(text.encode(), np.uint8)
   length = int(np.max(multihost_utils.process_allgather(np.int32(data.size))))
   padded = np.zeros(length, np.uint8)
@@ -103,8 +107,9 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
     return
   ours = json.loads(config.to_json_best_effort(sort_keys=True))
   del ours['distributed']['process_id']
-  gathered = [json.loads(text) for text in _allgather_text(json.dumps(
-      {'config': ours, 'refusal': ' '.join(str(refusal).split()) if refusal else ''}))]
+  mine = {'config': ours, 'refusal': ' '.join(str(refusal).split()) if refusal else ''}
+  gathered = [json.loads(text) for text in _allgather_text(
+      json.dumps(mine), 'start', config.distributed.initialization_timeout)]
   if refusal is not None:
     raise refusal
   refused = [(i, g['refusal']) for i, g in enumerate(gathered) if g['refusal']]
