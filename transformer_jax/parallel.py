@@ -96,8 +96,9 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
   no-op with one process (but for raising `refusal`).
 
   Raises:
-    ConfigError: (every process) a config differs from process 0's in a field
-      other than config.distributed.process_id; names the fields.
+    ConfigError: (every process) the processes have different numbers of
+      devices, or a config differs from process 0's in a field other than
+      config.distributed.process_id; names them.
     DistributedError: (the other processes) a process passed a refusal, which
       is re-raised where it happened.
   """
@@ -105,6 +106,12 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
     if refusal is not None:
       raise refusal
     return
+  counts = np.bincount([d.process_index for d in jax.devices()], minlength=jax.process_count())
+  if len(set(counts)) > 1:
+    raise config_lib.ConfigError(
+        'the processes of this multi-host run have different numbers of devices ('
+        + ', '.join(f'process {i}: {n}' for i, n in enumerate(counts)) + '); give every process '
+        'as many (the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or machine type).')
   ours = json.loads(config.to_json_best_effort(sort_keys=True))
   del ours['distributed']['process_id']
   mine = {'config': ours, 'refusal': ' '.join(str(refusal).split()) if refusal else ''}
