@@ -97,8 +97,8 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
 
   Raises:
     ConfigError: (every process) the processes have different numbers of
-      devices, or a config differs from process 0's in a field other than
-      config.distributed.process_id; names them.
+      devices, or a config differs from process 0's outside
+      config.distributed; names them.
     DistributedError: (the other processes) a process passed a refusal, which
       is re-raised where it happened.
   """
@@ -113,7 +113,7 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
         + ', '.join(f'process {i}: {n}' for i, n in enumerate(counts)) + '); give every process '
         'as many (the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or machine type).')
   ours = json.loads(config.to_json_best_effort(sort_keys=True))
-  del ours['distributed']['process_id']
+  del ours['distributed']  # how each process joins (e.g. localhost on process 0's host).
   mine = {'config': ours, 'refusal': ' '.join(str(refusal).split()) if refusal else ''}
   gathered = [json.loads(text) for text in _allgather_text(
       json.dumps(mine), 'start', config.distributed.initialization_timeout)]
@@ -133,7 +133,7 @@ def start_together(config, refusal: Optional[Exception] = None) -> None:
     if fields:
       raise config_lib.ConfigError(
           f'the processes of this multi-host run have different configs: {fields}; start every '
-          'process with the same command, only config.distributed.process_id differing.')
+          'process with the same command, only config.distributed.* differing.')
 
 
 class _InStep:
