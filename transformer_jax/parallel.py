@@ -38,7 +38,8 @@ PMAP_AXIS = 'batch'
 
 
 class DistributedError(RuntimeError):
-  """Joining the multi-host runtime failed; the message names the cause and the fix."""
+  """Joining the multi-host runtime, or starting with every process, failed; the
+  message names the cause and the fix."""
 
 
 def initialize_distributed(d) -> None:
