@@ -111,6 +111,25 @@ def test_different_config_refuses_to_resume(straight_run):
   assert 'optimizer.grad_accum_steps (checkpoint 1, now 2)' in message
 
 
+def test_resuming_on_batches_of_another_size_is_refused(tmp_path):
+  """uneven_batch=drop lowers the batch to split over the devices: the data
+  position counts those batches, so a resume that would read others is refused."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  values = {**TINY, 'batch_size': 3, 'data.uneven_batch': 'drop', 'total_steps': 3}
+  done = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.main', f'--workdir={tmp_path}',
+       *override_flags(values)], cwd=REPOSITORY, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  assert done.returncode == 0, done.stderr[-3000:]
+  with pytest.raises(config_lib.ConfigError) as error:  # this process has one device.
+    trainer.train(override(load_config(), {**values, 'total_steps': 6}), str(tmp_path))
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.endswith('checkpoints/3 was trained on global batches of 2 rows, and '
+                          'config.batch_size=3 gives 3 on 1 device(s) (config.data.uneven_batch='
+                          'drop); resume on a device count that gives 2, or use another --workdir.')
+
+
 def test_keeps_latest_and_best(tmp_path, char_config):
   config = override(char_config, {'keep_checkpoints': 2, 'keep_best_checkpoints': 1,
                                   'async_checkpointing': False})

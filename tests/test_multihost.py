@@ -159,6 +159,52 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert f'resuming at step {saved[0]} of {saved[0] + 1}' in outputs[0]
 
 
+def _start_two_each(workdir, values: list, devices=(2, 2)) -> list:
+  """Two processes, process i with the overrides values[i] and devices[i] devices."""
+  port = _free_port()
+  return [subprocess.Popen(_command(workdir, values[i], i, port), cwd=REPOSITORY,
+                           env=_env(devices[i]), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+          for i in (0, 1)]
+
+
+def _last_lines(outputs) -> list:
+  return [[line for line in output.splitlines() if 'Gloo' not in line][-1] for output in outputs]
+
+
+def test_processes_with_different_configs_all_stop_in_one_line(tmp_path):
+  processes = _start_two_each(str(tmp_path), [{'seed': 0}, {'seed': 1}])
+  outputs = _finish(processes, timeout=300)
+  assert [p.returncode for p in processes] == [2, 2], outputs
+  for line in _last_lines(outputs):
+    assert 'Config error: the processes of this multi-host run have different configs: seed ' \
+        '(process 0 0, process 1 1); start every process with the same command' in line, outputs
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_processes_with_different_device_counts_all_stop_in_one_line(tmp_path):
+  processes = _start_two_each(str(tmp_path), [{'batch_size': 6}] * 2, devices=(2, 1))
+  outputs = _finish(processes, timeout=300)
+  assert [p.returncode for p in processes] == [2, 2], outputs
+  for line in _last_lines(outputs):
+    assert line.endswith('Config error: the processes of this multi-host run have different '
+                         'numbers of devices (process 0: 2, process 1: 1); give every process as '
+                         'many (the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or machine type).'), outputs
+
+
+def test_a_locked_workdir_stops_every_process_in_one_line(tmp_path):
+  from transformer_jax import lock  # pylint: disable=g-import-not-at-top
+  with lock.WorkdirLock(str(tmp_path)):
+    processes = _start_two_each(str(tmp_path), [{}, {}])
+    outputs = _finish(processes, timeout=300)
+  assert [p.returncode for p in processes] == [2, 2], outputs
+  first, second = _last_lines(outputs)
+  assert f'{tmp_path} is in use by another training run' in first, outputs
+  assert second.startswith(f'[process 1 of 2] Process 0 of 2 did not start ({tmp_path} is in '
+                           'use'), outputs
+  assert all('Traceback' not in output for output in outputs), outputs
+
+
 @pytest.mark.parametrize('values,message', [
     ({'distributed.num_processes': 2}, 'config.distributed.enabled is False'),
     ({'distributed.enabled': True, 'distributed.coordinator_address': 'localhost'},

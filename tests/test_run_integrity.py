@@ -207,6 +207,16 @@ def test_resume_cuts_the_log_back_to_the_checkpoint_torn_line_included(finished_
   assert all(s['argv'] and s['packages']['jax'] for s in starts)
 
 
+def test_running_a_finished_run_again_records_its_evaluation_once(finished_run, tmp_path):
+  config, _ = finished_run
+  workdir = _copy(finished_run, tmp_path)
+  before = run_log.read_jsonl(workdir)
+  result = trainer.train(config, workdir)
+  assert run_log.read_jsonl(workdir) == before
+  assert before[-1]['split'] == 'eval' and before[-1]['step'] == result['step'] == 6
+  assert result['loss'] == before[-1]['loss']
+
+
 def test_readers_name_the_file_and_line_of_a_bad_record(tmp_path):
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "split": "train", "loss": 2.0}\nnot json\n'

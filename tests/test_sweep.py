@@ -136,6 +136,18 @@ def test_an_unknown_command_line_override_names_the_section_fields(config_file):
       f'do not work: config.model.foo is not a config field; config.model has {fields}.')
 
 
+def test_a_torn_status_file_counts_as_not_finished(tmp_path):
+  """A sweep killed while it wrote a run's status: the relaunch launches the run
+  again (it resumes from its checkpoint) and reports it, instead of failing."""
+  requested = config_lib.base_config()
+  run_dir = tmp_path / 'seed=0'
+  run_dir.mkdir()
+  (run_dir / 'config.json').write_text(requested.to_json_best_effort(sort_keys=True))
+  (run_dir / sweep.STATUS_FILE).write_text('{"returncode": 0, "seco')
+  assert not sweep.finished(str(run_dir), requested)
+  assert sweep.summarise(sweep.Run({'seed': 0}), str(run_dir))['status'] == 'not run'
+
+
 def test_grid_report_has_table_csv_and_plots(config_file, tmp_path):
   workdir = str(tmp_path / 'grid')
   rows = sweep.run_sweep(config_file, 'grid', workdir, ['--config.total_steps=2',

@@ -7,7 +7,8 @@
   config     the resolved config (JSON); resuming with a config that differs in a
              field that changes the run is refused, naming the fields;
   integrity  a checksum of every state array and of the data position, taken
-             when the checkpoint was written and checked when it is restored.
+             when the checkpoint was written and checked when it is restored,
+             and the global batch size the data position counts in.
 Orbax writes a checkpoint into a temporary directory and renames it once every
 item is complete, so a process killed mid-save leaves the previous checkpoints
 intact and the partial one is ignored (and cleaned up on the next start).
@@ -253,9 +254,12 @@ class Checkpointer:
     if step == self._last_step:
       return
     state_item = {'train_state': state, 'rng': rng}
+    integrity = fingerprint(state_item, data_iterator)
+    if data_iterator is not None:
+      integrity['batch_size'] = self._batch_size()
     items = {'state': ocp.args.StandardSave(state_item),
              'config': ocp.args.JsonSave(self.config),
-             'integrity': ocp.args.JsonSave(fingerprint(state_item, data_iterator))}
+             'integrity': ocp.args.JsonSave(integrity)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = {'loss': float(eval_metrics['loss'])} if eval_metrics else None
@@ -299,6 +303,7 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     if steps and data_iterator is not None:
       self._check_process_count(steps[0])
+      self._check_batch_size(steps[0])
     failures = []
     for candidate in steps:
       with _quiet_abandoned_reads():
@@ -329,6 +334,27 @@ class Checkpointer:
       raise config_lib.ConfigError(
           f'{self.directory}/{step} was written by {max(counts)} process(es), and this run has '
           f'{jax.process_count()}; resume it with {max(counts)} (config.distributed).')
+
+  def _batch_size(self) -> int:
+    """The global batch this run trains on (config.data.uneven_batch=drop may
+    lower config.batch_size to split over the devices)."""
+    return config_lib.global_batch_size(config_lib.from_saved(self.config), jax.device_count())
+
+  def _check_batch_size(self, step: int):
+    """Raises ConfigError when `step`'s data position counts batches of another
+    size than this run's (uneven_batch=drop on another device count)."""
+    try:
+      with open(os.path.join(self.directory, str(step), 'integrity', 'metadata')) as f:
+        saved = json.load(f).get('batch_size')
+    except (OSError, ValueError, AttributeError):
+      return  # older or damaged: restore() deals with it.
+    now = self._batch_size()
+    if saved is not None and saved != now:
+      raise config_lib.ConfigError(
+          f'{self.directory}/{step} was trained on global batches of {saved} rows, and '
+          f'config.batch_size={self.config["batch_size"]} gives {now} on {jax.device_count()} '
+          f'device(s) (config.data.uneven_batch=drop); resume on a device count that gives '
+          f'{saved}, or use another --workdir.')
 
   def _set_aside(self, step: int, reason: str, fallback: int):
     source = os.path.join(self.directory, str(step))

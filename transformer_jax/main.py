@@ -211,11 +211,11 @@ def main(argv):
     return
   if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
     logging.set_verbosity(logging.WARNING)
+  from transformer_jax import parallel  # pylint: disable=g-import-not-at-top
   if config.distributed.enabled:
     if _MODE.value != 'train':
       _fail(f'--mode={_MODE.value} runs in one process; drop --config.distributed.* (eval and '
             'decode read the checkpoint that the multi-host run wrote).')
-    from transformer_jax import parallel  # pylint: disable=g-import-not-at-top
     try:
       parallel.initialize_distributed(config.distributed)
     except parallel.DistributedError as e:
@@ -263,7 +263,7 @@ def main(argv):
   except config_lib.ConfigError as e:
     _fail(f'Config error: {e}')
   except (DataError, trainer.TrainingDiverged, FileNotFoundError, lock.WorkdirLocked,
-          checkpoint.NoIntactCheckpoint, run_log.RecordError) as e:
+          checkpoint.NoIntactCheckpoint, run_log.RecordError, parallel.DistributedError) as e:
     _fail(str(e))
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])

@@ -24,9 +24,11 @@ checkpoints hold global arrays that all processes write and read together.
 """
 
 import functools
-from typing import Callable
+import json
+from typing import Callable, Optional
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -36,7 +38,8 @@ PMAP_AXIS = 'batch'
 
 
 class DistributedError(RuntimeError):
-  """Joining the multi-host runtime failed; the message names the cause and the fix."""
+  """Joining the multi-host runtime, or starting with every process, failed; the
+  message names the cause and the fix."""
 
 
 def initialize_distributed(d) -> None:
@@ -71,6 +74,67 @@ def initialize_distributed(d) -> None:
         f'Could not join the multi-host run at {where} ({first}); start the same command on '
         'every host with the same coordinator_address and num_processes and a distinct '
         'process_id, or set config.distributed.enabled=False.') from None
+
+
+def _allgather_text(text: str, name: str, timeout_s: int) -> list:
+  """Every process's `text`, in process order (each process calls it), after
+  waiting up to `timeout_s` for all of them at the runtime's barrier `name`
+  (gloo allows only 30 s between the first and the last to arrive)."""
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  multihost.get_barrier_sync_fn()(key=f'transformer_jax {name}', timeout_ms=timeout_s * 1000)
+  data = np.frombuffer(text.encode(), np.uint8)
+  length = int(np.max(multihost_utils.process_allgather(np.int32(data.size))))
+  padded = np.zeros(length, np.uint8)
+  padded[:data.size] = data
+  return [bytes(row).rstrip(b'\0').decode() for row in multihost_utils.process_allgather(padded)]
+
+
+def start_together(config, refusal: Optional[Exception] = None) -> None:
+  """Multi-host: every process starts with the same config, or none starts.
+
+  Every process calls it before the run's first collective; `refusal` is why
+  this process cannot start (e.g. process 0 found the workdir locked). A
+  no-op with one process (but for raising `refusal`).
+
+  Raises:
+    ConfigError: (every process) the processes have different numbers of
+      devices, or a config differs from process 0's outside
+      config.distributed; names them.
+    DistributedError: (the other processes) a process passed a refusal, which
+      is re-raised where it happened.
+  """
+  if jax.process_count() == 1:
+    if refusal is not None:
+      raise refusal
+    return
+  counts = np.bincount([d.process_index for d in jax.devices()], minlength=jax.process_count())
+  if len(set(counts)) > 1:
+    raise config_lib.ConfigError(
+        'the processes of this multi-host run have different numbers of devices ('
+        + ', '.join(f'process {i}: {n}' for i, n in enumerate(counts)) + '); give every process '
+        'as many (the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or machine type).')
+  ours = json.loads(config.to_json_best_effort(sort_keys=True))
+  del ours['distributed']  # how each process joins (e.g. localhost on process 0's host).
+  mine = {'config': ours, 'refusal': ' '.join(str(refusal).split()) if refusal else ''}
+  gathered = [json.loads(text) for text in _allgather_text(
+      json.dumps(mine), 'start', config.distributed.initialization_timeout)]
+  if refusal is not None:
+    raise refusal
+  refused = [(i, g['refusal']) for i, g in enumerate(gathered) if g['refusal']]
+  if refused:
+    i, message = refused[0]
+    raise DistributedError(f'Process {i} of {len(gathered)} did not start ({message}); '
+                           'this process stops with it.')
+  first = config_lib.flatten(gathered[0]['config'])
+  for i, g in enumerate(gathered[1:], start=1):
+    other = config_lib.flatten(g['config'])
+    fields = ', '.join(f'{name} (process 0 {first.get(name)!r}, process {i} {other.get(name)!r})'
+                       for name in sorted(set(first) | set(other))
+                       if first.get(name) != other.get(name))
+    if fields:
+      raise config_lib.ConfigError(
+          f'the processes of this multi-host run have different configs: {fields}; start every '
+          'process with the same command, only config.distributed.* differing.')
 
 
 class _InStep:

@@ -68,7 +68,7 @@ class RecordError(ValueError):
   """A record file that does not parse; the message names the file and line."""
 
 
-def _write_atomically(path: str, text: str):
+def write_atomically(path: str, text: str):
   """Replaces `path` with `text` in one rename, so a crash leaves the old or the new."""
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
@@ -102,8 +102,8 @@ def write_run_info(workdir: str, config, step: int = 0):
       except ValueError as e:
         raise RecordError(f'{env_path} is not JSON ({e}); repair or move it away.') from None
     starts = previous['starts'] if 'starts' in previous else [previous]
-  _write_atomically(env_path, json.dumps({'starts': starts + [start]}, indent=2) + '\n')
-  _write_atomically(config_path, json.dumps(current, indent=2, sort_keys=True) + '\n')
+  write_atomically(env_path, json.dumps({'starts': starts + [start]}, indent=2) + '\n')
+  write_atomically(config_path, json.dumps(current, indent=2, sort_keys=True) + '\n')
 
 
 _WRITERS = itertools.count()
@@ -253,5 +253,5 @@ def cut_back(workdir: str, step: int) -> int:
   kept = [r for r in records if r['step'] <= step]
   dropped = len(records) - len(kept) + torn
   if dropped:
-    _write_atomically(path, ''.join(json.dumps(r) + '\n' for r in kept))
+    write_atomically(path, ''.join(json.dumps(r) + '\n' for r in kept))
   return dropped

@@ -222,19 +222,26 @@ def launch(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> di
             'signal': forward.signum}
   if returncode != 0:
     status['last_line'] = _last_line(log_path, offset)
-  with open(os.path.join(run_dir, STATUS_FILE), 'w') as f:
-    json.dump(status, f)
+  run_log.write_atomically(os.path.join(run_dir, STATUS_FILE), json.dumps(status))
   return status
+
+
+def _read_status(run_dir: str) -> dict:
+  """The run's last launch status ({} if never launched, or if the file does
+  not read: the run then counts as not finished, and is launched again)."""
+  try:
+    with open(os.path.join(run_dir, STATUS_FILE)) as f:
+      status = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return status if isinstance(status, dict) else {}
 
 
 def finished(run_dir: str, requested) -> bool:
   """Whether the run in `run_dir` finished (exit 0) with exactly the `requested` config."""
-  status_path, config_path = (os.path.join(run_dir, name) for name in (STATUS_FILE, 'config.json'))
-  if not (os.path.exists(status_path) and os.path.exists(config_path)):
+  config_path = os.path.join(run_dir, 'config.json')
+  if _read_status(run_dir).get('returncode') != 0 or not os.path.exists(config_path):
     return False
-  with open(status_path) as f:
-    if json.load(f)['returncode'] != 0:
-      return False
   with open(config_path) as f:
     return json.load(f) == json.loads(requested.to_json_best_effort(sort_keys=True))
 
@@ -275,11 +282,7 @@ def summarise(run: Run, run_dir: str) -> dict:
       for k, v in last[-1].items():
         if k != 'split' and k not in trainer.MEASURE_KEYS and isinstance(v, (int, float)):
           row[f'{split}_{k}'] = v
-  status_path = os.path.join(run_dir, STATUS_FILE)
-  status = {}
-  if os.path.exists(status_path):
-    with open(status_path) as f:
-      status = json.load(f)
+  status = _read_status(run_dir)
   row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else
                    'failed')
   row['seconds'] = round(status.get('seconds', float('nan')), 1)

@@ -103,20 +103,27 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
-      field that changes what the run computes, or (train) asks for fewer
-      steps than the checkpoint has done.
+      field that changes what the run computes (or, multi-host, from process
+      0's), or (train) asks for fewer steps than the checkpoint has done.
     WorkdirLocked: (train) another process trains in the workdir.
+    DistributedError: (multi-host) another process refused to start.
     FileNotFoundError: eval or decode on a workdir without a checkpoint.
     NoIntactCheckpoint: no checkpoint of the workdir restores.
   """
   config_lib.validate(config)
   training = mode == 'train'
   new_root = missing_root(workdir) if training else None
-  lock = lock_lib.WorkdirLock(workdir).acquire() if training and jax.process_index() == 0 else None
+  lock = refusal = None
+  if training and jax.process_index() == 0:
+    try:
+      lock = lock_lib.WorkdirLock(workdir).acquire()
+    except lock_lib.WorkdirLocked as e:
+      refusal = e
   checkpointer = None
   vocabulary = os.path.join(workdir, tokenizers_lib.RUN_DIRECTORY)
   new_vocabulary = False
   try:
+    parallel.start_together(config, refusal)
     checkpointer = checkpoint_lib.Checkpointer(workdir, config, writable=training)
     latest = checkpointer.latest_step()
     if latest is None and not training:
@@ -276,10 +283,11 @@ def _loop(run: Run) -> dict:
         + f' of {config.total_steps}'
         + (f'; unigram baseline {baseline:.4f} nats/token.' if baseline else '.'), flush=True)
 
-  def run_eval(step):
+  def run_eval(step, record=True):
     sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, task)
-    writer.write(step, 'eval', values, eval_measure(config, datasets))
+    if record:
+      writer.write(step, 'eval', values, eval_measure(config, datasets))
     return values
 
   def save(step, eval_metrics=None):
@@ -323,8 +331,9 @@ def _loop(run: Run) -> dict:
         print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
               'command to resume.', flush=True)
         return {'interrupted': stop.signum, 'step': step}
-    if eval_metrics is None:  # resumed a finished run: evaluate it again.
-      eval_metrics = run_eval(step)
+    if eval_metrics is None:  # resumed a finished run: evaluate it again, recorded once.
+      eval_metrics = run_eval(step, record=not _has_eval_record(
+          workdir, step, eval_measure(config, datasets)))
     save(step, eval_metrics)
     checkpointer.wait()
   except TrainingDiverged as e:
@@ -345,6 +354,17 @@ def _loop(run: Run) -> dict:
     generate.print_samples(config, run.model, run.params, datasets.tokenizer,
                            encode=datasets.encode_input)
   return dict(eval_metrics, step=step)
+
+
+def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:
+  """Whether metrics.jsonl holds an eval record at `step` measured as `measure`
+  says (eval_measure)."""
+  try:
+    records = run_log.read_jsonl(workdir, 'eval')
+  except FileNotFoundError:
+    return False
+  return any(r['step'] == step and all(r.get(k) == measure.get(k) for k in MEASURE_KEYS)
+             for r in records)
 
 
 def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
