@@ -311,3 +311,26 @@ def test_a_damaged_checkpoint_is_one_line_on_the_command_line(finished_run, tmp_
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Checkpoint step 6 is damaged' in done.stdout
   assert 'Traceback' not in done.stderr and 'Exception ignored' not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_refused_first_start_removes_only_a_workdir_it_made_under_its_lock(tmp_path,
+                                                                               monkeypatch):
+  """Two first starts in one new workdir: the one that finds it locked (the other
+  made it in between) must not remove it; one refused under its own lock does."""
+  config = override(load_config(), {**TINY, 'model.vocab_size': 10})  # refused once data is read.
+  made_by_us = tmp_path / 'ours' / 'run'
+  with pytest.raises(config_lib.ConfigError, match='vocab_size=10'):
+    trainer.setup(config, str(made_by_us))
+  assert not (tmp_path / 'ours').exists()
+
+  theirs = tmp_path / 'theirs' / 'run'
+
+  def the_other_run_wins(self):
+    os.makedirs(self.workdir)
+    (theirs / 'checkpoints.marker').write_text('the other run')
+    raise lock_lib.WorkdirLocked(f'{self.workdir} is in use by another training run')
+
+  monkeypatch.setattr(lock_lib.WorkdirLock, 'acquire', the_other_run_wins)
+  with pytest.raises(lock_lib.WorkdirLocked):
+    trainer.setup(config, str(theirs))
+  assert (theirs / 'checkpoints.marker').read_text() == 'the other run'

@@ -163,10 +163,10 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
       shutil.rmtree(vocabulary, ignore_errors=True)
     if checkpointer is not None:
       checkpointer.close()
+    if new_root and lock is not None:  # made by us, under our lock: nothing else is in it.
+      shutil.rmtree(new_root, ignore_errors=True)
     if lock is not None:
       lock.release()
-    if new_root and jax.process_index() == 0:  # it holds nothing but what setup made.
-      shutil.rmtree(new_root, ignore_errors=True)
     raise
   return Run(config=config, workdir=workdir, datasets=datasets, strategy=strategy, model=model,
              state=state, rng=rng, step=step, checkpointer=checkpointer, lock=lock)
