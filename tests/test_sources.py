@@ -78,12 +78,21 @@ def test_text_lines_and_tsv(tmp_path):
   assert sources.read_text_file(str(path)) == ['hello\tbonjour', 'world\tmonde']
 
 
+def test_a_byte_order_mark_is_not_text(tmp_path):
+  path = tmp_path / 'notepad.txt'
+  path.write_bytes(b'\xef\xbb\xbfhello\r\nworld\r\n')
+  assert sources.read_text_file(str(path)) == ['hello', 'world']
+
+
 @pytest.mark.parametrize('content, tsv, message', [
     (b'', False, r'a\.txt: the file is empty; give a file with one example per line\.'),
     (b' \n\n', False, r'a\.txt: the file is empty'),
     (b'ok\ncaf\xe9\n', False, r'a\.txt:2: invalid UTF-8 at byte 3 .*re-encode the file as UTF-8'),
     (b'a\tb\nno tab here\n', True, r'a\.txt:2: no tab in the line; write each example as '
                                    r'source<TAB>target'),
+    (b'a\tb\n\tmonde\n', True, r'a\.txt:2: the source side is empty; write each example as '
+                               r'source<TAB>target, both non-empty\.'),
+    (b'a\tb\nworld\t\r\n', True, r'a\.txt:2: the target side is empty'),
 ])
 def test_bad_text_files(tmp_path, content, tsv, message):
   path = tmp_path / 'a.txt'
@@ -96,3 +105,12 @@ def test_bad_text_files(tmp_path, content, tsv, message):
 def test_missing_file(tmp_path):
   with pytest.raises(ValueError, match=r'nope\.txt: no such file \(config\.data\.train_files\)'):
     sources.expand_files(str(tmp_path / 'nope.txt'), 'train_files')
+
+
+def test_a_directory_is_a_one_line_error(tmp_path):
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'a.txt').write_text('hello\n')
+  with pytest.raises(ValueError, match=r'sub: cannot be read \(Is a directory\); give readable '
+                                       r'text files') as e:
+    sources.read_text_files(sources.expand_files(str(tmp_path / '*'), 'train_files'))
+  assert '\n' not in str(e.value)

@@ -17,6 +17,7 @@ Every bad input raises a one-line ValueError naming the file (and line) and
 the fix.
 """
 
+import codecs
 import csv
 import functools
 import glob
@@ -281,10 +282,16 @@ def expand_files(patterns: str, field: str) -> list:
 
 
 def read_text_file(path: str, tsv: bool = False) -> list:
-  """Lines of `path` (without newline; blank lines skipped), or (source,
-  target) pairs split at the first tab when `tsv`."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  """Lines of `path` (without newline or a leading UTF-8 byte order mark; blank
+  lines skipped), or (source, target) pairs split at the first tab when `tsv`,
+  neither side empty."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise DataError(f'{path}: cannot be read ({e.strerror}); give readable text files '
+                    '(a glob of files, e.g. DIR/*.txt, not a directory).') from None
+  data = data.removeprefix(codecs.BOM_UTF8)  # Notepad's UTF-8: a mark, not text.
   if not data.strip():
     raise DataError(f'{path}: the file is empty; give a file with one example per line.')
   if b'\0' in data:
@@ -304,6 +311,9 @@ def read_text_file(path: str, tsv: bool = False) -> list:
         raise DataError(f'{path}:{number}: no tab in the line; write each example as '
                         'source<TAB>target (or set config.data.format=lines).')
       source, target = line.split('\t', 1)
+      if not source or not target:
+        raise DataError(f'{path}:{number}: the {"source" if not source else "target"} side '
+                        'is empty; write each example as source<TAB>target, both non-empty.')
       examples.append((source, target))
     else:
       examples.append(line)
