@@ -194,6 +194,19 @@ def test_sentencepiece_model_is_the_runs_and_not_retrained(tmp_path, monkeypatch
   assert again.encode('to be or not') == first.encode('to be or not')
 
 
+def test_an_edited_file_gets_a_new_cached_sentencepiece_model(tmp_path, monkeypatch):
+  """Without a workdir the model is cached by the training text, not the file name."""
+  monkeypatch.setattr(datasets.recipes, 'SPM_CACHE', str(tmp_path / 'cache'))
+  train = tmp_path / 'train.txt'
+  config = small_config(name='text', train_files=str(train), tokenizer='sentencepiece',
+                        vocab_size=40, overflow='truncate')
+  train.write_text(''.join(f'to be or not to be, line {i}\n' for i in range(50)))
+  datasets.create_datasets(config, None)
+  train.write_text(''.join(f'quick brown fox jumps, line {i}\n' for i in range(50)))
+  tokenizer = datasets.create_datasets(config, None).tokenizer
+  assert tokenizer.unk_id not in tokenizer.encode('quick brown fox jumps')
+
+
 # ---------------------------------------------------------------------------
 # Eval splits and references.
 

@@ -369,6 +369,26 @@ def test_text_classification_from_tsv(tmp_path):
   np.testing.assert_array_equal(batches[0]['weights'], [1, 1, 1, 0])
 
 
+def test_a_one_line_file_without_eval_files_names_the_fix(tmp_path):
+  path = tmp_path / 'one.txt'
+  path.write_text('only one line\n')
+  with pytest.raises(ValueError, match=r'one\.txt: one example, too few to hold out the last '
+                                       r'10% for eval; add examples or set '
+                                       r'config.data.eval_files\.'):
+    datasets.create_datasets(text_config(str(path)), None)
+
+
+def test_a_label_only_in_the_held_out_lines_names_the_split(tmp_path):
+  path = tmp_path / 'sorted.tsv'
+  path.write_text(''.join(f'text {i}\t{"pos" if i < 18 else "neg"}\n' for i in range(20)))
+  config = small_config('encoder', name='text', task='classify', format='tsv',
+                        train_files=str(path))
+  config.model.encoder_head = 'classify'
+  with pytest.raises(ValueError, match=r"^the last 10% of config.data.train_files: labels "
+                                       r"\['neg'\] never occur .* \(or shuffle the lines"):
+    datasets.create_datasets(config, None)
+
+
 @pytest.mark.parametrize('data, message', [
     (dict(name='text'), r'config.data.name=text needs config.data.train_files'),
     (dict(name='text', train_files='/nonexistent/x.txt'), r'/nonexistent/x.txt: no such file'),

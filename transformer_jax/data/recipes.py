@@ -10,6 +10,7 @@ datasets.py registers them and builds a run's data from the one it picks.
 """
 
 import functools
+import hashlib
 import os
 import tempfile
 from typing import Callable, Iterable, Optional
@@ -385,6 +386,9 @@ class TextFiles(Recipe):
     if d.eval_files:
       eval_raw = sources.read_text_files(sources.expand_files(d.eval_files, 'eval_files'), tsv)
     else:
+      if len(train_raw) < 2:
+        raise DataError(f'{d.train_files}: one example, too few to hold out the last 10% for '
+                        'eval; add examples or set config.data.eval_files.')
       cut = len(train_raw) - max(1, len(train_raw) // 10)
       logging.info('No config.data.eval_files: the last %d of %d examples are the eval split.',
                    len(train_raw) - cut, len(train_raw))
@@ -394,8 +398,10 @@ class TextFiles(Recipe):
       labels = sorted({label for _, label in train_raw})
       unknown = {label for _, label in eval_raw} - set(labels)
       if unknown:
-        raise DataError(f'{d.eval_files}: labels {sorted(unknown)} never occur in '
-                        f'{d.train_files}; add training examples for them.')
+        shuffle = '' if d.eval_files else ' (or shuffle the lines: eval takes the last 10%)'
+        raise DataError(f'{self.eval_split}: labels {sorted(unknown)} never occur in the '
+                        f'training examples of {d.train_files}; add training examples for '
+                        f'them{shuffle}.')
       _check_classes(config, len(labels))
       train_raw = [(t, labels.index(l)) for t, l in train_raw]
       eval_raw = [(t, labels.index(l)) for t, l in eval_raw]
@@ -414,8 +420,11 @@ class TextFiles(Recipe):
         yield from ex[:1] if self.config.data.task == 'classify' else ex
 
   def new_tokenizer(self, directory):
-    return make_tokenizer(self.config, directory, self._text,
-                          f'text:{self.config.data.train_files}')
+    """Cached by the training text itself: an edited file gets a new model."""
+    digest = hashlib.sha1()
+    for piece in self._text():
+      digest.update(piece.encode('utf-8') + b'\0')
+    return make_tokenizer(self.config, directory, self._text, f'text:{digest.hexdigest()}')
 
   def batches(self, tokenizer, batch_size):
     encode = functools.partial(self.encode, tokenizer=tokenizer)
