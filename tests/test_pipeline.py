@@ -212,6 +212,20 @@ def test_g2p_bucketed_batches(g2p):
   assert tok.decode(batch['targets'][0]).split()[0].isupper()  # phonemes.
 
 
+def test_a_bucket_smaller_than_a_batch_is_trained_in_a_longer_one():
+  """3 long examples and a batch of 4: they ride in the next longer bucket's
+  rows (the longest bucket in the one below), padded to its length."""
+  for lengths, long in (([5] * 40 + [12] * 3 + [30] * 9, range(40, 43)),
+                        ([5] * 40 + [30] * 3, range(40, 43))):
+    ds = batching.BucketBatches(np.asarray(lengths), batching.bucket_boundaries(32), 4, 0)
+    seen = set()
+    for i in range(300):  # 20+ epochs.
+      length, indices = ds[i]
+      assert all(lengths[j] <= length for j in indices)
+      seen.update(indices.tolist())
+    assert seen == set(range(len(lengths))), set(long) - seen
+
+
 def test_g2p_eval_covers_every_dev_pronunciation(g2p):
   from transformer_jax.data import sources as src  # pylint: disable=g-import-not-at-top
   dev = src.cmudict_g2p()['dev']

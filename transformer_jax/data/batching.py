@@ -206,22 +206,36 @@ def bucket_boundaries(seq_len: int, smallest: int = 8) -> list:
 class BucketBatches(grain.MapDataset):
   """Batches of example indices of similar length, reshuffled every epoch.
 
-  Element i is (row length, indices [batch_size]). Each epoch shuffles every
-  bucket, cuts it into full batches and shuffles the batch order; the examples
-  left over in a bucket differ from epoch to epoch, so none is always skipped.
-  The epoch length is fixed (sum over buckets of size // batch_size), so the
-  element index alone says where in which epoch a run is.
+  Element i is (row length, indices [batch_size]). A bucket of fewer than
+  batch_size examples, which would never fill a batch, joins the next longer
+  one (the longest joins the one below), padded to the longer length. Each
+  epoch shuffles every bucket, cuts it into full batches and shuffles the batch
+  order; the examples left over in a bucket differ from epoch to epoch, so none
+  is always skipped. The epoch length is fixed (sum over buckets of size //
+  batch_size), so the element index alone says where in which epoch a run is.
   """
 
   def __init__(self, lengths: np.ndarray, boundaries: list, batch_size: int, seed: int):
     super().__init__()
     bucket = np.searchsorted(boundaries, lengths)
-    self._buckets = [np.flatnonzero(bucket == i) for i in range(len(boundaries))]
-    self._boundaries, self._batch_size, self._seed = boundaries, batch_size, seed
+    merged = []  # (row length, members): each of batch_size or more examples, but one.
+    for i, length in enumerate(boundaries):
+      members = np.flatnonzero(bucket == i)
+      if not len(members):
+        continue
+      if merged and len(merged[-1][1]) < batch_size:
+        members = np.concatenate([merged.pop()[1], members])
+      merged.append((length, members))
+    if len(merged) > 1 and len(merged[-1][1]) < batch_size:
+      length, members = merged.pop()
+      merged.append((length, np.concatenate([merged.pop()[1], members])))
+    self._boundaries = [length for length, _ in merged]
+    self._buckets = [members for _, members in merged]
+    self._batch_size, self._seed = batch_size, seed
     self._per_epoch = sum(len(b) // batch_size for b in self._buckets)
     if not self._per_epoch:
-      raise ConfigError(f'No length bucket holds config.batch_size={batch_size} examples; '
-                        'lower the batch size or set config.data.bucketing=False.')
+      raise ConfigError(f'The training split has {len(lengths)} examples, fewer than '
+                        f'config.batch_size={batch_size}; lower the batch size.')
     self._epoch = _EpochCache(self._batches)
 
   def __len__(self):
