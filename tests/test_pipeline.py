@@ -392,6 +392,15 @@ def test_a_one_line_file_without_eval_files_names_the_fix(tmp_path):
     datasets.create_datasets(text_config(str(path)), None)
 
 
+def test_an_eval_file_that_is_also_a_train_file_is_refused(tmp_path):
+  for name in ('a.txt', 'b.txt'):
+    (tmp_path / name).write_text('to be or not\n' * 10)
+  config = text_config(f'{tmp_path}/*.txt', eval_files=str(tmp_path / 'b.txt'))
+  with pytest.raises(ValueError, match=r'b\.txt is in both config.data.train_files and '
+                                       r'eval_files, so eval would score training examples'):
+    datasets.create_datasets(config, None)
+
+
 def test_a_label_only_in_the_held_out_lines_names_the_split(tmp_path):
   path = tmp_path / 'sorted.tsv'
   path.write_text(''.join(f'text {i}\t{"pos" if i < 18 else "neg"}\n' for i in range(20)))

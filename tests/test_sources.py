@@ -114,3 +114,11 @@ def test_a_directory_is_a_one_line_error(tmp_path):
                                        r'text files') as e:
     sources.read_text_files(sources.expand_files(str(tmp_path / '*'), 'train_files'))
   assert '\n' not in str(e.value)
+
+
+def test_a_file_two_patterns_match_is_read_once(tmp_path):
+  for name in ('a.txt', 'b.txt'):
+    (tmp_path / name).write_text('hello\n')
+  pattern = f'{tmp_path}/*.txt,{tmp_path}/a.txt,{tmp_path}/./b.txt'
+  assert sources.expand_files(pattern, 'train_files') == [str(tmp_path / 'a.txt'),
+                                                          str(tmp_path / 'b.txt')]

@@ -382,9 +382,15 @@ class TextFiles(Recipe):
       raise ConfigError(f'config.data.task={d.task} reads '
                         f'{"source<TAB>target lines" if not tsv else "one text per line"}; set '
                         f'config.data.format={"tsv" if not tsv else "lines"}.')
-    train_raw = sources.read_text_files(sources.expand_files(d.train_files, 'train_files'), tsv)
+    train_files = sources.expand_files(d.train_files, 'train_files')
+    train_raw = sources.read_text_files(train_files, tsv)
     if d.eval_files:
-      eval_raw = sources.read_text_files(sources.expand_files(d.eval_files, 'eval_files'), tsv)
+      eval_files = sources.expand_files(d.eval_files, 'eval_files')
+      both = set(map(os.path.realpath, train_files)) & set(map(os.path.realpath, eval_files))
+      if both:
+        raise DataError(f'{sorted(both)[0]} is in both config.data.train_files and eval_files, '
+                        'so eval would score training examples; keep it in one of them.')
+      eval_raw = sources.read_text_files(eval_files, tsv)
     else:
       if len(train_raw) < 2:
         raise DataError(f'{d.train_files}: one example, too few to hold out the last 10% for '

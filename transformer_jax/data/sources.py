@@ -270,15 +270,17 @@ def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
 
 
 def expand_files(patterns: str, field: str) -> list:
-  """Comma-separated paths or globs -> sorted existing files."""
-  paths = []
+  """Comma-separated paths or globs -> existing files, each pattern's sorted, each
+  file once (a file two patterns match is read once, not twice)."""
+  paths = {}
   for pattern in [p.strip() for p in patterns.split(',') if p.strip()]:
     matches = sorted(glob.glob(os.path.expanduser(pattern)))
     if not matches:
       raise DataError(f'{pattern}: no such file (config.data.{field}); give existing paths '
                       'or globs, comma-separated.')
-    paths.extend(matches)
-  return paths
+    for match in matches:
+      paths.setdefault(os.path.realpath(match), match)
+  return list(paths.values())
 
 
 def read_text_file(path: str, tsv: bool = False) -> list:
