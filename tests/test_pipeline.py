@@ -346,7 +346,7 @@ def text_config(path, **data):
 
 
 def test_overflow_error_names_the_example_and_the_fix(lines_file):
-  with pytest.raises(ValueError, match=r'train example 30: example has 41 tokens, more than '
+  with pytest.raises(ValueError, match=r'train\.txt:31: example has 41 tokens, more than '
                                        r'config.seq_len=20; raise seq_len or set '
                                        r'config.data.overflow=truncate or drop'):
     datasets.create_datasets(text_config(lines_file), None)
@@ -423,3 +423,19 @@ def test_config_errors_are_one_line(data, message):
   with pytest.raises(ValueError, match=message) as e:
     datasets.create_datasets(small_config(**data), None)
   assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('long_in', ['train', 'held-out'])
+def test_an_example_too_long_is_named_by_its_file_and_line(tmp_path, long_in):
+  """The overflow error points at the line to fix, across a glob of files, blank
+  lines counted, in the train files and in the held-out last 10% alike."""
+  (tmp_path / 'a.txt').write_text('to be\n' * 30)
+  long_line = 'x' * 200
+  lines = ['or not', '', long_line] + ['or not'] * 7
+  if long_in == 'held-out':
+    lines = ['or not'] * 7 + ['', long_line]
+  (tmp_path / 'b.txt').write_text('\n'.join(lines) + '\n')
+  where = 'b.txt:3' if long_in == 'train' else 'b.txt:9'
+  with pytest.raises(ValueError, match=rf'{tmp_path}/{where}: example has 201 tokens, more than '
+                                       r'config.seq_len=20'):
+    datasets.create_datasets(text_config(f'{tmp_path}/*.txt'), None)

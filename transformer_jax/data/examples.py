@@ -90,9 +90,12 @@ def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> O
           'weights': np.ones(len(target) + 1, np.float32)}
 
 
-def make_examples(raw: list, encode: Callable, where: str) -> list:
-  """Raw examples -> the dicts `encode(raw, where=...)` makes, dropped ones left out."""
-  examples = (encode(ex, where=f'{where} example {n}') for n, ex in enumerate(raw))
+def make_examples(raw: list, encode: Callable, where) -> list:
+  """Raw examples -> the dicts `encode(raw, where=...)` makes, dropped ones left out.
+  `where` names the split ('<where> example <n>' in errors), or is a sequence
+  naming each example (e.g. 'PATH:LINE')."""
+  name = (lambda n: f'{where} example {n}') if isinstance(where, str) else where.__getitem__
+  examples = (encode(ex, where=name(n)) for n, ex in enumerate(raw))
   return [ex for ex in examples if ex is not None]
 
 
@@ -210,18 +213,20 @@ def augment_transform(seed: int, batch_size: int, pad: int = 4):
 
 
 def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
-                     batch_size: int, where: str, augment: Optional[Callable] = None):
+                     batch_size: int, where: str, augment: Optional[Callable] = None,
+                     locations: Optional[tuple] = None):
   """(train dataset, eval rows, info). `train` is a list of raw examples
   (encoded here) or StreamedExamples (encoded as batches are read);
   `eval_raw` a list of raw examples; `encode(raw, overflow=, where=)` the
   recipe's encode; `augment(batch index, rows)` changes train batches only
-  (image augmentation: `augment_transform`)."""
+  (image augmentation: `augment_transform`); `locations` (train, eval) name
+  each raw example in errors (e.g. 'PATH:LINE') instead of its split and index."""
   d, task, seq_len = config.data, config.data.task, config.seq_len
   info = {}
   if isinstance(train, list):
     train_overflow = Overflow(d.overflow, seq_len)
     train = make_examples(train, functools.partial(encode, overflow=train_overflow),
-                          f'{where} train')
+                          locations[0] if locations else f'{where} train')
     info.update(train_overflow.report('train'))
   elif task == 'seq2seq' and d.bucketing and not d.packing:
     raise config_lib.ConfigError(
@@ -229,7 +234,7 @@ def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
         f'{where} train split does not give; set config.data.packing=True or bucketing=False.')
   eval_overflow = Overflow(d.overflow, seq_len)
   evals = make_examples(eval_raw, functools.partial(encode, overflow=eval_overflow),
-                        f'{where} eval')
+                        locations[1] if locations else f'{where} eval')
   if not len(train) or not evals:
     raise DataError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
                     f'config.data.overflow={d.overflow}; raise config.seq_len.')

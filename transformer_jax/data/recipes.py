@@ -383,14 +383,14 @@ class TextFiles(Recipe):
                         f'{"source<TAB>target lines" if not tsv else "one text per line"}; set '
                         f'config.data.format={"tsv" if not tsv else "lines"}.')
     train_files = sources.expand_files(d.train_files, 'train_files')
-    train_raw = sources.read_text_files(train_files, tsv)
+    train_raw, train_where = sources.read_text_files(train_files, tsv)
     if d.eval_files:
       eval_files = sources.expand_files(d.eval_files, 'eval_files')
       both = set(map(os.path.realpath, train_files)) & set(map(os.path.realpath, eval_files))
       if both:
         raise DataError(f'{sorted(both)[0]} is in both config.data.train_files and eval_files, '
                         'so eval would score training examples; keep it in one of them.')
-      eval_raw = sources.read_text_files(eval_files, tsv)
+      eval_raw, eval_where = sources.read_text_files(eval_files, tsv)
     else:
       if len(train_raw) < 2:
         raise DataError(f'{d.train_files}: one example, too few to hold out the last 10% for '
@@ -399,6 +399,7 @@ class TextFiles(Recipe):
       logging.info('No config.data.eval_files: the last %d of %d examples are the eval split.',
                    len(train_raw) - cut, len(train_raw))
       train_raw, eval_raw = train_raw[:cut], train_raw[cut:]
+      train_where, eval_where = train_where[:cut], train_where[cut:]
     self.info = {}
     if d.task == 'classify':
       labels = sorted({label for _, label in train_raw})
@@ -413,6 +414,7 @@ class TextFiles(Recipe):
       eval_raw = [(t, labels.index(l)) for t, l in eval_raw]
       self.info['classes'] = tuple(labels)
     self.train_raw, self.eval_raw = train_raw, eval_raw
+    self.locations = (train_where, eval_where)  # 'PATH:LINE' of each example.
 
   @property
   def eval_split(self) -> str:
@@ -436,7 +438,7 @@ class TextFiles(Recipe):
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     train_ds, eval_ds, more = examples_lib.example_datasets(
         self.config, encode, self.train_raw, self.eval_raw, tokenizer, batch_size,
-        self.config.data.train_files)
+        self.config.data.train_files, locations=self.locations)
     return train_ds, eval_ds, {**self.info, **more}
 
 

@@ -287,6 +287,11 @@ def read_text_file(path: str, tsv: bool = False) -> list:
   """Lines of `path` (without newline or a leading UTF-8 byte order mark; blank
   lines skipped), or (source, target) pairs split at the first tab when `tsv`,
   neither side empty."""
+  return [example for _, example in _numbered_examples(path, tsv)]
+
+
+def _numbered_examples(path: str, tsv: bool) -> list:
+  """read_text_file's examples as (line number, example) pairs."""
   try:
     with open(path, 'rb') as f:
       data = f.read()
@@ -316,14 +321,18 @@ def read_text_file(path: str, tsv: bool = False) -> list:
       if not source or not target:
         raise DataError(f'{path}:{number}: the {"source" if not source else "target"} side '
                         'is empty; write each example as source<TAB>target, both non-empty.')
-      examples.append((source, target))
+      examples.append((number, (source, target)))
     else:
-      examples.append(line)
+      examples.append((number, line))
   return examples
 
 
-def read_text_files(paths: Sequence[str], tsv: bool = False) -> list:
-  examples = []
+def read_text_files(paths: Sequence[str], tsv: bool = False) -> tuple:
+  """(examples, locations): read_text_file's examples of every path in turn, and
+  where each is ('PATH:LINE'), for errors that point at the line to fix."""
+  examples, locations = [], []
   for path in paths:
-    examples.extend(read_text_file(path, tsv))
-  return examples
+    for number, example in _numbered_examples(path, tsv):
+      examples.append(example)
+      locations.append(f'{path}:{number}')
+  return examples, locations
