@@ -59,6 +59,19 @@ def test_local_equals_full_attention_under_the_band_mask(causal, global_tokens, 
   np.testing.assert_allclose(real_rows(local), real_rows(full), atol=1e-6, rtol=1e-6)
 
 
+def test_global_tokens_beyond_a_short_row_make_it_global_throughout():
+  """A row shorter than global_tokens (a short seq2seq length bucket, count_params'
+  2-token trace) is all global: full attention within its segments."""
+  q, k, v = qkv((2, 6, 2, 4))
+  segments = jnp.asarray([[1] * 4 + [0] * 2, [1] * 6])
+  full, _ = softmax_attention(q, k, v, layers.attention_mask(segments, segments, False))
+  local = sliding_window(q, k, v, segments, 2, False, 9)
+  real = np.asarray(segments) > 0
+  np.testing.assert_allclose(np.asarray(local)[real], np.asarray(full)[real], atol=1e-6)
+  m = tiny('encoder', attention='local', global_tokens=3)
+  assert accounting.count_params(m) > 0
+
+
 def features(q, k, m=32, seed=0):
   projection = attention_lib.orthogonal_random_features(m, q.shape[-1], seed)
   return (attention_lib.favor_features(q, projection, is_query=True),

@@ -166,10 +166,12 @@ def sliding_window_attention(query, key, value, segment_ids, window: int, causal
   (and i + 1 without `causal`), under the band and segment masks, so every key
   within w of a query is seen exactly once. `global_tokens` (non-causal only):
   those first tokens of the row are added as keys to every block, and their
-  queries attend to the whole row. Returns [b, l, h, k]; equal to softmax
-  attention under `local_mask` and the segment mask.
+  queries attend to the whole row; a row shorter than `global_tokens` (a short
+  length bucket, `count_params`' 2-token trace) is global throughout. Returns
+  [b, l, h, k]; equal to softmax attention under `local_mask` and the segment mask.
   """
   b, l, h, k = query.shape
+  global_tokens = min(global_tokens, l)
   c = min(window, l)
   n = -(-l // c)
   positions = jnp.arange(n * c)
