@@ -74,8 +74,8 @@ def test_global_tokens_beyond_a_short_row_make_it_global_throughout():
 
 def features(q, k, m=32, seed=0):
   projection = attention_lib.orthogonal_random_features(m, q.shape[-1], seed)
-  return (attention_lib.favor_features(q, projection, is_query=True),
-          attention_lib.favor_features(k, projection, is_query=False))
+  return (attention_lib.favor_features(q, projection),
+          attention_lib.favor_logits(k, projection))
 
 
 def test_causal_linear_attention_equals_its_quadratic_masked_form():
@@ -130,6 +130,22 @@ def test_favor_error_falls_as_random_features_grow():
   assert all(a > b for a, b in zip(errors, errors[1:])), errors
   # Monte Carlo: the error goes as 1 / sqrt(m); 64x the features, at least 4x less error.
   assert errors[-1] < errors[0] / 4, errors
+
+
+def test_favor_approximates_softmax_at_head_dim_128():
+  """Keys scaled by a fixed bound (max_i |w_i|^2 / 2, ~90 at k = 128) underflowed to
+  zero, and the output with them; a running maximum keeps them in range."""
+  q, k, v = qkv((1, 64, 1, 128), scale=0.3)
+  projection = attention_lib.orthogonal_random_features(256, 128, 0)
+  qf, kl = attention_lib.favor_features(q, projection), attention_lib.favor_logits(k, projection)
+  ones = jnp.ones((1, 64), jnp.int32)
+  causal_mask = jnp.tril(jnp.ones((64, 64), bool))
+  for approx, (exact, _) in ((causal_linear(qf, kl, v, ones)[0],
+                              softmax_attention(q, k, v, causal_mask)),
+                             (bidirectional_linear(qf, kl, v, ones),
+                              softmax_attention(q, k, v))):
+    error = float(jnp.mean(jnp.abs(approx - exact)))
+    assert error < 0.25 * float(jnp.mean(jnp.abs(exact))), error
 
 
 def tiny(variant='decoder', **overrides):
