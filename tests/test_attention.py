@@ -59,10 +59,23 @@ def test_local_equals_full_attention_under_the_band_mask(causal, global_tokens, 
   np.testing.assert_allclose(real_rows(local), real_rows(full), atol=1e-6, rtol=1e-6)
 
 
+def test_global_tokens_beyond_a_short_row_make_it_global_throughout():
+  """A row shorter than global_tokens (a short seq2seq length bucket, count_params'
+  2-token trace) is all global: full attention within its segments."""
+  q, k, v = qkv((2, 6, 2, 4))
+  segments = jnp.asarray([[1] * 4 + [0] * 2, [1] * 6])
+  full, _ = softmax_attention(q, k, v, layers.attention_mask(segments, segments, False))
+  local = sliding_window(q, k, v, segments, 2, False, 9)
+  real = np.asarray(segments) > 0
+  np.testing.assert_allclose(np.asarray(local)[real], np.asarray(full)[real], atol=1e-6)
+  m = tiny('encoder', attention='local', global_tokens=3)
+  assert accounting.count_params(m) > 0
+
+
 def features(q, k, m=32, seed=0):
   projection = attention_lib.orthogonal_random_features(m, q.shape[-1], seed)
-  return (attention_lib.favor_features(q, projection, is_query=True),
-          attention_lib.favor_features(k, projection, is_query=False))
+  return (attention_lib.favor_features(q, projection),
+          attention_lib.favor_logits(k, projection))
 
 
 def test_causal_linear_attention_equals_its_quadratic_masked_form():
@@ -117,6 +130,22 @@ def test_favor_error_falls_as_random_features_grow():
   assert all(a > b for a, b in zip(errors, errors[1:])), errors
   # Monte Carlo: the error goes as 1 / sqrt(m); 64x the features, at least 4x less error.
   assert errors[-1] < errors[0] / 4, errors
+
+
+def test_favor_approximates_softmax_at_head_dim_128():
+  """Keys scaled by a fixed bound (max_i |w_i|^2 / 2, ~90 at k = 128) underflowed to
+  zero, and the output with them; a running maximum keeps them in range."""
+  q, k, v = qkv((1, 64, 1, 128), scale=0.3)
+  projection = attention_lib.orthogonal_random_features(256, 128, 0)
+  qf, kl = attention_lib.favor_features(q, projection), attention_lib.favor_logits(k, projection)
+  ones = jnp.ones((1, 64), jnp.int32)
+  causal_mask = jnp.tril(jnp.ones((64, 64), bool))
+  for approx, (exact, _) in ((causal_linear(qf, kl, v, ones)[0],
+                              softmax_attention(q, k, v, causal_mask)),
+                             (bidirectional_linear(qf, kl, v, ones),
+                              softmax_attention(q, k, v))):
+    error = float(jnp.mean(jnp.abs(approx - exact)))
+    assert error < 0.25 * float(jnp.mean(jnp.abs(exact))), error
 
 
 def tiny(variant='decoder', **overrides):

@@ -62,7 +62,7 @@ def attention_flops_per_token(cfg, seq_len: int, causal: bool, kind: str) -> flo
     c = min(cfg.attention_window, seq_len)
     keys = (2 if causal else 3) * c
     if not causal and cfg.global_tokens:  # global key columns; global query rows per token.
-      keys += cfg.global_tokens + cfg.global_tokens
+      keys += 2 * min(cfg.global_tokens, seq_len)
     return 12.0 * d * keys
   if kind == 'linear':
     m, c = cfg.num_random_features, min(LINEAR_CHUNK, seq_len)

@@ -166,10 +166,12 @@ def sliding_window_attention(query, key, value, segment_ids, window: int, causal
   (and i + 1 without `causal`), under the band and segment masks, so every key
   within w of a query is seen exactly once. `global_tokens` (non-causal only):
   those first tokens of the row are added as keys to every block, and their
-  queries attend to the whole row. Returns [b, l, h, k]; equal to softmax
-  attention under `local_mask` and the segment mask.
+  queries attend to the whole row; a row shorter than `global_tokens` (a short
+  length bucket, `count_params`' 2-token trace) is global throughout. Returns
+  [b, l, h, k]; equal to softmax attention under `local_mask` and the segment mask.
   """
   b, l, h, k = query.shape
+  global_tokens = min(global_tokens, l)
   c = min(window, l)
   n = -(-l // c)
   positions = jnp.arange(n * c)
@@ -228,23 +230,24 @@ def orthogonal_random_features(num_features: int, head_dim: int, seed: int) -> n
   return (w * norms[:, None]).astype(np.float32)
 
 
-def favor_features(x, projection, is_query: bool):
-  """phi(x) = exp(w_i^T x' - |x'|^2 / 2) / sqrt(m), x' = x / k^(1/4) (Performer eq. 5, Lemma 1).
+def favor_logits(x, projection):
+  """log(sqrt(m) phi(x)) = w_i^T x' - |x'|^2 / 2, x' = x / k^(1/4) (Performer eq. 5, Lemma 1).
 
-  x [b, l, h, k] -> [b, l, h, m] float32, so that phi(q)^T phi(k) is an unbiased,
-  positive estimate of exp(q^T k / sqrt(k)). For stability each query's
-  features are divided by their largest exp (it cancels in the normalisation);
-  keys are divided by exp(max_i |w_i|^2 / 2), their bound, one constant for all
-  keys, so a cached decoder's running sums equal the full pass's.
+  x [b, l, h, k] -> [b, l, h, m] float32: phi(q)^T phi(k) is an unbiased, positive
+  estimate of exp(q^T k / sqrt(k)). Keys stay in the log domain: the sums
+  (`_causal_sums`) scale them by a running maximum, as softmax's stabiliser.
   """
   x = x.astype(jnp.float32) * x.shape[-1]**-0.25
-  w = jnp.asarray(projection)
-  logits = jnp.einsum('blhk,mk->blhm', x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
-  if is_query:
-    logits = logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
-  else:
-    logits = logits - 0.5 * float(np.max(np.sum(np.square(projection), -1)))
-  return jnp.exp(logits) / math.sqrt(w.shape[0])
+  return (jnp.einsum('blhk,mk->blhm', x, jnp.asarray(projection))
+          - 0.5 * jnp.sum(x * x, -1, keepdims=True))
+
+
+def favor_features(x, projection):
+  """Query features phi(q) [b, l, h, m] float32, each query's divided by its largest
+  (a factor that cancels in the normalisation)."""
+  logits = favor_logits(x, projection)
+  logits = logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+  return jnp.exp(logits) / math.sqrt(projection.shape[0])
 
 
 def _normalise(numerator, denominator):
@@ -253,94 +256,116 @@ def _normalise(numerator, denominator):
   return numerator / safe[..., None]
 
 
-def linear_attention_quadratic(query_features, key_features, value, mask):
+def linear_attention_quadratic(query_features, key_logits, value, mask):
   """The quadratic form of FAVOR+: A = phi(Q) phi(K)^T masked, D^-1 A V.
 
-  query_features [b, l, h, m], key_features [b, s, h, m], value [b, s, h, k],
-  mask broadcastable to [b, h, l, s]. The reference the linear forms equal.
+  query_features [b, l, h, m], key_logits [b, s, h, m] (`favor_logits`), value
+  [b, s, h, k], mask broadcastable to [b, h, l, s]. The reference the linear forms equal.
   """
+  key_features = jnp.exp(key_logits - jnp.max(key_logits, axis=(1, 3), keepdims=True))
   a = jnp.einsum('blhm,bshm->bhls', query_features, key_features)
   a = jnp.where(mask, a, 0.0)
   out = jnp.einsum('bhls,bshk->blhk', a, value.astype(jnp.float32))
   return _normalise(out, jnp.einsum('bhls->blh', a))
 
 
-def _causal_sums(query_features, key_features, value, segment_ids, inclusive: bool,
+def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool,
                  chunk: int, state=None):
-  """Numerator [b, l, h, k], denominator [b, l, h] and the final state of causal FAVOR+.
+  """Numerator [b, l, h, k], denominator [b, l, h], their scale [b, l, h] and the
+  final state of causal FAVOR+.
 
   Sum over keys s <= t (s < t unless `inclusive`) of the same segment of
-  phi(q_t)^T phi(k_s) [v_s, 1]: within a chunk of c tokens as a masked c x c
-  product, across chunks by a running state (S [b, h, m, k], z [b, h, m]) that a
-  scan carries. As segments are contiguous runs, the keys of earlier chunks in
-  query t's segment exist only when that segment began before t's chunk, so
-  the carry holds the sums of the segment each chunk starts with. `state`: sums
-  of earlier tokens of the first token's segment (the decoding cache).
+  phi(q_t)^T phi(k_s) [v_s, 1] exp(-M_t): M_t, the largest key logit of the row's
+  real keys up to t (and at least the state's), is a common factor of query t's
+  sums, so features never overflow and, unlike a fixed bound, do not underflow
+  (a bound of max_i |w_i|^2 / 2 zeroed every key at head dim 128). Within a
+  chunk of c tokens the sums are a masked c x c product; across chunks a scan
+  carries the state (S [b, h, m, k], z [b, h, m], its scale R [b, h]). As
+  segments are contiguous runs, the keys of earlier chunks in query t's segment
+  exist only when that segment began before t's chunk, so the carry holds the
+  sums of the segment each chunk starts with. `state`: sums of earlier tokens of
+  the first token's segment (the decoding cache); all zeros is empty.
   """
   b, l, h, m = query_features.shape
   k = value.shape[-1]
   c = min(chunk, l)
   n = -(-l // c)
   value = value.astype(jnp.float32)
-  key_features = key_features * (segment_ids > 0)[..., None, None]  # padding keys add nothing.
+  if state is None:
+    state = (jnp.zeros((b, h, m, k), jnp.float32), jnp.zeros((b, h, m), jnp.float32),
+             jnp.zeros((b, h), jnp.float32))
+  real = (segment_ids > 0)[..., None]  # [b, l, 1]: padding keys add nothing.
+  key_max = jnp.where(real, jnp.max(key_logits, -1), state[2][:, None])
+  scale = jax.lax.cummax(jnp.maximum(key_max, state[2][:, None]), axis=1)  # M [b, l, h]
+  key_features = jnp.where(real[..., None], jnp.exp(key_logits - scale[..., None]), 0.0)
+  key_features = key_features / math.sqrt(m)  # key s at its own scale M_s.
   qf, kf, v = (_blocks(x, n, c) for x in (query_features, key_features, value))
   seg = _blocks(segment_ids, n, c, 'edge')  # [b, n, c]; the padding's keys are zeros.
+  mb = _blocks(scale, n, c, 'edge')  # [b, n, c, h]
   t = jnp.arange(c)
   order = (t[None, :] <= t[:, None]) if inclusive else (t[None, :] < t[:, None])
-  a = jnp.einsum('bnqhm,bnshm->bnhqs', qf, kf)
+  rescale = jnp.exp(jnp.minimum(jnp.einsum('bnsh->bnhs', mb)[:, :, :, None, :]
+                                - jnp.einsum('bnqh->bnhq', mb)[..., None], 0.0))  # M_s - M_q
+  a = jnp.einsum('bnqhm,bnshm->bnhqs', qf, kf) * rescale
   a = jnp.where((order[None, None] & (seg[..., :, None] == seg[..., None, :]))[:, :, None], a, 0.)
   numerator = jnp.einsum('bnhqs,bnshk->bnqhk', a, v)
   denominator = jnp.einsum('bnhqs->bnqh', a)
   first, last = seg[:, :, 0], seg[:, :, -1]
+  end = mb[:, :, -1]  # [b, n, h]: the scale of a chunk's sums.
   tail = (seg == last[..., None])[..., None, None]  # keys of the segment the chunk ends with.
-  tail_s = jnp.einsum('bnchm,bnchk->bnhmk', kf * tail, v)  # [b, n, h, m, k]
-  tail_z = jnp.einsum('bnchm->bnhm', kf * tail)
+  kf_end = kf * tail * jnp.exp(mb - end[:, :, None])[..., None]
+  tail_s = jnp.einsum('bnchm,bnchk->bnhmk', kf_end, v)  # [b, n, h, m, k]
+  tail_z = jnp.einsum('bnchm->bnhm', kf_end)
   whole = first == last  # [b, n]: the chunk lies in one segment.
   continues = jnp.concatenate([jnp.ones((b, 1), bool), first[:, 1:] == last[:, :-1]], axis=1)
-  if state is None:
-    state = (jnp.zeros((b, h, m, k), jnp.float32), jnp.zeros((b, h, m), jnp.float32))
 
   def step(carry, xs):  # carry: sums of segment `first` before this chunk (valid if continues).
-    s, z = carry
-    tail_s, tail_z, whole, continues = xs
+    s, z, r = carry
+    tail_s, tail_z, end, whole, continues = xs
     keep = continues[:, None, None]
     s, z = jnp.where(keep[..., None], s, 0.0), jnp.where(keep, z, 0.0)
-    entering = (s, z)
+    entering = (s, z, r)
     carry_on = whole[:, None, None]
-    s = tail_s + jnp.where(carry_on[..., None], s, 0.0)
-    z = tail_z + jnp.where(carry_on, z, 0.0)
-    return (s, z), entering
+    factor = jnp.exp(r - end)[..., None]  # R <= M: the scale only grows.
+    s = tail_s + jnp.where(carry_on[..., None], s * factor[..., None], 0.0)
+    z = tail_z + jnp.where(carry_on, z * factor, 0.0)
+    return (s, z, end), entering
 
   swap = lambda x: jnp.moveaxis(x, 1, 0)
-  final, (carried_s, carried_z) = jax.lax.scan(
-      step, state, (swap(tail_s), swap(tail_z), swap(whole), swap(continues)))
-  carried_s, carried_z = swap(carried_s), swap(carried_z)  # [b, n, h, m, k], [b, n, h, m]
+  final, (carried_s, carried_z, carried_r) = jax.lax.scan(
+      step, state, (swap(tail_s), swap(tail_z), swap(end), swap(whole), swap(continues)))
+  carried_s, carried_z, carried_r = swap(carried_s), swap(carried_z), swap(carried_r)
   in_first = (seg == first[..., None])[..., None, None]  # queries of the carried segment.
-  numerator += jnp.einsum('bnqhm,bnhmk->bnqhk', qf * in_first, carried_s)
-  denominator += jnp.einsum('bnqhm,bnhm->bnqh', qf * in_first, carried_z)
+  qf_carried = qf * in_first * jnp.exp(carried_r[:, :, None] - mb)[..., None]
+  numerator += jnp.einsum('bnqhm,bnhmk->bnqhk', qf_carried, carried_s)
+  denominator += jnp.einsum('bnqhm,bnhm->bnqh', qf_carried, carried_z)
   unblock = lambda x: x.reshape((b, n * c) + x.shape[3:])[:, :l]
-  return unblock(numerator), unblock(denominator), final
+  return unblock(numerator), unblock(denominator), scale, final
 
 
-def causal_linear_attention(query_features, key_features, value, segment_ids,
+def causal_linear_attention(query_features, key_logits, value, segment_ids,
                             chunk: int = LINEAR_CHUNK, state=None):
   """Unidirectional FAVOR+ by prefix sums: O(l m k) time, O(l (c + m k / c)) memory.
 
-  query_features/key_features [b, l, h, m] (`favor_features`), value [b, l, h, k],
-  segment_ids [b, l]. `state` (S [b, h, m, k], z [b, h, m]) continues earlier
-  tokens (cached decoding). Returns (output [b, l, h, k] float32, final state).
+  query_features [b, l, h, m] (`favor_features`), key_logits [b, l, h, m]
+  (`favor_logits`), value [b, l, h, k], segment_ids [b, l]. `state` (S [b, h, m, k],
+  z [b, h, m], their scale R [b, h]) continues earlier tokens (cached decoding).
+  Returns (output [b, l, h, k] float32, final state).
   """
-  numerator, denominator, final = _causal_sums(query_features, key_features, value,
-                                               segment_ids, True, chunk, state)
+  numerator, denominator, _, final = _causal_sums(query_features, key_logits, value,
+                                                  segment_ids, True, chunk, state)
   return _normalise(numerator, denominator), final
 
 
-def bidirectional_linear_attention(query_features, key_features, value, segment_ids,
+def bidirectional_linear_attention(query_features, key_logits, value, segment_ids,
                                    chunk: int = LINEAR_CHUNK):
   """FAVOR+ without a causal mask, within segments: the sums over s <= t plus,
   on the reversed row, those over s > t. Returns [b, l, h, k] float32."""
-  num, den, _ = _causal_sums(query_features, key_features, value, segment_ids, True, chunk)
+  num, den, scale, _ = _causal_sums(query_features, key_logits, value, segment_ids, True, chunk)
   flip = lambda x: jnp.flip(x, axis=1)
-  num_r, den_r, _ = _causal_sums(flip(query_features), flip(key_features), flip(value),
-                                 flip(segment_ids), False, chunk)
-  return _normalise(num + flip(num_r), den + flip(den_r))
+  num_r, den_r, scale_r, _ = _causal_sums(flip(query_features), flip(key_logits), flip(value),
+                                          flip(segment_ids), False, chunk)
+  top = jnp.maximum(scale, flip(scale_r))  # both halves to one scale.
+  forward, backward = jnp.exp(scale - top), jnp.exp(flip(scale_r) - top)
+  return _normalise(num * forward[..., None] + flip(num_r) * backward[..., None],
+                    den * forward + flip(den_r) * backward)
