@@ -74,6 +74,16 @@ def test_flops_per_token_is_6n_plus_attention():
   assert accounting.flops_per_token(m, 64) == 6 * n_matmul + 12 * 4 * 128 * 64
 
 
+def test_flops_per_token_count_the_classifier_head():
+  m = config_lib.model_config()
+  m.update(variant='encoder', num_layers=1, d_model=16, num_heads=2, vocab_size=11,
+           encoder_head='classify', num_classes=5)
+  body = 6 * (4 * 16 * 16 + 2 * 16 * 64) + 12 * 16 * 8
+  assert accounting.flops_per_token(m, 8) == body + 6 * 16 * 5
+  m.update(pooler=True)
+  assert accounting.flops_per_token(m, 8) == body + 6 * (16 * 16 + 16 * 5)
+
+
 @pytest.mark.parametrize('overrides,field', [
     ({'num_heads': 7}, 'num_heads'),
     ({'ffn_ratio': 0.3333}, 'ffn_ratio'),

@@ -49,8 +49,8 @@ def _matmul_weights(cfg) -> dict:
     parts['decoder'] = config_lib.decoder_layers(cfg) * (attention + cross + ffn)
   if cfg.variant != 'encoder' or cfg.encoder_head == 'mlm':
     parts['output_projection'] = d * cfg.vocab_size + (d * d if cfg.head_transform else 0)
-  elif cfg.pooler:
-    parts['pooler'] = d * d  # per sequence, counted per token: an upper bound.
+  else:  # pooler and classifier, per sequence, counted per token: an upper bound.
+    parts['classifier'] = (d * d if cfg.pooler else 0) + d * cfg.num_classes
   return parts
 
 
