@@ -148,6 +148,48 @@ def test_favor_approximates_softmax_at_head_dim_128():
     assert error < 0.25 * float(jnp.mean(jnp.abs(exact))), error
 
 
+def _favor_inputs(norms, head_dim=32, features=64, seed=0):
+  """Query features and key logits of random rows whose keys have the given norms [l]."""
+  rng = np.random.default_rng(seed)
+  l = len(norms)
+  q = jnp.asarray(rng.normal(size=(1, l, 1, head_dim)), jnp.float32) * 0.3
+  k = rng.normal(size=(1, l, 1, head_dim))
+  k = jnp.asarray(k / np.linalg.norm(k, axis=-1, keepdims=True)
+                  * np.asarray(norms)[None, :, None, None], jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, l, 1, head_dim)), jnp.float32)
+  projection = attention_lib.orthogonal_random_features(features, head_dim, seed)
+  return attention_lib.favor_features(q, projection), attention_lib.favor_logits(k, projection), v
+
+
+def test_favor_keys_far_below_zero_still_count():
+  """Key logits far below -87 (large key norms): causal FAVOR+ equals the same
+  sums done in float64, where a scale floored at 0 (or a fixed bound) gave 0."""
+  qf, kl, v = _favor_inputs(np.linspace(50, 80, 12))
+  assert float(kl.max()) < -90
+  out = np.asarray(causal_linear(qf, kl, v, jnp.ones((1, 12), jnp.int32))[0])[0, :, 0]
+  qf, kl, v = (np.asarray(x, np.float64)[0, :, 0] for x in (qf, kl, v))
+  for t in range(12):
+    weights = qf[t] @ np.exp(kl[:t + 1] - kl[:t + 1].max()).T  # [t + 1]
+    np.testing.assert_allclose(out[t], weights @ v[:t + 1] / weights.sum(), atol=1e-5)
+
+
+def test_a_packed_favor_example_is_computed_as_if_alone():
+  """Packed examples never share FAVOR+'s key scale: one whose keys sit far above
+  the next's would otherwise underflow the next (causal and bidirectional)."""
+  qf, kl, v = _favor_inputs([12.0] * 6 + [60.0] * 6)
+  segments = jnp.asarray([[1] * 6 + [2] * 6])
+  alone = jnp.ones((1, 6), jnp.int32)
+  second = lambda x: x[:, 6:]
+  packed = causal_linear(qf, kl, v, segments, chunk=4)[0]
+  np.testing.assert_allclose(second(packed),
+                             causal_linear(*map(second, (qf, kl, v)), alone, chunk=4)[0],
+                             atol=1e-6)
+  np.testing.assert_allclose(second(bidirectional_linear(qf, kl, v, segments, chunk=4)),
+                             bidirectional_linear(*map(second, (qf, kl, v)), alone, chunk=4),
+                             atol=1e-6)
+  assert float(jnp.max(jnp.abs(second(packed)))) > 0.1
+
+
 def tiny(variant='decoder', **overrides):
   m = config_lib.model_config()
   m.update(variant=variant, num_layers=2, d_model=16, num_heads=4, vocab_size=20, max_len=32,

@@ -269,16 +269,33 @@ def linear_attention_quadratic(query_features, key_logits, value, mask):
   return _normalise(out, jnp.einsum('bhls->blh', a))
 
 
+_NO_SCALE = -1e30  # the scale of no keys: below every key logit, exp(-1e30 - x) = 0.
+
+
+def _exp_nonpositive(x):
+  """exp(min(x, 0)): a ratio of scales, <= 1 wherever it is used, and never inf
+  (so never inf * 0 = NaN in a masked product or its gradient) where it is not."""
+  return jnp.exp(jnp.minimum(x, 0.0))
+
+
+def _segment_cummax(values, starts):
+  """Running maximum of values [b, l, h] along l, restarted where starts [b, l]."""
+  def combine(a, b):
+    return (jnp.where(b[1][..., None], b[0], jnp.maximum(a[0], b[0])), a[1] | b[1])
+  return jax.lax.associative_scan(combine, (values, starts), axis=1)[0]
+
+
 def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool,
                  chunk: int, state=None):
   """Numerator [b, l, h, k], denominator [b, l, h], their scale [b, l, h] and the
   final state of causal FAVOR+.
 
   Sum over keys s <= t (s < t unless `inclusive`) of the same segment of
-  phi(q_t)^T phi(k_s) [v_s, 1] exp(-M_t): M_t, the largest key logit of the row's
-  real keys up to t (and at least the state's), is a common factor of query t's
-  sums, so features never overflow and, unlike a fixed bound, do not underflow
-  (a bound of max_i |w_i|^2 / 2 zeroed every key at head dim 128). Within a
+  phi(q_t)^T phi(k_s) [v_s, 1] exp(-M_t): M_t, the largest key logit of the keys
+  of t's segment up to t (the state's included), is a common factor of query
+  t's sums, so features never overflow and only keys far below their own
+  segment's largest underflow (a fixed bound of max_i |w_i|^2 / 2 zeroed every
+  key at head dim 128). Packed examples never share a scale. Within a
   chunk of c tokens the sums are a masked c x c product; across chunks a scan
   carries the state (S [b, h, m, k], z [b, h, m], its scale R [b, h]). As
   segments are contiguous runs, the keys of earlier chunks in query t's segment
@@ -294,18 +311,22 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
   if state is None:
     state = (jnp.zeros((b, h, m, k), jnp.float32), jnp.zeros((b, h, m), jnp.float32),
              jnp.zeros((b, h), jnp.float32))
+  held = jnp.where(jnp.any(state[1] > 0, -1), state[2], _NO_SCALE)  # [b, h]; empty: none.
   real = (segment_ids > 0)[..., None]  # [b, l, 1]: padding keys add nothing.
-  key_max = jnp.where(real, jnp.max(key_logits, -1), state[2][:, None])
-  scale = jax.lax.cummax(jnp.maximum(key_max, state[2][:, None]), axis=1)  # M [b, l, h]
-  key_features = jnp.where(real[..., None], jnp.exp(key_logits - scale[..., None]), 0.0)
+  key_max = jnp.where(real, jax.lax.stop_gradient(jnp.max(key_logits, -1)), _NO_SCALE)
+  key_max = key_max.at[:, 0].max(held)  # the state continues the first token's segment.
+  starts = jnp.concatenate([jnp.ones((b, 1), bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  scale = _segment_cummax(key_max, starts)  # M [b, l, h]
+  key_features = jnp.exp(jnp.where(real[..., None], key_logits - scale[..., None], -jnp.inf))
   key_features = key_features / math.sqrt(m)  # key s at its own scale M_s.
   qf, kf, v = (_blocks(x, n, c) for x in (query_features, key_features, value))
   seg = _blocks(segment_ids, n, c, 'edge')  # [b, n, c]; the padding's keys are zeros.
   mb = _blocks(scale, n, c, 'edge')  # [b, n, c, h]
   t = jnp.arange(c)
   order = (t[None, :] <= t[:, None]) if inclusive else (t[None, :] < t[:, None])
-  rescale = jnp.exp(jnp.minimum(jnp.einsum('bnsh->bnhs', mb)[:, :, :, None, :]
-                                - jnp.einsum('bnqh->bnhq', mb)[..., None], 0.0))  # M_s - M_q
+  rescale = _exp_nonpositive(jnp.einsum('bnsh->bnhs', mb)[:, :, :, None, :]
+                             - jnp.einsum('bnqh->bnhq', mb)[..., None])  # M_s - M_q
   a = jnp.einsum('bnqhm,bnshm->bnhqs', qf, kf) * rescale
   a = jnp.where((order[None, None] & (seg[..., :, None] == seg[..., None, :]))[:, :, None], a, 0.)
   numerator = jnp.einsum('bnhqs,bnshk->bnqhk', a, v)
@@ -313,7 +334,7 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
   first, last = seg[:, :, 0], seg[:, :, -1]
   end = mb[:, :, -1]  # [b, n, h]: the scale of a chunk's sums.
   tail = (seg == last[..., None])[..., None, None]  # keys of the segment the chunk ends with.
-  kf_end = kf * tail * jnp.exp(mb - end[:, :, None])[..., None]
+  kf_end = kf * tail * _exp_nonpositive(mb - end[:, :, None])[..., None]
   tail_s = jnp.einsum('bnchm,bnchk->bnhmk', kf_end, v)  # [b, n, h, m, k]
   tail_z = jnp.einsum('bnchm->bnhm', kf_end)
   whole = first == last  # [b, n]: the chunk lies in one segment.
@@ -326,7 +347,7 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
     s, z = jnp.where(keep[..., None], s, 0.0), jnp.where(keep, z, 0.0)
     entering = (s, z, r)
     carry_on = whole[:, None, None]
-    factor = jnp.exp(r - end)[..., None]  # R <= M: the scale only grows.
+    factor = _exp_nonpositive(r - end)[..., None]  # R <= M within a segment.
     s = tail_s + jnp.where(carry_on[..., None], s * factor[..., None], 0.0)
     z = tail_z + jnp.where(carry_on, z * factor, 0.0)
     return (s, z, end), entering
@@ -336,7 +357,7 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
       step, state, (swap(tail_s), swap(tail_z), swap(end), swap(whole), swap(continues)))
   carried_s, carried_z, carried_r = swap(carried_s), swap(carried_z), swap(carried_r)
   in_first = (seg == first[..., None])[..., None, None]  # queries of the carried segment.
-  qf_carried = qf * in_first * jnp.exp(carried_r[:, :, None] - mb)[..., None]
+  qf_carried = qf * in_first * _exp_nonpositive(carried_r[:, :, None] - mb)[..., None]
   numerator += jnp.einsum('bnqhm,bnhmk->bnqhk', qf_carried, carried_s)
   denominator += jnp.einsum('bnqhm,bnhm->bnqh', qf_carried, carried_z)
   unblock = lambda x: x.reshape((b, n * c) + x.shape[3:])[:, :l]
