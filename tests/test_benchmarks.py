@@ -158,11 +158,14 @@ def test_a_bfloat16_peer_trains_under_autocast(peer_class):
   assert peer.loss() < first
 
 
-def test_torch_peers_run_beside_cpu_and_nvidia_devices_only():
-  pytest.importorskip('torch')
+def test_torch_peers_run_beside_cpu_and_nvidia_devices_only(monkeypatch):
+  torch = pytest.importorskip('torch')
   from benchmarks import train_throughput  # pylint: disable=g-import-not-at-top
   assert train_throughput.torch_device_for('cpu') == 'cpu'
   assert train_throughput.torch_device_for('tpu') is None
+  for cuda, expected in ((True, 'cuda'), (False, None)):  # a GPU this PyTorch sees, or not.
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda cuda=cuda: cuda)
+    assert train_throughput.torch_device_for('gpu') == expected
 
 
 def test_train_throughput_with_the_gpt_peer(tmp_path):

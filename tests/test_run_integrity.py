@@ -214,7 +214,7 @@ def test_running_a_finished_run_again_records_its_evaluation_once(finished_run, 
   result = trainer.train(config, workdir)
   assert run_log.read_jsonl(workdir) == before
   assert before[-1]['split'] == 'eval' and before[-1]['step'] == result['step'] == 6
-  assert result['loss'] == before[-1]['loss']
+  assert result['loss'] == pytest.approx(before[-1]['loss'], rel=1e-6)  # a re-evaluation.
 
 
 def test_readers_name_the_file_and_line_of_a_bad_record(tmp_path):
@@ -334,3 +334,25 @@ def test_a_refused_first_start_removes_only_a_workdir_it_made_under_its_lock(tmp
   with pytest.raises(lock_lib.WorkdirLocked):
     trainer.setup(config, str(theirs))
   assert (theirs / 'checkpoints.marker').read_text() == 'the other run'
+
+
+def test_a_refused_first_start_leaves_a_run_started_beside_it_under_the_same_new_parent(
+    tmp_path, monkeypatch):
+  """Workdirs sweep/a and sweep/b under a new sweep/: a refused first start of a
+  removes a (and sweep/ only if empty), never b, which started meanwhile."""
+  from transformer_jax import data  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
+  config = override(load_config(), TINY)
+  sibling = tmp_path / 'sweep' / 'b'
+
+  def data_missing_while_b_starts(*args):
+    del args
+    sibling.mkdir()
+    (sibling / 'metrics.jsonl').write_text('{}\n')
+    raise data.DataError('the data is not there')
+
+  monkeypatch.setattr(datasets_lib, 'create_datasets', data_missing_while_b_starts)
+  with pytest.raises(data.DataError):
+    trainer.setup(config, str(tmp_path / 'sweep' / 'a'))
+  assert sorted(os.listdir(tmp_path / 'sweep')) == ['b']
+  assert (sibling / 'metrics.jsonl').read_text() == '{}\n'

@@ -29,9 +29,9 @@ anything is compiled.
 
 import json
 import os
-import shutil
 import sys
 import tempfile
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -46,14 +46,24 @@ DEFAULT_CONFIG = configs.config_file('shakespeare_char')
 CONFIG_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 
 
+def _config_spec(argv) -> Optional[str]:
+  """The --config value of argv (`--config=SPEC` or `--config SPEC`; the last one)."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      spec = arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
 def _config_error(e: Exception) -> str:
   """One line for a refused override: the field it names that does not exist,
   else ml_collections' multi-line, quoted error."""
-  overrides = [a for a in sys.argv[1:] if a.startswith('--config')]
-  specs = [a[len('--config='):] for a in overrides if a.startswith('--config=')]
+  spec = _config_spec(sys.argv[1:])
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
   try:
-    message = config_lib.unknown_override(configs.load(specs[-1] if specs else DEFAULT_CONFIG),
-                                          overrides)
+    message = config_lib.unknown_override(configs.load(spec or DEFAULT_CONFIG), overrides)
   except config_lib.ConfigError as error:  # --config itself is wrong: that is the message.
     message = str(error)
   if message is None:
@@ -159,8 +169,7 @@ def _check_workdir(workdir: str):
     os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):
       pass
-    if made:
-      shutil.rmtree(made)
+    trainer.unmake(workdir, made)  # empty directories only: another process may use them.
   except OSError as e:
     _fail(f'--workdir={workdir} is not writable ({e.strerror}); give a directory you can '
           'write to.')

@@ -80,12 +80,34 @@ class Run:
 
 
 def missing_root(path: str) -> Optional[str]:
-  """The outermost directory of `path` that does not exist yet (None: it exists),
-  i.e. what to remove to undo making `path`."""
+  """The outermost directory of `path` that does not exist yet (None: it exists):
+  how far `unmake` may go to undo making `path`."""
   missing, parent = None, os.path.abspath(path)
   while not os.path.exists(parent):
     missing, parent = parent, os.path.dirname(parent)
   return missing
+
+
+def unmake(path: str, root: Optional[str], contents: bool = False):
+  """Undoes making directory `path` whose outermost new directory was `root`
+  (missing_root's answer before): `path` goes (with what is in it only if
+  `contents`), then each parent up to `root` while it is empty, so a run made
+  meanwhile beside it (another workdir under the same new parent) stays."""
+  if root is None:
+    return
+  path = os.path.abspath(path)
+  if contents:
+    shutil.rmtree(path, ignore_errors=True)
+  while True:
+    try:
+      os.rmdir(path)
+    except FileNotFoundError:
+      pass  # removed with its contents.
+    except OSError:
+      return
+    if path == root:
+      return
+    path = os.path.dirname(path)
 
 
 def setup(config, workdir: str, mode: str = 'train') -> Run:
@@ -163,8 +185,8 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
       shutil.rmtree(vocabulary, ignore_errors=True)
     if checkpointer is not None:
       checkpointer.close()
-    if new_root and lock is not None:  # made by us, under our lock: nothing else is in it.
-      shutil.rmtree(new_root, ignore_errors=True)
+    if lock is not None:  # the workdir was made by us, under our lock.
+      unmake(workdir, new_root, contents=True)
     if lock is not None:
       lock.release()
     raise
