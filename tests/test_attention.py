@@ -175,7 +175,8 @@ def test_favor_keys_far_below_zero_still_count():
 
 def test_a_packed_favor_example_is_computed_as_if_alone():
   """Packed examples never share FAVOR+'s key scale: one whose keys sit far above
-  the next's would otherwise underflow the next (causal and bidirectional)."""
+  the next's would otherwise underflow the next (causal and bidirectional). The
+  chunks fall differently packed and alone, so only rounding may differ."""
   qf, kl, v = _favor_inputs([12.0] * 6 + [60.0] * 6)
   segments = jnp.asarray([[1] * 6 + [2] * 6])
   alone = jnp.ones((1, 6), jnp.int32)
@@ -183,10 +184,10 @@ def test_a_packed_favor_example_is_computed_as_if_alone():
   packed = causal_linear(qf, kl, v, segments, chunk=4)[0]
   np.testing.assert_allclose(second(packed),
                              causal_linear(*map(second, (qf, kl, v)), alone, chunk=4)[0],
-                             atol=1e-6)
+                             atol=1e-5)
   np.testing.assert_allclose(second(bidirectional_linear(qf, kl, v, segments, chunk=4)),
                              bidirectional_linear(*map(second, (qf, kl, v)), alone, chunk=4),
-                             atol=1e-6)
+                             atol=1e-5)
   assert float(jnp.max(jnp.abs(second(packed)))) > 0.1
 
 

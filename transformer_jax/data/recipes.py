@@ -92,6 +92,7 @@ class Recipe:
   name = ''  # the config.data.name served.
   tasks = ()  # the config.data.task values served.
   selects_eval_split = False  # whether config.data.eval_split picks the eval split.
+  eval_splits = ()  # the held-out splits it may pick, where the recipe names them.
   tokenizes = True  # text, for which the run builds (and keeps) a tokenizer; False: images.
 
   def __init__(self, config):
@@ -100,6 +101,9 @@ class Recipe:
     if split and not self.selects_eval_split and split != self.eval_split:
       raise ConfigError(f'config.data.eval_split={split!r}: {config.data.name} has one eval '
                         f'split ({self.eval_split}); drop --config.data.eval_split.')
+    if split and self.eval_splits and split not in self.eval_splits:
+      raise ConfigError(f'config.data.eval_split={split!r} is not a held-out split of '
+                        f'{config.data.name}; use {" or ".join(self.eval_splits)}.')
 
   @classmethod
   def serves(cls, name: str) -> bool:
@@ -245,12 +249,10 @@ class Cmudict(Recipe):
   name = 'cmudict'
   tasks = ('seq2seq',)
   selects_eval_split = True
+  eval_splits = sources.G2P_SPLITS[1:]
 
   def __init__(self, config):
     super().__init__(config)
-    if self.eval_split not in sources.G2P_SPLITS[1:]:
-      raise ConfigError(f'config.data.eval_split={self.eval_split!r} is not a held-out split of '
-                        'cmudict; use dev or test.')
     d = config.data
     self.splits = sources.cmudict_g2p(d.keep_stress)
     pairs = lambda split: [(w, p) for w, prons in self.splits[split] for p in prons]
@@ -496,12 +498,10 @@ class Digits(ImageRecipe):
   """
   name = 'digits'
   scale = 16
+  eval_splits = sources.DIGITS_SPLITS[1:]
 
   def __init__(self, config):
     super().__init__(config)
-    if self.eval_split not in sources.DIGITS_SPLITS[1:]:
-      raise ConfigError(f'config.data.eval_split={self.eval_split!r} is not a held-out split of '
-                        'digits; use validation or test.')
     images, labels = sources.digits()
     split = sources.digits_split()
     raw = lambda name: [(images[i], labels[i]) for i in split[name]]
