@@ -89,19 +89,14 @@ RECIPES = (recipes.ShakespeareStream, recipes.ShakespeareGenres, recipes.Cmudict
 
 
 def recipe_for(config) -> type:
-  """The recipe class for config.data.name and config.data.task."""
+  """The recipe class for config.data.name and config.data.task (a pair config.validate
+  has checked against the catalog)."""
   d = config.data
-  served = [recipe for recipe in RECIPES if recipe.serves(d.name)]
-  if not served:
-    raise ConfigError(f'config.data.name={d.name!r} is unknown; use shakespeare, cmudict, '
-                      'tfds:<name> (e.g. tfds:wmt14_translate/de-en), text or digits.')
-  tasks = []
-  for recipe in served:
-    if d.task in recipe.tasks_for(d.name):
+  for recipe in RECIPES:
+    if recipe.serves(d.name) and d.task in recipe.tasks_for(d.name):
       return recipe
-    tasks.extend(recipe.tasks_for(d.name))
-  names = ', '.join(tasks[:-1]) + ' or ' + tasks[-1] if len(tasks) > 1 else tasks[0]
-  raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use {names}.')
+  raise ConfigError(f'no recipe reads config.data.name={d.name!r} with task={d.task}; check it '
+                    'with config.validate, or add the recipe to data/datasets.RECIPES.')
 
 
 @dataclasses.dataclass
