@@ -120,6 +120,9 @@ DATASETS = {
                          evaluators=('bits_per_character',)),
     'tfds:glue/sst2': Dataset('classify', ('classify',), 'validation', eval_splits=None,
                               num_classes=2, fields=('sentence', 'label')),
+    # AG's news topics (Zhang et al. 2015): a news article's description, 4 classes.
+    'tfds:ag_news_subset': Dataset('classify', ('classify',), 'test', eval_splits=None,
+                                   num_classes=4, fields=('description', 'label')),
     'tfds:mnist': Dataset('image', ('classify',), 'test', image_shape=(28, 28, 1),
                           **_TFDS_IMAGES),
     'tfds:cifar10': Dataset('image', ('classify',), 'test', image_shape=(32, 32, 3),
