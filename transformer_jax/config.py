@@ -17,7 +17,10 @@ and records them in environment.json. Every other field must match.
 
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
-derived sizes (`d_ff`, `head_dim`, layer counts) as properties.
+derived sizes (`d_ff`, `head_dim`, layer counts) and the model's rules
+(`max_positions`, `max_beam`, `generates`, `classifies`) as properties, read by
+validation, decoding and generation alike. What a dataset is (its tasks, image
+shape, evaluators) is catalog.py's; validation reads it.
 """
 
 import dataclasses

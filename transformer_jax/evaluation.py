@@ -92,7 +92,7 @@ def record_eval(config, workdir: str, result: dict):
 
 def check_decodable(config):
   """Raises ConfigError before anything is restored when the model cannot generate."""
-  if config.model.variant == 'encoder':
+  if not config_lib.ModelConfig.of(config.model).generates:
     raise config_lib.ConfigError(
         'config.model.variant=encoder does not generate text; --mode=decode needs a decoder '
         'or seq2seq run (--mode=eval scores an encoder).')

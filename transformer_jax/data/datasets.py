@@ -1,7 +1,7 @@
 """One recipe per dataset, and `create_datasets`, the one entry point.
 
 A `Recipe` owns what is particular to a dataset: where its raw examples come
-from (sources.py), the tasks it serves, its eval split and the references the
+from (sources.py), its eval split (named in catalog.py) and the references the
 decoding metrics score against, and `encode`, the one way its text becomes
 model inputs, used alike by training examples, eval rows and
 `Datasets.encode_input` (decode inputs). `create_datasets(config, workdir)`

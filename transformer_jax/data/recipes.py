@@ -1,9 +1,10 @@
 """The recipes: what is particular to each dataset, and the flow they share.
 
 A `Recipe` owns where a dataset's raw examples come from (sources.py), the
-tasks it serves, its eval split and the references the decoding metrics score
-against, and `encode`, the one way its text becomes model inputs, used alike
-by training examples, eval rows and decode inputs (`Datasets.encode_input`).
+references the decoding metrics score against, and `encode`, the one way its
+text becomes model inputs, used alike by training examples, eval rows and
+decode inputs (`Datasets.encode_input`). What the dataset is (its tasks, eval
+splits, classes, image shape) is its entry in catalog.py.
 Image recipes (`ImageRecipe`: digits, tfds:mnist, tfds:cifar10) encode pixels
 instead, need no tokenizer, and say whether their train batches are augmented.
 datasets.py registers them and builds a run's data from the one it picks.
