@@ -165,7 +165,7 @@ def torch_model(cfg, seq_len: int):
   import torch
   from torch import nn
 
-  d, ff = cfg.d_model, config_lib.d_ff(cfg)
+  d, ff = cfg.d_model, config_lib.ModelConfig.of(cfg).d_ff
   layer_args = dict(d_model=d, nhead=cfg.num_heads, dim_feedforward=ff, dropout=cfg.dropout_rate,
                     activation='relu', layer_norm_eps=cfg.layer_norm_epsilon, batch_first=True,
                     norm_first=cfg.norm == 'pre')
@@ -292,7 +292,8 @@ def gpt_model(cfg, seq_len: int):
   from torch import nn
   from torch.nn import functional as F
 
-  d, heads, ff, p = cfg.d_model, cfg.num_heads, config_lib.d_ff(cfg), cfg.dropout_rate
+  d, heads, p = cfg.d_model, cfg.num_heads, cfg.dropout_rate
+  ff = config_lib.ModelConfig.of(cfg).d_ff
   bias = cfg.use_bias
 
   class Block(nn.Module):

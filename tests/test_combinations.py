@@ -119,7 +119,8 @@ def _config(values):
   c = override(c, {'model.num_layers': 1, 'model.d_model': 8, 'model.num_heads': 2,
                    'model.vocab_size': VOCAB, 'model.max_len': 16, 'model.dropout_rate': 0.1,
                    'model.attention_window': 2, 'model.num_random_features': 8,
-                   'seq_len': LENGTH, 'batch_size': BATCH, 'warmup_steps': 1, **values})
+                   'seq_len': LENGTH, 'batch_size': BATCH, 'warmup_steps': 1,
+                   'data.name': 'text', **values})  # text files serve every task.
   return c
 
 

@@ -185,3 +185,50 @@ def test_a_number_that_is_not_finite_is_refused_in_one_line(field, value):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c)
   assert str(e.value) == f'config.{field}={value} is not a finite number; give one.'
+
+
+@pytest.mark.parametrize('model, max_positions', [
+    ({}, 512),  # sinusoidal: the table's max_len rows.
+    ({'position': 'learned', 'max_len': 64}, 64),
+    ({'position': 'rotary'}, None),  # no table, no limit.
+    ({'position': 'none'}, None),
+    ({'variant': 'encoder', 'encoder_head': 'classify', 'patch_size': 4, 'image_size': 8,
+      'position': 'learned', 'pooling': 'cls'}, None),  # a row per patch, whatever seq_len.
+])
+def test_the_positional_limit_is_the_model_configs_and_validation_reads_it(model, max_positions):
+  c = override(config_lib.base_config(), {f'model.{k}': v for k, v in model.items()})
+  assert config_lib.ModelConfig.of(c.model).max_positions == max_positions
+  c.seq_len = (max_positions or 4096) + 1
+  if max_positions is None:
+    config_lib.validate_run(c)
+  else:
+    with pytest.raises(config_lib.ConfigError, match=f'longer than the positional table '
+                       f'config.model.max_len={max_positions}; raise max_len or lower seq_len'):
+      config_lib.validate_run(c)
+
+
+@pytest.mark.parametrize('variant, head, generates, classifies', [
+    ('decoder', 'mlm', True, False), ('seq2seq', 'mlm', True, False),
+    ('encoder', 'mlm', False, False), ('encoder', 'classify', False, True),
+])
+def test_what_a_variant_does_is_read_off_the_model_config(variant, head, generates, classifies):
+  m = config_lib.ModelConfig.of(override(config_lib.base_config(), {
+      'model.variant': variant, 'model.encoder_head': head}).model)
+  assert (m.generates, m.classifies) == (generates, classifies)
+  assert m.has_encoder == (variant != 'decoder') and m.has_decoder == (variant != 'encoder')
+  assert m.max_beam == m.vocab_size // 2
+
+
+def test_fixed_params_grid_holds_parameters():
+  base = config_lib.base_config()
+  base.model.update(variant='decoder', num_layers=4, d_model=128, num_heads=4, vocab_size=96)
+  target = accounting.count_params(base.model)
+  for scale in ('num_layers', 'd_model'):
+    runs = accounting.fixed_params_grid(base, [1.0, 2.0, 4.0, 8.0], scale=scale)
+    assert [r['model.ffn_ratio'] for r in runs] == [1.0, 2.0, 4.0, 8.0]
+    depths_or_widths = [r[f'model.{scale}'] for r in runs]
+    assert depths_or_widths == sorted(depths_or_widths, reverse=True)  # bigger d_ff, less else.
+    for overrides in runs:
+      m = base.model.copy_and_resolve_references()
+      m.ffn_ratio, m[scale] = overrides['model.ffn_ratio'], overrides[f'model.{scale}']
+      assert abs(accounting.count_params(m) - target) / target < 0.2

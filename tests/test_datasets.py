@@ -6,6 +6,7 @@ import logging
 import pytest
 import tensorflow_datasets as tfds
 
+from transformer_jax import catalog
 from transformer_jax import config as config_lib
 from transformer_jax import evaluation
 from transformer_jax.data import datasets
@@ -61,7 +62,7 @@ CASES = {
 
 
 def image_config(name):
-  size, channels, _ = config_lib.IMAGE_DATASETS[name]
+  size, _, channels = catalog.DATASETS[name].image_shape
   c = load_config('digits_vit')
   c.model.update(image_size=size, num_channels=channels, patch_size=4)
   c.data.name = name

@@ -67,6 +67,23 @@ def test_sst2():
   assert len(eval_batches) == 3 and eval_batches[-1]['weights'].sum() == 1
 
 
+def test_ag_news_topics_are_read_from_the_description_in_four_classes():
+  with tfds.testing.mock_data(num_examples=9):
+    config = tfds_config('ag_news_subset', 'encoder', 'classify')
+    config.model.update(encoder_head='classify', num_classes=4)
+    ds = datasets.create_datasets(config, None)
+    raw = sources.tfds_examples('ag_news_subset', 'test')
+    config.model.num_classes = 2
+    with pytest.raises(config_lib.ConfigError, match='set config.model.num_classes=4'):
+      datasets.create_datasets(config, None)
+  assert ds.eval_split == 'test' and ds.info['eval_examples'] == 9
+  assert [text for text, _ in raw] == [
+      ds.tokenizer.decode(row[row > 0]) for b in ds.eval() for row in b['inputs']][:9]
+  assert {label for _, label in raw} <= {0, 1, 2, 3}
+  assert sorted(int(t) for b in ds.eval() for t, w in zip(b['targets'], b['weights'])
+                if w) == sorted(label for _, label in raw)
+
+
 def test_wrong_task_for_a_tfds_dataset():
   with pytest.raises(config_lib.ConfigError, match='not available for tfds:lm1b; use lm or mlm'):
     datasets.create_datasets(tfds_config('lm1b', 'seq2seq', 'seq2seq'), None)

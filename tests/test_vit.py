@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPOSITORY, override
+from transformer_jax import catalog
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax import evaluation
@@ -201,7 +202,7 @@ def test_random_crop_flip_keeps_shapes_and_is_seeded():
 
 
 def image_config(name, **values):
-  size, channels, _ = config_lib.IMAGE_DATASETS[name]
+  size, _, channels = catalog.DATASETS[name].image_shape
   return override(configs.load('digits_vit'), {
       'data.name': name, 'model.image_size': size, 'model.num_channels': channels,
       'model.patch_size': 4, 'batch_size': 4, **values})
@@ -212,7 +213,7 @@ def test_tfds_images_under_mock_data(name):
   """Batches of the right shape in [0, 1]; cifar10's train batches augmented
   (seeded: the same seed gives the same batches), mnist's exactly the images."""
   tfds = pytest.importorskip('tensorflow_datasets')
-  size, channels, _ = config_lib.IMAGE_DATASETS[name]
+  size, _, channels = catalog.DATASETS[name].image_shape
   with tfds.testing.mock_data(num_examples=12):
     ds = datasets.create_datasets(image_config(name), None)
     again = datasets.create_datasets(image_config(name), None)

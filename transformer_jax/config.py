@@ -17,7 +17,10 @@ and records them in environment.json. Every other field must match.
 
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
-derived sizes (`d_ff`, `head_dim`, layer counts) as properties.
+derived sizes (`d_ff`, `head_dim`, layer counts) and the model's rules
+(`max_positions`, `max_beam`, `generates`, `classifies`) as properties, read by
+validation, decoding and generation alike. What a dataset is (its tasks, image
+shape, evaluators) is catalog.py's; validation reads it.
 """
 
 import dataclasses
@@ -26,6 +29,8 @@ import math
 from typing import Any, Optional
 
 from ml_collections import config_dict
+
+from transformer_jax import catalog
 
 VARIANTS = ('encoder', 'decoder', 'seq2seq')
 POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none', 'sinusoidal_2d')
@@ -47,9 +52,6 @@ TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
          'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
 TOKENIZERS = ('char', 'byte', 'sentencepiece', 'hf')
 HF_PREFIX = 'hf:'  # config.init_from=hf:PATH names a Hugging Face checkpoint directory (hf.py).
-# The image datasets (data/recipes.py) -> (image side in pixels, channels, classes): an image
-# model's config.model.image_size, num_channels and num_classes must match its dataset's.
-IMAGE_DATASETS = {'digits': (8, 1, 10), 'tfds:mnist': (28, 1, 10), 'tfds:cifar10': (32, 3, 10)}
 OVERFLOWS = ('drop', 'truncate', 'error')
 UNEVEN_BATCHES = ('drop', 'error')
 FORMATS = ('lines', 'tsv')
@@ -265,6 +267,9 @@ def base_config() -> config_dict.ConfigDict:
       sample_length=resumable(200),  # tokens per sample (and per --mode=decode output).
       sample_prompt=resumable(''),  # text each sample starts from ('' = a newline).
       sample_temperature=resumable(0.8),
+      # --mode=eval: the evaluators run after the loss (catalog.EVALUATORS, evaluators.py),
+      # comma-separated; '' = the dataset's (catalog.DATASETS), none = no evaluator.
+      evals=resumable(''),
   ))
   c.model = model_config()
   c.data = data_config()
@@ -381,9 +386,6 @@ class ModelConfig:
     values = m.to_dict() if hasattr(m, 'to_dict') else dict(m)
     return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
-  def __getitem__(self, name: str):  # reads like the ConfigDict it came from.
-    return getattr(self, name)
-
   def replace(self, **changes) -> 'ModelConfig':
     return dataclasses.replace(self, **changes)
 
@@ -431,18 +433,44 @@ class ModelConfig:
     """N of the decoder stack: num_decoder_layers, else num_layers."""
     return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
+  @property
+  def has_encoder(self) -> bool:
+    """An encoder stack: the encoder-only (BERT, ViT) and seq2seq variants."""
+    return self.variant in ('encoder', 'seq2seq')
 
-def d_ff(m) -> int:
-  """Inner width of the position-wise FFN (for a ConfigDict or a ModelConfig)."""
-  return ModelConfig.of(m).d_ff
+  @property
+  def has_decoder(self) -> bool:
+    """A causal decoder stack: the decoder-only (GPT) and seq2seq variants."""
+    return self.variant in ('decoder', 'seq2seq')
 
+  @property
+  def generates(self) -> bool:
+    """Whether the model generates text token by token (decode.py, generate.py): a
+    decoder does; an encoder-only model scores its inputs and does not."""
+    return self.has_decoder
 
-def encoder_layers(m) -> int:
-  return ModelConfig.of(m).encoder_layers
+  @property
+  def classifies(self) -> bool:
+    """An encoder-only model with the classification head: logits [b, num_classes]
+    over the pooled outputs instead of logits per token over the vocabulary."""
+    return self.variant == 'encoder' and self.encoder_head == 'classify'
 
+  @property
+  def max_positions(self) -> Optional[int]:
+    """Longest token sequence the model reads: the max_len rows of a positional
+    table (sinusoidal, learned: paper section 3.5); None where nothing limits it
+    (rotary and none have no table; an image model's table has a row per patch,
+    num_positions, whatever the sequence length says)."""
+    if self.patch_size or self.position not in ('sinusoidal', 'learned'):
+      return None
+    return self.max_len
 
-def decoder_layers(m) -> int:
-  return ModelConfig.of(m).decoder_layers
+  @property
+  def max_beam(self) -> int:
+    """Widest beam search: half the vocabulary. Each step keeps the 2 x beam_size
+    best of beam_size x vocab_size candidates (decode.beam_search), so that
+    beam_size stay live even when beam_size of them end in EOS."""
+    return self.vocab_size // 2
 
 
 # ----------------------------------------------------------------------------
@@ -455,12 +483,13 @@ def _check(ok: bool, message: str):
 
 
 def _check_choice(section: str, fields, name: str, allowed):
-  value = fields[name]
+  value = getattr(fields, name)
   _check(value in allowed, f'config.{section}{name}={value!r} is unknown; use one of {allowed}.')
 
 
 def validate_model(m):
-  """Raises ConfigError for a model config that cannot work."""
+  """Raises ConfigError for a model config (a ConfigDict or ModelConfig) that cannot work."""
+  m = ModelConfig.of(m)
   for name, allowed in (('variant', VARIANTS), ('position', POSITIONS), ('norm', NORMS),
                         ('activation', ACTIVATIONS), ('dtype', DTYPES),
                         ('attention_impl', ATTENTION_IMPLS), ('remat', REMATS),
@@ -468,7 +497,8 @@ def validate_model(m):
                         ('attention', ATTENTIONS)):
     _check_choice('model.', m, name, allowed)
   for name in ('d_model', 'num_heads', 'vocab_size', 'max_len', 'num_layers'):
-    _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+    value = getattr(m, name)
+    _check(value > 0, f'config.model.{name}={value} must be positive.')
   _check(m.d_model % m.num_heads == 0,
          f'config.model.d_model={m.d_model} is not divisible by config.model.num_heads='
          f'{m.num_heads}; pick num_heads among the divisors of d_model.')
@@ -486,7 +516,8 @@ def validate_model(m):
          f'config.model.ffn_ratio={m.ffn_ratio} times d_model={m.d_model} is {ff}, not a '
          'positive integer d_ff; pick a ratio that makes it whole.')
   for name in ('dropout_rate', 'attention_dropout_rate'):
-    _check(0.0 <= m[name] < 1.0, f'config.model.{name}={m[name]} must be in [0, 1).')
+    value = getattr(m, name)
+    _check(0.0 <= value < 1.0, f'config.model.{name}={value} must be in [0, 1).')
   _check(m.layer_norm_epsilon > 0,
          f'config.model.layer_norm_epsilon={m.layer_norm_epsilon} must be positive.')
   _check(m.token_types >= 0, f'config.model.token_types={m.token_types} must be >= 0 (0 = none).')
@@ -495,10 +526,11 @@ def validate_model(m):
          'share_embeddings=False the projection has its own (use_bias); set output_bias=False.')
   _check(0 <= m.pad_id < m.vocab_size,
          f'config.model.pad_id={m.pad_id} must be a token id below vocab_size={m.vocab_size}.')
-  if m.variant == 'encoder' and m.encoder_head == 'classify':
+  if m.classifies:
     _check(m.num_classes >= 2, f'config.model.num_classes={m.num_classes} must be at least 2.')
   for name in ('num_encoder_layers', 'num_decoder_layers'):
-    _check(m[name] is None or m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+    value = getattr(m, name)
+    _check(value is None or value > 0, f'config.model.{name}={value} must be positive.')
   _validate_attention(m)
   _validate_image(m)
 
@@ -516,7 +548,7 @@ def _validate_image(m):
            f'config.model.position={m.position} encodes the rows and columns of image patches; '
            'set config.model.patch_size > 0 for images, or a 1-D position for text.')
     return
-  _check(m.variant == 'encoder' and m.encoder_head == 'classify',
+  _check(m.classifies,
          f'config.model.patch_size={m.patch_size} makes an image classifier (ViT), which needs '
          f'variant=encoder and encoder_head=classify (got variant={m.variant}'
          f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""}); set them, '
@@ -540,7 +572,8 @@ def _validate_attention(m):
          f'config.model.num_kv_heads={kv} must be a positive divisor of num_heads={m.num_heads} '
          '(1 = multi-query; unset = num_heads).')
   for name in ('attention_window', 'num_random_features'):
-    _check(m[name] > 0, f'config.model.{name}={m[name]} must be positive.')
+    value = getattr(m, name)
+    _check(value > 0, f'config.model.{name}={value} must be positive.')
   _check(m.global_tokens >= 0, f'config.model.global_tokens={m.global_tokens} must be >= 0.')
   _check(m.global_tokens == 0 or (m.attention == 'local' and m.variant != 'decoder'),
          f'config.model.global_tokens={m.global_tokens} applies to attention=local in an encoder '
@@ -592,8 +625,8 @@ def validate_run(c):
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
   _check(c.fsdp == 1 or c.parallelism == 'mesh',
          f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
-  _check(c.model.position in ('rotary', 'none') or c.model.patch_size or
-         c.seq_len <= c.model.max_len,
+  limit = ModelConfig.of(c.model).max_positions
+  _check(limit is None or c.seq_len <= limit,
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
   validate_distributed(c.distributed)
@@ -630,8 +663,13 @@ def validate_distributed(d):
 def validate_data(c):
   """Raises ConfigError for data fields that cannot work with the model."""
   d, m = c.data, c.model
-  _check(bool(d.name), 'config.data.name is empty; set it to shakespeare, cmudict, '
-         'tfds:<name>, text or digits.')
+  _check(bool(d.name), f'config.data.name is empty; set it to {_dataset_names()}.')
+  _check(d.name in catalog.DATASETS or not d.name.startswith(catalog.TFDS_PREFIX),
+         f'config.data.name={d.name!r} is not supported; use one of '
+         f'{", ".join(catalog.TFDS_PREFIX + n for n in catalog.tfds_names())}.')
+  _check(d.name in catalog.DATASETS,
+         f'config.data.name={d.name!r} is unknown; use {_dataset_names()}.')
+  dataset = catalog.DATASETS[d.name]
   _validate_image_data(c)
   _check_choice('data.', d, 'task', tuple(TASKS))
   variant, head = TASKS[d.task]
@@ -640,6 +678,8 @@ def validate_data(c):
     raise ConfigError(f'config.data.task={d.task} needs {need}, got variant={m.variant}'
                       f'{", encoder_head=" + m.encoder_head if m.variant == "encoder" else ""};'
                       ' change the task or the model.')
+  _check(d.task in dataset.tasks, f'config.data.task={d.task} is not available for {d.name}; '
+         f'use {_either(dataset.tasks)}.')
   for name, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOWS),
                         ('uneven_batch', UNEVEN_BATCHES), ('format', FORMATS),
                         ('spm_model_type', SPM_MODEL_TYPES)):
@@ -663,6 +703,49 @@ def validate_data(c):
     _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0 (0 = all).')
   for name in ('num_threads', 'prefetch'):
     _check(d[name] >= 0, f'config.data.{name}={d[name]} must be >= 0.')
+  evaluators(c)  # names only evaluators that fit.
+
+
+def _either(names) -> str:
+  """'a', 'a or b', 'a, b or c'."""
+  names = list(names)
+  return ', '.join(names[:-1]) + ' or ' + names[-1] if len(names) > 1 else names[0]
+
+
+def _dataset_names() -> str:
+  """The choices of config.data.name, as an error message names them."""
+  local = [n for n in catalog.DATASETS if not n.startswith(catalog.TFDS_PREFIX)]
+  return (f'{", ".join(local)} or {catalog.TFDS_PREFIX}<name> '
+          f'({", ".join(catalog.tfds_names())})')
+
+
+def evaluators(c) -> tuple:
+  """The evaluators --mode=eval runs (catalog.EVALUATORS; evaluators.py has them):
+  config.evals, comma-separated, else the dataset's that fit the run's task and
+  tokenizer (catalog.Dataset.evaluators); `none` runs none.
+
+  Raises:
+    ConfigError: config.evals names an unknown evaluator, or one that does not fit
+      the run's task, dataset or tokenizer.
+  """
+  d, dataset = c.data, catalog.DATASETS[c.data.name]
+  if not c.evals:
+    return dataset.default_evaluators(d.task, d.tokenizer)
+  if c.evals == 'none':
+    return ()
+  names = tuple(n.strip() for n in c.evals.split(',') if n.strip())
+  fits = [n for n, e in catalog.EVALUATORS.items()
+          if e.misfit(d.task, dataset.kind, d.tokenizer) is None]
+  for name in names:
+    _check(name in catalog.EVALUATORS,
+           f'config.evals={c.evals!r} names an unknown evaluator {name!r}; use one of '
+           f'{", ".join(catalog.EVALUATORS)} (comma-separated), or none.')
+    misfit = catalog.EVALUATORS[name].misfit(d.task, dataset.kind, d.tokenizer)
+    _check(misfit is None,
+           f'config.evals={c.evals!r}: {name} {misfit} (config.data.name={d.name}, '
+           f'task={d.task}, tokenizer={d.tokenizer}); use '
+           f'{_either(fits) if fits else "none"}.')
+  return names
 
 
 def tokenizer_path(c) -> str:
@@ -678,14 +761,16 @@ def _validate_image_data(c):
   """An image model reads an image dataset of its image size, channels and classes; a text
   model, a text dataset."""
   d, m = c.data, c.model
-  shape = IMAGE_DATASETS.get(d.name)
-  if m.patch_size and shape is None:
+  dataset = catalog.DATASETS[d.name]
+  if m.patch_size and dataset.image_shape is None:
     raise ConfigError(f'config.model.patch_size={m.patch_size} makes an image model, but '
                       f'config.data.name={d.name!r} is not an image dataset; use one of '
-                      f'{", ".join(IMAGE_DATASETS)}, or set config.model.patch_size=0 for text.')
-  if shape is None:
+                      f'{", ".join(catalog.names_of(kind="image"))}, or set '
+                      'config.model.patch_size=0 for text.')
+  if dataset.image_shape is None:
     return
-  size, channels, classes = shape
+  size, _, channels = dataset.image_shape
+  classes = dataset.num_classes
   _check(bool(m.patch_size),
          f'config.data.name={d.name} holds {size}x{size} images, but config.model.patch_size=0 '
          'makes a text model; set config.model.patch_size (a divisor of '
@@ -699,12 +784,12 @@ def _validate_image_data(c):
 
 def validate_decode(d, m):
   """Raises ConfigError for decoding settings that cannot work with config.model `m`."""
+  m = ModelConfig.of(m)
   _check_choice('decode.', d, 'method', DECODE_METHODS)
   _check(d.beam_size >= 1, f'config.decode.beam_size={d.beam_size} must be at least 1.')
-  # Each step keeps 2 x beam_size candidates of beam_size x vocab_size (decode.beam_search).
-  _check(d.method != 'beam' or m.variant == 'encoder' or d.beam_size <= m.vocab_size // 2,
+  _check(d.method != 'beam' or not m.generates or d.beam_size <= m.max_beam,
          f'config.decode.beam_size={d.beam_size} is more than half the vocabulary '
-         f'(config.model.vocab_size={m.vocab_size}); set it to at most {m.vocab_size // 2}.')
+         f'(config.model.vocab_size={m.vocab_size}); set it to at most {m.max_beam}.')
   _check(d.batch_size >= 1, f'config.decode.batch_size={d.batch_size} must be at least 1.')
   _check(d.temperature > 0 or d.method != 'sample',
          f'config.decode.temperature={d.temperature} must be positive for sampling.')

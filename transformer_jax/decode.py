@@ -54,7 +54,7 @@ def length_penalty(length, alpha: float):
 
 
 def _check_variant(model: nn.Module):
-  if model.cfg.variant not in ('decoder', 'seq2seq'):
+  if not model.cfg.generates:
     raise ValueError(f'config.model.variant={model.cfg.variant!r} models do not generate text; '
                      'decode a decoder or seq2seq model.')
 
@@ -322,10 +322,10 @@ def _beam_loop(stepper: Stepper, beam_size: int, alpha, eos_id, pad_id):
 
 
 def _check_length(model, length: int, what: str):
-  """Positional tables (sinusoidal, learned) have max_len rows; rotary and none have no limit."""
-  cfg = model.cfg
-  if cfg.position in ('sinusoidal', 'learned') and length > cfg.max_len:
-    raise ValueError(f'{what} is {length}, longer than config.model.max_len={cfg.max_len}; '
+  """`length` positions fit the model's positional table (ModelConfig.max_positions)."""
+  limit = model.cfg.max_positions
+  if limit is not None and length > limit:
+    raise ValueError(f'{what} is {length}, longer than config.model.max_len={limit}; '
                      'decode fewer tokens or raise max_len.')
 
 
@@ -358,9 +358,9 @@ def _eos(eos_id: Optional[int]):
 
 
 def _check_beam(model, beam_size: int):
-  if not 1 <= beam_size <= model.cfg.vocab_size // 2:
+  if not 1 <= beam_size <= model.cfg.max_beam:
     raise ValueError(f'beam_size={beam_size} must be between 1 and vocab_size / 2 = '
-                     f'{model.cfg.vocab_size // 2}.')
+                     f'{model.cfg.max_beam} (ModelConfig.max_beam).')
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'length', 'prefill', 'cached'))

@@ -16,18 +16,14 @@ own `encode_input`, exactly as its training examples were. Decoding follows
 `--mode=decode` turns input lines into output lines with the same settings.
 """
 
-import math
 from typing import Sequence
 
 from transformer_jax import config as config_lib
+from transformer_jax import evaluators
 from transformer_jax import generate
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import run_log
 from transformer_jax import trainer
-
-
-def _first(items: list, limit: int) -> list:
-  return items[:limit] if limit else items
 
 
 def _generate(run: trainer.Run, lines: Sequence[str], max_new_tokens: int) -> list:
@@ -45,20 +41,12 @@ def _generate(run: trainer.Run, lines: Sequence[str], max_new_tokens: int) -> li
 
 
 def task_metrics(run: trainer.Run, loss: float) -> dict:
-  """The metrics beyond loss and accuracy that the run's task reports."""
-  config, references = run.config, run.datasets.references
-  if config.data.task == 'lm' and config.data.tokenizer == 'char':
-    return {'bits_per_character': loss / math.log(2)}
-  if config.data.task != 'seq2seq' or references is None:
-    return {}
-  pairs = _first(references, config.decode.max_examples)
-  outputs = _generate(run, [source for source, _ in pairs], 0)
-  if config.data.name == 'cmudict':  # (word, [pronunciations]) pairs.
-    rates = metrics_lib.g2p_error_rates(outputs, [prons for _, prons in pairs])
-    return {'word_error_rate': rates['wer'], 'phoneme_error_rate': rates['per'],
-            'decoded_words': len(pairs)}
-  return {'bleu': metrics_lib.corpus_bleu(outputs, [target for _, target in pairs]),
-          'decoded_sentences': len(pairs)}
+  """The metrics beyond loss and accuracy that the run reports: those of the
+  evaluators config.evals names (default: its dataset's, catalog.py)."""
+  config = run.config
+  inputs = evaluators.Inputs(config=config, loss=loss, references=run.datasets.references,
+                             generate=lambda lines: _generate(run, lines, 0))
+  return evaluators.evaluate(config_lib.evaluators(config), inputs)
 
 
 def eval_tags(config, datasets) -> dict:
@@ -104,7 +92,7 @@ def record_eval(config, workdir: str, result: dict):
 
 def check_decodable(config):
   """Raises ConfigError before anything is restored when the model cannot generate."""
-  if config.model.variant == 'encoder':
+  if not config_lib.ModelConfig.of(config.model).generates:
     raise config_lib.ConfigError(
         'config.model.variant=encoder does not generate text; --mode=decode needs a decoder '
         'or seq2seq run (--mode=eval scores an encoder).')

@@ -13,26 +13,19 @@ made in windows); a seq2seq source longer than the context is an error. Every
 input gets exactly one output, in order.
 """
 
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
 import numpy as np
 import tqdm
 
+from transformer_jax import config as config_lib
 from transformer_jax import decode
 from transformer_jax.data import DataError
+from transformer_jax.data.tokenizers import Tokenizer  # what is read: pad_id, eos_id, decode.
 
 Encode = Callable[[str], list[int]]
-METHODS = ('greedy', 'sample', 'beam')
-
-
-class Tokenizer(Protocol):
-  """What generation needs from a tokenizer; `eos_id` is an optional attribute."""
-  pad_id: int
-
-  def decode(self, ids: list[int]) -> str:
-    ...
 
 
 # ---------------------------------------------------------------------------
@@ -40,11 +33,9 @@ class Tokenizer(Protocol):
 
 
 def _limit(model, context: int) -> int:
-  """Longest token sequence the model may see: the trained context, and no more
-  rows than a positional table (sinusoidal, learned) has."""
-  limit = context
-  if model.cfg.position in ('sinusoidal', 'learned'):
-    limit = min(limit, model.cfg.max_len)
+  """Longest token sequence the model may see: the trained context, within its
+  positional table (ModelConfig.max_positions)."""
+  limit = min(context, model.cfg.max_positions or context)
   if limit < 2:
     raise ValueError(f'context={context} leaves room for {limit} tokens; generation needs '
                      'at least 2 (pass config.seq_len).')
@@ -113,8 +104,9 @@ def _output_length(model, width: int, limit: int, max_decode_len: Optional[int])
 
 
 def _check_method(method: str):
-  if method not in METHODS:
-    raise ValueError(f'method={method!r} is unknown; use greedy, sample or beam.')
+  if method not in config_lib.DECODE_METHODS:
+    *others, last = config_lib.DECODE_METHODS
+    raise ValueError(f'method={method!r} is unknown; use {", ".join(others)} or {last}.')
 
 
 def _eos_id(tokenizer: Tokenizer, eos_id: Optional[int]) -> Optional[int]:

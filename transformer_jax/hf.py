@@ -189,7 +189,7 @@ def check_config(model, hf: dict, spec: str):
   m = config_lib.ModelConfig.of(model)
   wrong = []
   for name, want in required.items():
-    have = m[name]
+    have = getattr(m, name)
     if name == 'num_kv_heads':
       same = m.kv_heads == m.num_heads
     elif name == 'ffn_ratio':
@@ -417,7 +417,7 @@ def gpt2_layout(model) -> Optional[str]:
   needs = dict(variant='decoder', norm='pre', position='learned', use_bias=True,
                share_embeddings=True, scale_embeddings=False, token_types=0,
                embedding_norm=False, head_transform=False, output_bias=False, attention='full')
-  wrong = [f'{k}={m[k]!r}' for k, v in needs.items() if m[k] != v]
+  wrong = [f'{k}={getattr(m, k)!r}' for k, v in needs.items() if getattr(m, k) != v]
   if m.activation not in EXPORT_ACTIVATIONS:
     wrong.append(f'activation={m.activation!r}')
   if m.kv_heads != m.num_heads:

@@ -125,43 +125,6 @@ def check_runs(base, runs: Sequence[Run]):
     config_lib.validate(apply_overrides(base.copy_and_resolve_references(), run.overrides))
 
 
-def fixed_params_grid(base, ffn_ratios: Sequence[float], scale: str = 'num_layers',
-                      seeds: Sequence[int] = (0,)) -> List[Dict[str, Any]]:
-  """Runs that vary ffn_ratio while holding the parameter count about fixed.
-
-  For each ratio, `scale` ('num_layers' or 'd_model') is set to the value whose
-  parameter count is closest to the base config's, so d_ff is traded against
-  depth or width. Parameters grow with either, so the value is found by bisection.
-  """
-  from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
-  target = accounting.count_params(base.model)
-  runs = []
-  for ratio in ffn_ratios:
-    def params_at(value, ratio=ratio):
-      m = base.model.copy_and_resolve_references()
-      m.ffn_ratio, m[scale] = ratio, value
-      return accounting.count_params(m)
-
-    if scale == 'num_layers':
-      candidates = list(range(1, 4 * base.model.num_layers + 1))
-    else:
-      step = base.model.num_heads
-      candidates = [d for d in range(step, 4 * base.model.d_model + 1, step)
-                    if abs(ratio * d - round(ratio * d)) < 1e-9]
-    lo, hi = 0, len(candidates) - 1
-    while lo < hi:  # first candidate with at least the target's parameters.
-      mid = (lo + hi) // 2
-      if params_at(candidates[mid]) < target:
-        lo = mid + 1
-      else:
-        hi = mid
-    nearby = candidates[max(lo - 1, 0):lo + 1]
-    best = min(nearby, key=lambda v: abs(params_at(v) - target))
-    for seed in seeds:
-      runs.append({'model.ffn_ratio': ratio, f'model.{scale}': best, 'seed': seed})
-  return runs
-
-
 class _Forward:
   """While a run trains: SIGTERM / Ctrl-C go to the run (in its own session, so
   a terminal's Ctrl-C reaches it only this way, once), which saves and exits;

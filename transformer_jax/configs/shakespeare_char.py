@@ -20,6 +20,7 @@ Ablations (get_sweep below), e.g. the paper's Table 3 rows (A) and (C) in small:
 
 from transformer_jax import config as config_lib
 from transformer_jax import configs
+from transformer_jax.models import accounting
 
 ARGS = {'quick': 'a 300-step smoke run'}
 
@@ -80,8 +81,7 @@ def get_sweep(name: str = 'ffn_x_heads'):
     return {'model.ffn_ratio': [1.0, 2.0, 4.0, 8.0], 'model.num_heads': [1, 2, 4, 8],
             'seed': [0, 1]}
   if name in ('fixed_params_depth', 'fixed_params_width'):
-    from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
     scale = 'num_layers' if name == 'fixed_params_depth' else 'd_model'
-    return sweep.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
+    return accounting.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
   raise config_lib.ConfigError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth, '
                                'fixed_params_width or efficient_attention.')

@@ -1,7 +1,7 @@
 """One recipe per dataset, and `create_datasets`, the one entry point.
 
 A `Recipe` owns what is particular to a dataset: where its raw examples come
-from (sources.py), the tasks it serves, its eval split and the references the
+from (sources.py), its eval split (named in catalog.py) and the references the
 decoding metrics score against, and `encode`, the one way its text becomes
 model inputs, used alike by training examples, eval rows and
 `Datasets.encode_input` (decode inputs). `create_datasets(config, workdir)`
@@ -89,19 +89,14 @@ RECIPES = (recipes.ShakespeareStream, recipes.ShakespeareGenres, recipes.Cmudict
 
 
 def recipe_for(config) -> type:
-  """The recipe class for config.data.name and config.data.task."""
+  """The recipe class for config.data.name and config.data.task (a pair config.validate
+  has checked against the catalog)."""
   d = config.data
-  served = [recipe for recipe in RECIPES if recipe.serves(d.name)]
-  if not served:
-    raise ConfigError(f'config.data.name={d.name!r} is unknown; use shakespeare, cmudict, '
-                      'tfds:<name> (e.g. tfds:wmt14_translate/de-en), text or digits.')
-  tasks = []
-  for recipe in served:
-    if d.task in recipe.tasks_for(d.name):
+  for recipe in RECIPES:
+    if recipe.serves(d.name) and d.task in recipe.tasks_for(d.name):
       return recipe
-    tasks.extend(recipe.tasks_for(d.name))
-  names = ', '.join(tasks[:-1]) + ' or ' + tasks[-1] if len(tasks) > 1 else tasks[0]
-  raise ConfigError(f'config.data.task={d.task} is not available for {d.name}; use {names}.')
+  raise ConfigError(f'no recipe reads config.data.name={d.name!r} with task={d.task}; check it '
+                    'with config.validate, or add the recipe to data/datasets.RECIPES.')
 
 
 @dataclasses.dataclass

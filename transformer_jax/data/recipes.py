@@ -1,9 +1,10 @@
 """The recipes: what is particular to each dataset, and the flow they share.
 
 A `Recipe` owns where a dataset's raw examples come from (sources.py), the
-tasks it serves, its eval split and the references the decoding metrics score
-against, and `encode`, the one way its text becomes model inputs, used alike
-by training examples, eval rows and decode inputs (`Datasets.encode_input`).
+references the decoding metrics score against, and `encode`, the one way its
+text becomes model inputs, used alike by training examples, eval rows and
+decode inputs (`Datasets.encode_input`). What the dataset is (its tasks, eval
+splits, classes, image shape) is its entry in catalog.py.
 Image recipes (`ImageRecipe`: digits, tfds:mnist, tfds:cifar10) encode pixels
 instead, need no tokenizer, and say whether their train batches are augmented.
 datasets.py registers them and builds a run's data from the one it picks.
@@ -18,6 +19,7 @@ from typing import Callable, Iterable, Optional
 from absl import logging
 import numpy as np
 
+from transformer_jax import catalog
 from transformer_jax import config as config_lib
 from transformer_jax.data import batching
 from transformer_jax.data import examples as examples_lib
@@ -85,14 +87,13 @@ def _check_classes(config, num_classes):
 class Recipe:
   """How one dataset becomes a run's data; one instance per create_datasets.
 
-  A subclass names the config.data.name it serves and its tasks, reads its
-  raw splits in `__init__`, and says how text is encoded (`encode`), batched
-  (`batches`) and scored (`eval_split`, `references`).
+  A subclass names the config.data.name it serves, reads its raw splits in
+  `__init__`, and says how text is encoded (`encode`), batched (`batches`) and
+  scored (`references`). The dataset's facts (its tasks, eval splits, classes)
+  are its catalog entry's (catalog.DATASETS).
   """
   name = ''  # the config.data.name served.
-  tasks = ()  # the config.data.task values served.
-  selects_eval_split = False  # whether config.data.eval_split picks the eval split.
-  eval_splits = ()  # the held-out splits it may pick, where the recipe names them.
+  tasks = ()  # where a dataset's tasks are split between recipes, this one's; () = all.
   tokenizes = True  # text, for which the run builds (and keeps) a tokenizer; False: images.
 
   def __init__(self, config):
@@ -111,12 +112,30 @@ class Recipe:
 
   @classmethod
   def tasks_for(cls, name: str) -> tuple:
-    del name
-    return cls.tasks
+    """The tasks of dataset `name` that this recipe serves."""
+    return tuple(t for t in catalog.DATASETS[name].tasks if not cls.tasks or t in cls.tasks)
+
+  @property
+  def entry(self) -> catalog.Dataset:
+    """The dataset's catalog entry."""
+    return catalog.DATASETS[self.config.data.name]
+
+  @property
+  def selects_eval_split(self) -> bool:
+    """Whether config.data.eval_split picks the eval split."""
+    return self.entry.eval_splits != ()
+
+  @property
+  def eval_splits(self) -> tuple:
+    """The held-out splits config.data.eval_split may pick; () = any of the source's."""
+    return self.entry.eval_splits or ()
 
   @property
   def eval_split(self) -> str:
-    raise NotImplementedError
+    """The split evaluated: config.data.eval_split where the dataset has a choice,
+    else the dataset's default for the task."""
+    split = self.config.data.eval_split if self.selects_eval_split else ''
+    return split or self.entry.default_eval_split(self.config.data.task)
 
   @property
   def tokenizer_name(self) -> str:
@@ -154,10 +173,6 @@ class ShakespeareStream(Recipe):
   def __init__(self, config):
     super().__init__(config)
     self.train_text, self.eval_text = sources.shakespeare_split()
-
-  @property
-  def eval_split(self) -> str:
-    return 'validation'
 
   def new_tokenizer(self, directory):
     return make_tokenizer(self.config, directory, lambda: [self.train_text], 'shakespeare')
@@ -201,10 +216,6 @@ class ShakespeareGenres(Recipe):
     self.works, self.genres = sources.shakespeare_works(), sources.shakespeare_genres()
     self.train_works, self.test_works = sources.genre_split()
 
-  @property
-  def eval_split(self) -> str:
-    return 'test'
-
   def new_tokenizer(self, directory):
     return make_tokenizer(self.config, directory,
                           lambda: [self.works[w] for w in self.train_works], 'shakespeare-genres')
@@ -247,9 +258,6 @@ class Cmudict(Recipe):
   """Grapheme-to-phoneme pairs, one per pronunciation, with graphemes and
   phonemes in one vocabulary (G2PTokenizer) built from the train split."""
   name = 'cmudict'
-  tasks = ('seq2seq',)
-  selects_eval_split = True
-  eval_splits = sources.G2P_SPLITS[1:]
 
   def __init__(self, config):
     super().__init__(config)
@@ -260,10 +268,6 @@ class Cmudict(Recipe):
     if d.max_examples:
       self.train_raw = self.train_raw[:d.max_examples]
       self.eval_raw = self.eval_raw[:d.max_examples]
-
-  @property
-  def eval_split(self) -> str:
-    return self.config.data.eval_split or 'dev'
 
   def input_example(self, text: str):
     """A word to pronounce, in lower case: CMUdict's words are, and its upper-case
@@ -296,27 +300,18 @@ class Tfds(Recipe):
   """A TFDS dataset: the train split streamed (StreamedExamples over
   tfds.data_source), the eval split read whole, the vocabulary built from
   config.data.tokenizer_examples train examples spread over the split."""
-  name = 'tfds:'
-  selects_eval_split = True
+  name = catalog.TFDS_PREFIX
 
   @classmethod
   def serves(cls, name):
-    return name.startswith(cls.name) and sources.TFDS.get(name[len(cls.name):]) != 'image'
-
-  @classmethod
-  def tasks_for(cls, name):
-    dataset = name[len(cls.name):]
-    if dataset not in sources.TFDS:
-      raise ConfigError(f'config.data.name={name!r} is not supported; use one of '
-                        f'{", ".join("tfds:" + n for n in sources.TFDS)}.')
-    return {'translation': ('seq2seq',), 'lm': ('lm', 'mlm'),
-            'classify': ('classify',)}[sources.TFDS[dataset]]
+    return name.startswith(cls.name) and name in catalog.DATASETS and (
+        catalog.DATASETS[name].kind != 'image')
 
   def __init__(self, config):
     super().__init__(config)
     d = config.data
     self.dataset = d.name[len(self.name):]
-    self.kind = sources.TFDS[self.dataset]
+    self.kind = self.entry.kind
     self.convert = functools.partial(sources.tfds_example, self.dataset,
                                      source_language=d.source_language,
                                      target_language=d.target_language)
@@ -328,10 +323,6 @@ class Tfds(Recipe):
                                           d.source_language, d.target_language, d.max_examples)
     self.num_text = (min(self.num_train, d.tokenizer_examples) if d.tokenizer_examples
                      else self.num_train)
-
-  @property
-  def eval_split(self) -> str:
-    return self.config.data.eval_split or sources.TFDS_EVAL_SPLIT[self.dataset]
 
   def _text(self):
     for i in np.linspace(0, self.num_train - 1, self.num_text).astype(int):
@@ -351,7 +342,7 @@ class Tfds(Recipe):
   def batches(self, tokenizer, batch_size):
     d = self.config.data
     if self.kind == 'classify':
-      _check_classes(self.config, 2)
+      _check_classes(self.config, self.entry.num_classes)
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     overflow = examples_lib.Overflow(d.overflow, self.config.seq_len, streamed=True)
     train = examples_lib.StreamedExamples(self.source, self.convert,
@@ -371,7 +362,6 @@ class TextFiles(Recipe):
   """The user's files: lines for lm/mlm, source<TAB>target for seq2seq, and
   text<TAB>label for classify (labels numbered in sorted order)."""
   name = 'text'
-  tasks = ('lm', 'mlm', 'classify', 'seq2seq')
 
   def __init__(self, config):
     super().__init__(config)
@@ -451,11 +441,10 @@ class TextFiles(Recipe):
 class ImageRecipe(Recipe):
   """Image classification: (image, label) examples, pixels scaled to [0, 1]
   (`examples.image_example`), no tokenizer. The image shapes and class counts
-  are config.IMAGE_DATASETS' (checked against the model before anything loads,
-  and against the data here); train batches get the CIFAR augmentation
+  are the catalog's (catalog.Dataset.image_shape and num_classes: checked against
+  the model before anything loads, and against the data here); train batches get
+  the CIFAR augmentation
   (`examples.augment_transform`) where `augment` says so."""
-  tasks = ('classify',)
-  selects_eval_split = True
   tokenizes = False
   scale = 255  # the largest pixel value.
   augment = False
@@ -473,11 +462,10 @@ class ImageRecipe(Recipe):
     """(train dataset, eval rows, info) of `train` (raw examples or
     StreamedExamples) and `eval_raw`, through the flow every recipe shares."""
     config, name = self.config, self.config.data.name
-    size, channels, _ = config_lib.IMAGE_DATASETS[name]
     shape = self.encode(eval_raw[0])['inputs'].shape
-    if shape != (size, size, channels):
-      raise DataError(f'{name}: images are {shape}, not the {(size, size, channels)} of '
-                      'config.IMAGE_DATASETS; fix the table.')
+    if shape != self.entry.image_shape:
+      raise DataError(f'{name}: images are {shape}, not the {self.entry.image_shape} of '
+                      'catalog.DATASETS; fix the table.')
     augment = examples_lib.augment_transform(config.seed, batch_size) if self.augment else None
     train_ds, eval_ds, info = examples_lib.example_datasets(
         config, self.encode, train, eval_raw, None, batch_size, name, augment)
@@ -498,7 +486,6 @@ class Digits(ImageRecipe):
   """
   name = 'digits'
   scale = 16
-  eval_splits = sources.DIGITS_SPLITS[1:]
 
   def __init__(self, config):
     super().__init__(config)
@@ -506,10 +493,6 @@ class Digits(ImageRecipe):
     split = sources.digits_split()
     raw = lambda name: [(images[i], labels[i]) for i in split[name]]
     self.train_raw, self.eval_raw = raw('train'), raw(self.eval_split)
-
-  @property
-  def eval_split(self) -> str:
-    return self.config.data.eval_split or 'validation'
 
   def batches(self, tokenizer, batch_size):
     del tokenizer
@@ -530,7 +513,8 @@ class TfdsImages(ImageRecipe):
 
   @classmethod
   def serves(cls, name):
-    return name.startswith(cls.name) and sources.TFDS.get(name[len(cls.name):]) == 'image'
+    return name.startswith(cls.name) and name in catalog.DATASETS and (
+        catalog.DATASETS[name].kind == 'image')
 
   def __init__(self, config):
     super().__init__(config)
@@ -544,10 +528,6 @@ class TfdsImages(ImageRecipe):
         f'{d.name} train', np.arange(count))
     self.eval_raw = sources.tfds_examples(self.dataset, self.eval_split, d.data_dir,
                                           max_examples=d.max_examples)
-
-  @property
-  def eval_split(self) -> str:
-    return self.config.data.eval_split or sources.TFDS_EVAL_SPLIT[self.dataset]
 
   def batches(self, tokenizer, batch_size):
     del tokenizer

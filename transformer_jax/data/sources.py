@@ -9,8 +9,8 @@
 - digits: scikit-learn's handwritten digits (1,797 8x8 images), shipped inside
   scikit-learn, so the default image experiment runs offline; split by class
   with a fixed seed (`digits_split`).
-- tfds: WMT14/WMT17 de-en, lm1b, glue/sst2, mnist and cifar10 through
-  tensorflow-datasets.
+- tfds: the TFDS datasets of catalog.DATASETS (WMT14/WMT17 de-en, lm1b,
+  glue/sst2, mnist, cifar10, ...) through tensorflow-datasets.
 - text: the user's files, one example per line or source<TAB>target.
 
 Every bad input raises a one-line ValueError naming the file (and line) and
@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from transformer_jax import catalog
 from transformer_jax.data import DataError
 
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -169,18 +170,14 @@ def digits_split(seed: int = DIGITS_SEED) -> dict:
 # ----------------------------------------------------------------------------
 # TensorFlow Datasets.
 
-# name -> kind of examples: translation (source, target), lm text, classify (text, label),
-# image (image uint8 [H, W, C], label).
-TFDS = {
-    'wmt14_translate/de-en': 'translation',
-    'wmt17_translate/de-en': 'translation',
-    'lm1b': 'lm',
-    'glue/sst2': 'classify',
-    'mnist': 'image',
-    'cifar10': 'image',
-}
-TFDS_EVAL_SPLIT = {'wmt14_translate/de-en': 'test', 'wmt17_translate/de-en': 'test',
-                   'lm1b': 'test', 'glue/sst2': 'validation', 'mnist': 'test', 'cifar10': 'test'}
+
+def tfds_dataset(name: str) -> catalog.Dataset:
+  """The catalog entry of TFDS dataset `name` (without the tfds: prefix)."""
+  dataset = catalog.DATASETS.get(catalog.TFDS_PREFIX + name)
+  if dataset is None:
+    raise DataError(f'tfds:{name} is not supported; use one of '
+                    f'{", ".join(catalog.TFDS_PREFIX + n for n in catalog.tfds_names())}.')
+  return dataset
 
 
 def _require_tfds():
@@ -204,9 +201,7 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None):
   whole. Where TFDS may download, the dataset is prepared in that format on
   first use."""
   _require_tfds()
-  if name not in TFDS:
-    raise DataError(f'tfds:{name} is not supported; use one of '
-                    f'{", ".join("tfds:" + n for n in TFDS)}.')
+  tfds_dataset(name)
   _hide_gpus_from_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   source = functools.partial(tfds.data_source, name, split=split, data_dir=data_dir,
@@ -242,16 +237,18 @@ def _check_online(name: str, data_dir: Optional[str]):
 def tfds_example(name: str, record: dict, source_language: str = 'en',
                  target_language: str = 'de'):
   """One TFDS record -> (source, target) for translation, text for lm, (text,
-  label) for classify, (image uint8 [H, W, C], label) for images."""
+  label) for classify, (image uint8 [H, W, C], label) for images: the record's
+  fields the catalog names (catalog.Dataset.fields; translation: the languages)."""
   text = lambda x: x.decode('utf-8') if isinstance(x, bytes) else str(x)
-  kind = TFDS[name]
-  if kind == 'translation':
+  dataset = tfds_dataset(name)
+  if dataset.kind == 'translation':
     return text(record[source_language]), text(record[target_language])
-  if kind == 'lm':
-    return text(record['text'])
-  if kind == 'image':
-    return np.asarray(record['image'], np.uint8), int(record['label'])
-  return text(record['sentence']), int(record['label'])
+  if dataset.kind == 'lm':
+    return text(record[dataset.fields[0]])
+  value, label = (record[field] for field in dataset.fields)
+  if dataset.kind == 'image':
+    return np.asarray(value, np.uint8), int(label)
+  return text(value), int(label)
 
 
 def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,

@@ -18,6 +18,8 @@ An image model (ViT) adds the patch projection E per token, and its rows are its
 image_length tokens (patches, plus [CLS]).
 """
 
+from typing import Any, Dict, List, Sequence
+
 import flax.linen as nn
 import jax
 
@@ -36,18 +38,18 @@ def count_params(cfg) -> int:
 def _matmul_weights(cfg) -> dict:
   """Weights each token multiplies through, per part of the model."""
   cfg = config_lib.ModelConfig.of(cfg)
-  d, ff = cfg.d_model, config_lib.d_ff(cfg)
+  d, ff = cfg.d_model, cfg.d_ff
   attention = 2 * d * d + 2 * d * cfg.kv_heads * cfg.head_dim  # W^Q, W^O; W^K, W^V
   ffn = (3 if cfg.activation == 'swiglu' else 2) * d * ff
   parts = {}
   if cfg.patch_size:  # E, per patch token (the [CLS] token has none: an upper bound).
     parts['patch_embedding'] = cfg.patch_size**2 * cfg.num_channels * d
-  if cfg.variant in ('encoder', 'seq2seq'):
-    parts['encoder'] = config_lib.encoder_layers(cfg) * (attention + ffn)
-  if cfg.variant in ('decoder', 'seq2seq'):
-    cross = attention if cfg.variant == 'seq2seq' else 0
-    parts['decoder'] = config_lib.decoder_layers(cfg) * (attention + cross + ffn)
-  if cfg.variant != 'encoder' or cfg.encoder_head == 'mlm':
+  if cfg.has_encoder:
+    parts['encoder'] = cfg.encoder_layers * (attention + ffn)
+  if cfg.has_decoder:
+    cross = attention if cfg.has_encoder else 0
+    parts['decoder'] = cfg.decoder_layers * (attention + cross + ffn)
+  if not cfg.classifies:
     parts['output_projection'] = d * cfg.vocab_size + (d * d if cfg.head_transform else 0)
   else:  # pooler and classifier, per sequence, counted per token: an upper bound.
     parts['classifier'] = (d * d if cfg.pooler else 0) + d * cfg.num_classes
@@ -75,45 +77,83 @@ def attention_flops_per_token(cfg, seq_len: int, causal: bool, kind: str) -> flo
 def flops_per_token(cfg, seq_len: int) -> float:
   """Forward+backward FLOPs per (target) token at context length `seq_len` (an
   image model's rows are its image_length tokens whatever `seq_len` says)."""
-  seq_len = config_lib.ModelConfig.of(cfg).row_length(seq_len)
+  cfg = config_lib.ModelConfig.of(cfg)
+  seq_len = cfg.row_length(seq_len)
   weights = sum(_matmul_weights(cfg).values())
   attention = 0.0
-  if cfg.variant in ('encoder', 'seq2seq'):
-    attention += config_lib.encoder_layers(cfg) * attention_flops_per_token(
+  if cfg.has_encoder:
+    attention += cfg.encoder_layers * attention_flops_per_token(
         cfg, seq_len, False, cfg.attention)
-  if cfg.variant in ('decoder', 'seq2seq'):
+  if cfg.has_decoder:
     per_layer = attention_flops_per_token(cfg, seq_len, True, cfg.attention)
-    if cfg.variant == 'seq2seq':
+    if cfg.has_encoder:
       per_layer += attention_flops_per_token(cfg, seq_len, False, 'full')
-    attention += config_lib.decoder_layers(cfg) * per_layer
+    attention += cfg.decoder_layers * per_layer
   return float(6 * weights + attention)
 
 
 def describe(cfg, seq_len: int) -> dict:
   """A JSON-ready summary of the model: what `--mode=describe` prints."""
-  frozen = config_lib.ModelConfig.of(cfg)
+  cfg = config_lib.ModelConfig.of(cfg)
   return {
       'variant': cfg.variant,
       'params': count_params(cfg),
       'flops_per_token': flops_per_token(cfg, seq_len),
-      'seq_len': frozen.row_length(seq_len),
+      'seq_len': cfg.row_length(seq_len),
       **({'patch_size': cfg.patch_size, 'image_size': cfg.image_size,
-          'num_channels': cfg.num_channels, 'num_patches': frozen.num_patches,
+          'num_channels': cfg.num_channels, 'num_patches': cfg.num_patches,
           'pooling': cfg.pooling} if cfg.patch_size else {}),
-      'num_encoder_layers': config_lib.encoder_layers(cfg) if cfg.variant != 'decoder' else 0,
-      'num_decoder_layers': config_lib.decoder_layers(cfg) if cfg.variant != 'encoder' else 0,
+      'num_encoder_layers': cfg.encoder_layers if cfg.has_encoder else 0,
+      'num_decoder_layers': cfg.decoder_layers if cfg.has_decoder else 0,
       'd_model': cfg.d_model,
       'num_heads': cfg.num_heads,
-      'num_kv_heads': config_lib.ModelConfig.of(cfg).kv_heads,
+      'num_kv_heads': cfg.kv_heads,
       'attention': cfg.attention,
       **({'attention_window': cfg.attention_window, 'global_tokens': cfg.global_tokens}
          if cfg.attention == 'local' else {}),
       **({'num_random_features': cfg.num_random_features} if cfg.attention == 'linear' else {}),
-      'head_dim': cfg.d_model // cfg.num_heads,
+      'head_dim': cfg.head_dim,
       'ffn_ratio': cfg.ffn_ratio,
-      'd_ff': config_lib.d_ff(cfg),
+      'd_ff': cfg.d_ff,
       'vocab_size': cfg.vocab_size,
       'position': cfg.position,
       'norm': cfg.norm,
       'activation': cfg.activation,
   }
+
+
+def fixed_params_grid(base, ffn_ratios: Sequence[float], scale: str = 'num_layers',
+                      seeds: Sequence[int] = (0,)) -> List[Dict[str, Any]]:
+  """Runs that vary ffn_ratio while holding the parameter count about fixed: a
+  sweep's grid (sweep.py), as a list of override dicts, one per ratio and seed.
+
+  For each ratio, `scale` ('num_layers' or 'd_model') is set to the value whose
+  parameter count is closest to the base config's, so d_ff is traded against
+  depth or width. Parameters grow with either, so the value is found by bisection.
+  """
+  target = count_params(base.model)
+  runs = []
+  for ratio in ffn_ratios:
+    def params_at(value, ratio=ratio):
+      m = base.model.copy_and_resolve_references()
+      m.ffn_ratio, m[scale] = ratio, value
+      return count_params(m)
+
+    if scale == 'num_layers':
+      candidates = list(range(1, 4 * base.model.num_layers + 1))
+    else:
+      step = base.model.num_heads
+      candidates = [d for d in range(step, 4 * base.model.d_model + 1, step)
+                    if abs(ratio * d - round(ratio * d)) < 1e-9]
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:  # first candidate with at least the target's parameters.
+      mid = (lo + hi) // 2
+      if params_at(candidates[mid]) < target:
+        lo = mid + 1
+      else:
+        hi = mid
+    nearby = candidates[max(lo - 1, 0):lo + 1]
+    best = min(nearby, key=lambda v: abs(params_at(v) - target))
+    for seed in seeds:
+      runs.append({'model.ffn_ratio': ratio, f'model.{scale}': best, 'seed': seed})
+  return runs

@@ -387,7 +387,7 @@ class FeedForward(nn.Module):
   def __call__(self, x, deterministic: bool = True):  # [b, l, d] -> [b, l, d]
     cfg = self.cfg
     dtype = compute_dtype(cfg)
-    d_ff = config_lib.d_ff(cfg)
+    d_ff = cfg.d_ff
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype)
     h = dense(d_ff, name='expand')(x)  # [b, l, d_ff]
     if cfg.activation == 'swiglu':

@@ -186,7 +186,7 @@ class Encoder(nn.Module):
     mask = attention_mask(segment_ids, segment_ids, causal=False) if (
         cfg.attention == 'full') else None
     layer = rematerialised(EncoderLayer, cfg, static_argnums=(5,))  # deterministic
-    for i in range(config_lib.encoder_layers(cfg)):
+    for i in range(cfg.encoder_layers):
       x = layer(cfg, name=f'layer_{i}')(x, mask, segment_ids, positions, deterministic)
     if cfg.norm == 'pre':
       x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
@@ -221,7 +221,7 @@ class Decoder(nn.Module):
       cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
     x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
     layer = rematerialised(DecoderLayer, cfg, static_argnums=(7, 8))  # deterministic, decode
-    for i in range(config_lib.decoder_layers(cfg)):
+    for i in range(cfg.decoder_layers):
       x = layer(cfg, self.cross_attention, name=f'layer_{i}')(
           x, self_mask, segment_ids, positions, encoded, cross_mask, deterministic, decode)
     if cfg.norm == 'pre':
@@ -304,7 +304,7 @@ class EncoderOnly(nn.Module):
     cfg = self.cfg
     self.embedding = None if cfg.patch_size else token_embedding(cfg)
     self.encoder = Encoder(cfg, embedding=self.embedding)
-    if cfg.encoder_head == 'mlm':
+    if not cfg.classifies:
       self.project = OutputProjection(cfg, cfg.vocab_size,
                                       self.embedding if cfg.share_embeddings else None)
     else:
@@ -316,7 +316,7 @@ class EncoderOnly(nn.Module):
     if not self.cfg.patch_size:
       segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
     x = self.encoder(inputs, segment_ids, positions, deterministic)
-    if self.cfg.encoder_head == 'mlm':
+    if not self.cfg.classifies:
       return self.project(x)
     if self.cfg.pooling in ('first', 'cls'):
       pooled = x[:, 0]
