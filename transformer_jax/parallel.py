@@ -195,6 +195,11 @@ class PmapStrategy:
     """Builds the state on the first device and replicates it."""
     return self.from_checkpoint(jax.jit(init_fn)(rng))
 
+  def place(self, state):
+    """A state built elsewhere (one copy: eval's, of a finished run's
+    parameters) replicated on the local devices, for eval_step."""
+    return self.from_checkpoint(state)
+
   def checkpoint_target(self, state):
     """The abstract state a checkpoint restores into: one copy, replicated on
     every device of every process."""
@@ -290,6 +295,13 @@ class MeshStrategy:
     shardings = jax.tree.map(self._sharding, jax.eval_shape(init_fn, rng))
     self._compile(shardings)
     return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+  def place(self, state):
+    """A state built elsewhere (eval's, of a finished run's parameters) put in
+    its shards, as init_state places a fresh one, for eval_step."""
+    shardings = jax.tree.map(self._sharding, state)
+    self._compile(shardings)
+    return jax.device_put(state, shardings)
 
   def checkpoint_target(self, state):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
