@@ -150,7 +150,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   writes them. Builds the eval split and the eval step only."""
   finished = restore.open_run(config, workdir)
   datasets = datasets_lib.eval_datasets(config, finished.tokenizer)
-  strategy = parallel.create(config, *train_lib.make_steps(config))
+  strategy = parallel.create(config, None, train_lib.eval_step)
   state = strategy.place(train_lib.eval_state(config, finished.model, finished.params,
                                               finished.step))
   sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)

@@ -185,9 +185,9 @@ class PmapStrategy:
   def __init__(self, train_step: Callable, eval_step: Callable):
     self.devices = jax.local_devices()
     self.num_devices = jax.device_count()
-    self._train_step = _InStep(jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS),
-                                        axis_name=PMAP_AXIS, in_axes=(0, 0, None),
-                                        donate_argnums=(0,)), 'pmap train_step')
+    self._train_step = train_step and _InStep(
+        jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                 in_axes=(0, 0, None), donate_argnums=(0,)), 'pmap train_step')
     self._eval_step = _InStep(jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS),
                                        axis_name=PMAP_AXIS), 'pmap eval_step')
 
@@ -283,7 +283,7 @@ class MeshStrategy:
 
   def _compile(self, state_shardings):
     train_step, eval_step = self._steps
-    self._train_step = _InStep(jax.jit(
+    self._train_step = train_step and _InStep(jax.jit(
         train_step, in_shardings=(state_shardings, self.batch_sharding, self.replicated),
         out_shardings=(state_shardings, self.replicated), donate_argnums=(0,)), 'mesh train_step')
     self._eval_step = _InStep(jax.jit(
@@ -337,9 +337,10 @@ class MeshStrategy:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), metrics)
 
 
-def create(config, train_step: Callable, eval_step: Callable):
+def create(config, train_step: Optional[Callable], eval_step: Callable):
   """The strategy config.parallelism names (the config is validated: config.py),
-  with the batch checked against the devices (config.global_batch_size)."""
+  with the batch checked against the devices (config.global_batch_size).
+  `train_step` None: one that only evaluates (--mode=eval)."""
   if config.parallelism == 'pmap' and jax.device_count() > 1:
     strategy = PmapStrategy(train_step, eval_step)
   else:
