@@ -123,10 +123,8 @@ def run_length(base, length: int, roof: float) -> dict:
   row = {'attention': config.model.attention, 'length': length,
          'batch_size': config.batch_size, 'oom': False, 'stopped': ''}
   model = build_model(config.model)
-  tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
-  init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
   try:
-    state = jax.jit(train_lib.init_fn(config, model, tx))(init_rng)
+    state, rng = train_lib.create_state(config, model)
     inputs = np.random.default_rng(0).integers(1, config.model.vocab_size,
                                                (config.batch_size, length), dtype=np.int32)
     batch = {'inputs': inputs, 'targets': np.roll(inputs, -1, axis=1),

@@ -258,10 +258,8 @@ class Candidate:
         strategy = parallel.PmapStrategy(*train_lib.make_steps(config))
       else:
         strategy = parallel.create(config, *train_lib.make_steps(config))
-      model = transformer.build_model(config.model)
-      tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
-      init_rng, self.rng = jax.random.split(jax.random.PRNGKey(config.seed))
-      self.state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+      self.state, self.rng = train_lib.create_state(
+          config, transformer.build_model(config.model), strategy)
       self.host_batch = batch  # put on the device every step, as the loop does.
       step = strategy.train_step
       if options is not None:

@@ -104,10 +104,8 @@ class Bare:
 
   def __init__(self, config, batch):
     self.strategy = parallel.create(config, *train_lib.make_steps(config))
-    model = trainer.build_model(config.model)
-    tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
-    init_rng, self.rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    self.state = self.strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+    self.state, self.rng = train_lib.create_state(config, trainer.build_model(config.model),
+                                                  self.strategy)
     self.batch, self.metrics = batch, None
 
   def step(self):
@@ -132,7 +130,7 @@ def main(argv):
   config = loop_config(FLAGS.config)
   tokens_per_step = config.batch_size * config.seq_len
   with tempfile.TemporaryDirectory() as workdir:
-    run = trainer.setup(config, workdir, 'train')
+    run = trainer.setup(config, workdir)
     with run:
       batch = {k: v.copy() for k, v in next(run.datasets.train).items()}
       ours = Bare(run.config, batch)

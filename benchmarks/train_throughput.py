@@ -140,10 +140,7 @@ class Ours:
   def __init__(self, config, batch):
     self.name = 'ours'
     strategy = parallel.create(config, *train_lib.make_steps(config))
-    model = build_model(config.model)
-    tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
-    init_rng, self.rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    self.state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+    self.state, self.rng = train_lib.create_state(config, build_model(config.model), strategy)
     self.strategy, self.batch = strategy, batch
     self.metrics = None
 

@@ -14,6 +14,7 @@ from transformer_jax import generate
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax import metrics as metrics_lib
+from transformer_jax import restore
 from transformer_jax import run_log
 from transformer_jax import trainer
 from transformer_jax.data import sources
@@ -47,11 +48,11 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   evaluation.record_eval(config, g2p_workdir, result)
   assert result['decoded_words'] == 24
   # The same numbers from decoding the first 24 dev words directly.
-  with trainer.setup(config, g2p_workdir, 'eval') as run:
-    model, params, datasets = run.model, run.params, run.datasets
+  run = restore.open_run(config, g2p_workdir)
+  model, params, tokenizer = run.model, run.params, run.tokenizer
   words = sources.cmudict_g2p()['dev'][:24]
-  encode = lambda word: datasets.tokenizer.encode(word) + [datasets.tokenizer.eos_id]
-  outputs = generate.translate(model, params, datasets.tokenizer,
+  encode = lambda word: tokenizer.encode(word) + [tokenizer.eos_id]
+  outputs = generate.translate(model, params, tokenizer,
                                [w for w, _ in words], encode=encode, context=config.seq_len,
                                method='greedy')
   rates = metrics_lib.g2p_error_rates(outputs, [p for _, p in words])
@@ -66,7 +67,7 @@ def test_g2p_eval_decodes_the_split_and_scores_it(g2p_workdir):
   on_test = evaluation.evaluate_checkpoint(config, g2p_workdir)
   evaluation.record_eval(config, g2p_workdir, on_test)
   test_words = sources.cmudict_g2p()['test'][:24]
-  outputs = generate.translate(model, params, datasets.tokenizer,
+  outputs = generate.translate(model, params, tokenizer,
                                [w for w, _ in test_words], encode=encode, context=config.seq_len,
                                method='greedy')
   assert on_test['word_error_rate'] == metrics_lib.g2p_error_rates(

@@ -163,7 +163,8 @@ def test_with_no_intact_checkpoint_nothing_is_moved_and_the_error_is_one_line(
 def test_eval_skips_a_damaged_checkpoint_without_moving_it(finished_run, tmp_path, capsys):
   config, _ = finished_run
   workdir = _copy(finished_run, tmp_path)
-  _damage(os.path.join(workdir, 'checkpoints', '6'), 'bit_flipped')
+  # Eval reads the parameters alone (restore.py): the damage must reach them.
+  _damage(os.path.join(workdir, 'checkpoints', '6'), 'metadata_deleted')
   result = evaluation.evaluate_checkpoint(config, workdir)
   assert result['step'] == 3
   assert 'Checkpoint step 6 in ' in capsys.readouterr().out

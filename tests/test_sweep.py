@@ -241,7 +241,7 @@ def test_the_report_names_a_bad_record_file(tmp_path):
 
 def test_the_table_keeps_the_runs_own_eval_when_a_test_split_eval_is_added(tmp_path):
   """A --mode=eval on the test split, or on a few batches, is recorded with how
-  it measured (trainer.eval_measure) and never stands in for the run's own
+  it measured (evaluation.eval_measure) and never stands in for the run's own
   (validation, full) eval in the sweep's row; an eval measured the same way does."""
   from transformer_jax import configs  # pylint: disable=g-import-not-at-top
   from transformer_jax import evaluation  # pylint: disable=g-import-not-at-top

@@ -21,6 +21,7 @@ from transformer_jax import catalog
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax import evaluation
+from transformer_jax import restore
 from transformer_jax import run_log
 from transformer_jax import trainer
 from transformer_jax.data import datasets
@@ -262,9 +263,9 @@ def test_train_eval_and_exact_resume_on_digits(tmp_path):
   assert 'perplexity' not in records[-1] and records[-1]['split'] == 'eval'
   trainer.train(override(config, {'total_steps': 2}), resumed)
   assert trainer.train(config, resumed) == result  # 2 steps, then 2 more from the checkpoint.
-  with trainer.setup(config, straight, 'eval') as a, trainer.setup(config, resumed, 'eval') as b:
-    same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)),
-                        a.params, b.params)
+  a, b = restore.open_run(config, straight), restore.open_run(config, resumed)
+  same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)),
+                      a.params, b.params)
   assert all(jax.tree.leaves(same))
   test = evaluation.evaluate_checkpoint(override(config, {'data.eval_split': 'test'}), straight)
   assert test['eval_split'] == 'test' and test['step'] == 4 and 0 <= test['accuracy'] <= 1

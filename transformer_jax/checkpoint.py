@@ -99,6 +99,12 @@ def config_differences(saved: dict, current: dict) -> list:
   return [d for d in _changed(saved, current) if d[0] not in allowed]
 
 
+def model_differences(saved: dict, current: dict) -> list:
+  """Fields that differ and change the model (config.MODEL_FIELDS), so reading
+  the checkpoint's parameters with `current` is refused (eval, decode)."""
+  return [d for d in _changed(saved, current) if d[0] in config_lib.MODEL_FIELDS]
+
+
 def tuned_fields(saved: dict, current: dict) -> list:
   """`tunable` fields (the optimiser's settings) that differ: a resume continues
   from the checkpoint with the new values and says so."""
@@ -134,6 +140,15 @@ def fingerprint(state_item: dict, data_iterator=None) -> dict:
   return out
 
 
+def _check_sums(saved: dict, now: dict):
+  """Raises ValueError when the checksums `now` (fingerprint's 'state') are not
+  the `saved` ones, naming the first array that differs."""
+  bad = [path for path, value in saved.items() if now.get(path) != value]
+  if bad or set(now) != set(saved):
+    raise ValueError(f'the checksum of state{(bad or ["(array set)"])[0]} differs from the one '
+                     'saved with it')
+
+
 def _reason(e: BaseException) -> str:
   """One short line from an exception (Orbax's can run to pages)."""
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -158,9 +173,10 @@ def _quiet_abandoned_reads():
 class Checkpointer:
   """An Orbax CheckpointManager for one workdir.
 
-  `writable=False` (eval and decode) opens the checkpoints read-only: nothing
-  is created or cleaned up, so it works on a read-only workdir and never
-  touches a save that a trainer has in flight.
+  `writable=False` (eval, decode, export: restore.py) opens the checkpoints
+  read-only: nothing is created or cleaned up, so it works on a read-only
+  workdir and never touches a save that a trainer has in flight; the config
+  then need only match the checkpoint's model (`check_compatible`).
   """
 
   def __init__(self, workdir: str, config, writable: bool = True):
@@ -216,11 +232,47 @@ class Checkpointer:
   def read_params(self, step: int) -> dict:
     """The parameters of checkpoint `step` as numpy arrays (a nested dict), read
     without a model: what another run starts from (init_from.py)."""
-    path = os.path.join(self.directory, str(step), 'state')
+    return jax.device_get(self._restore_params(step))
+
+  def restore_params(self, step: Optional[int] = None) -> tuple:
+    """(step, params) of the newest checkpoint that restores intact (or of
+    `step`): the parameters alone (a nested dict of arrays on the first local
+    device), read without a model and without the optimiser state, and checked
+    against the checksums saved with them. Damaged newer checkpoints are
+    skipped (or set aside) as `restore` does.
+
+    Raises:
+      NoIntactCheckpoint: no checkpoint (or not `step`) restores.
+    """
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    return self._newest_intact(steps, self._restore_params)
+
+  def _restore_params(self, step: int) -> dict:
+    """The parameters subtree of `step`'s state item (Orbax's partial restore),
+    checked against the saved checksums of the parameters."""
+    step_dir = os.path.join(self.directory, str(step))
     with ocp.StandardCheckpointer() as reader:
-      tree = reader.metadata(path).item_metadata.tree
-      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
-      return reader.restore(path, target)['train_state']['params']
+      tree = reader.metadata(os.path.join(step_dir, 'state')).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree['train_state']['params'])
+    item = {'train_state': {'params': target}}
+    items = {'state': ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)}
+    has_integrity = os.path.isdir(os.path.join(step_dir, 'integrity'))
+    if has_integrity:
+      items['integrity'] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    params = restored['state']['train_state']['params']
+    if has_integrity:
+      prefix = "['train_state'].params"
+      saved = {path: value for path, value in restored['integrity']['state'].items()
+               if path.startswith(prefix)}
+      now = {prefix + path: value for path, value in
+             fingerprint(params)['state'].items()}
+      _check_sums(saved, now)
+    return params
 
   def _saved_config(self, step: int) -> dict:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -237,17 +289,21 @@ class Checkpointer:
 
   def check_compatible(self):
     """Raises ConfigError if the newest checkpoint was written by a config that
-    differs in a field that changes what the run computes."""
+    differs in a field that changes what the run computes (read-only: in a
+    field of the model, config.MODEL_FIELDS)."""
     saved = self.saved_config()
     if saved is None:
       return
-    differences = config_differences(saved, self.config)
+    if self.writable:
+      differences, fix = config_differences(saved, self.config), 'to resume'
+    else:
+      differences, fix = model_differences(saved, self.config), 'to read its parameters'
     if differences:
       fields = ', '.join(f'{name} (checkpoint {old!r}, now {new!r})'
                          for name, old, new in differences)
       raise config_lib.ConfigError(
           f'{self.workdir} holds a checkpoint of a different config: {fields}; '
-          'use another --workdir, or set those fields back to resume.')
+          f'use another --workdir, or set those fields back {fix}.')
 
   def save(self, step: int, state, rng, data_iterator=None, eval_metrics: Optional[dict] = None):
     """Starts saving (asynchronously if configured); a step already saved is skipped."""
@@ -280,10 +336,7 @@ class Checkpointer:
     if has_integrity:
       saved = restored['integrity']
       now = fingerprint(restored['state'], data_iterator)
-      bad = [path for path, value in saved['state'].items() if now['state'].get(path) != value]
-      if bad or set(now['state']) != set(saved['state']):
-        raise ValueError(f'the checksum of state{(bad or ["(array set)"])[0]} differs from '
-                         'the one saved with it')
+      _check_sums(saved['state'], now['state'])
       if data_iterator is not None and saved.get('data') != now.get('data'):
         raise ValueError('the data position differs from the one saved with it')
     return restored['state']
@@ -304,11 +357,22 @@ class Checkpointer:
     if steps and data_iterator is not None:
       self._check_process_count(steps[0])
       self._check_batch_size(steps[0])
+    found, restored = self._newest_intact(
+        steps, lambda candidate: self._restore_verified(candidate, target, data_iterator))
+    return found, restored['train_state'], restored['rng']
+
+  def _newest_intact(self, steps: list, read) -> tuple:
+    """(step, read(step)) for the first of `steps` that `read` restores without
+    an error; the damaged ones before it are set aside (`_set_aside`).
+
+    Raises:
+      NoIntactCheckpoint: none of `steps` restores; names each one's reason.
+    """
     failures = []
     for candidate in steps:
       with _quiet_abandoned_reads():
         try:
-          restored, reason = self._restore_verified(candidate, target, data_iterator), None
+          restored, reason = read(candidate), None
         except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
           restored, reason = None, _reason(e)
       if jax.process_count() > 1:  # intact only if intact for every process.
@@ -320,7 +384,7 @@ class Checkpointer:
         continue
       for damaged, reason in failures:
         self._set_aside(damaged, reason, candidate)
-      return candidate, restored['train_state'], restored['rng']
+      return candidate, restored
     listed = '; '.join(f'step {s}: {reason}' for s, reason in failures)
     raise NoIntactCheckpoint(
         f'No checkpoint in {self.directory} restores ({listed}); if the files are damaged, '

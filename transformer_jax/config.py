@@ -13,7 +13,9 @@ optimiser setting that does change what the run computes from then on, but
 not the shape of its state: it too may change on resume, which is how a run
 continues from its last good checkpoint after a divergence (e.g. with a lower
 learning rate or gradient clipping); the resume names the changes in one line
-and records them in environment.json. Every other field must match.
+and records them in environment.json. Every other field must match, except
+when a finished run is only read (eval, decode, export): then only the model's
+fields must (`MODEL_FIELDS`).
 
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
@@ -282,6 +284,10 @@ def base_config() -> config_dict.ConfigDict:
 base_config()  # records the resumable marks.
 RESUMABLE_FIELDS = frozenset(_RESUMABLE)
 TUNABLE_FIELDS = frozenset(_TUNABLE)
+# What a finished run read back (--mode=eval, decode, export: restore.py) must share with its
+# checkpoint: the model's fields, which say what the parameters are. The others only choose
+# what is measured and how (other held-out data, another batch), so there they may differ.
+MODEL_FIELDS = frozenset(f'model.{name}' for name in model_config()) - RESUMABLE_FIELDS
 
 
 def flatten(tree, sep: str = '.') -> dict:

@@ -1,8 +1,15 @@
-"""--mode=eval and --mode=decode on a run's latest checkpoint.
+"""Evaluation: the eval loop every mode shares, and --mode=eval and --mode=decode
+on a finished run.
+
+`evaluate` sums the eval step over an eval split (training evaluates with it
+too, trainer.py); `eval_measure` says how an evaluation measured, recorded
+with its numbers. `--mode=eval` and `--mode=decode` read a finished run
+(restore.py: its parameters, model, tokenizer and step) and build nothing of
+training: eval builds the eval split alone, decode reads no data.
 
 `--mode=eval` adds the task's metrics to the loss/accuracy/perplexity of
-`trainer.evaluate` over the eval split (all of it unless config.eval_steps is
-set), and appends the record to metrics.jsonl:
+`evaluate` over the eval split (all of it unless config.eval_steps is set), and
+appends the record to metrics.jsonl:
 - character LMs: bits per character (the loss is in nats per character);
 - G2P on CMUdict: word and phoneme error rates over every word of the eval
   split, a word counting as right when the output equals any of its
@@ -13,34 +20,97 @@ Which of these a run reports follows from its dataset: the references come from
 its recipe (`Datasets.references`), and every input is encoded by the recipe's
 own `encode_input`, exactly as its training examples were. Decoding follows
 `config.decode` (beam search with the paper's alpha=0.6, beam 4 by default).
+The eval split may be other held-out data than the run's own (another
+config.data.eval_split, config.data.eval_files): the record then names the
+fields it was measured with (`eval_overrides`), so it never stands in for the
+run's own evals.
 `--mode=decode` turns input lines into output lines with the same settings.
 """
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import tqdm
 
 from transformer_jax import config as config_lib
 from transformer_jax import evaluators
 from transformer_jax import generate
 from transformer_jax import metrics as metrics_lib
+from transformer_jax import parallel
+from transformer_jax import restore
 from transformer_jax import run_log
-from transformer_jax import trainer
+from transformer_jax import train as train_lib
+from transformer_jax.data import datasets as datasets_lib
 
 
-def _generate(run: trainer.Run, lines: Sequence[str], max_new_tokens: int) -> list:
+def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
+  """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
+  total = None
+  count = max_batches or (len(batches) if hasattr(batches, '__len__') else None)
+  progress = tqdm.tqdm(batches, total=count, desc='evaluating', unit='batch', leave=False,
+                       disable=None)  # shown on a terminal only.
+  for i, batch in enumerate(progress):
+    if max_batches and i >= max_batches:
+      break
+    sums = strategy.eval_step(state, strategy.put_batch(batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    raise ValueError('The eval split yielded no batches; check config.data.')
+  return strategy.fetch(total)
+
+
+def eval_measure(config, datasets, overrides: Optional[dict] = None) -> dict:
+  """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
+  evals measured differently are never compared as one series: the eval split,
+  where the dataset has a choice of them, config.eval_steps where it caps the
+  batches (a partial eval), and the `overrides` of a finished run's config it
+  was measured with (restore.FinishedRun.overrides: e.g. other eval files).
+  Keys: run_log.MEASURE_KEYS."""
+  measure = {}
+  if datasets.recipe.selects_eval_split:
+    measure['eval_split'] = datasets.eval_split
+  if config.eval_steps:
+    measure['eval_steps'] = config.eval_steps
+  if overrides:
+    measure['eval_overrides'] = overrides
+  return measure
+
+
+@dataclasses.dataclass
+class Opened:
+  """A finished run (restore.py) and what eval or decode reads it with."""
+  config: Any
+  model: Any  # flax.linen.Module
+  params: Any
+  tokenizer: Any  # tokenizers.Tokenizer, or None (images).
+  encode_input: Callable[[str], list]  # text -> the ids of a model input.
+  datasets: Optional[datasets_lib.Datasets] = None  # eval only: the eval split, references.
+
+
+def _opened(finished: restore.FinishedRun, datasets=None) -> Opened:
+  encode = (datasets.encode_input if datasets is not None else
+            datasets_lib.input_encoder(finished.config, finished.tokenizer))
+  return Opened(config=finished.config, model=finished.model, params=finished.params,
+                tokenizer=finished.tokenizer, encode_input=encode, datasets=datasets)
+
+
+def _generate(run: Opened, lines: Sequence[str], max_new_tokens: int) -> list:
   """The output for each line (a continuation for decoders, an output for
   seq2seq), decoded as config.decode says."""
   config, d = run.config, run.config.decode
-  common = dict(encode=run.datasets.encode_input, context=config.seq_len, method=d.method,
+  common = dict(encode=run.encode_input, context=config.seq_len, method=d.method,
                 beam_size=d.beam_size, alpha=d.alpha, temperature=d.temperature, top_k=d.top_k,
                 top_p=d.top_p, seed=config.seed)
   if config.model.variant == 'decoder':
-    return generate.generate_text(run.model, run.params, run.datasets.tokenizer, lines,
+    return generate.generate_text(run.model, run.params, run.tokenizer, lines,
                                   max_new_tokens=max_new_tokens, **common)
-  return generate.translate(run.model, run.params, run.datasets.tokenizer, lines,
+  return generate.translate(run.model, run.params, run.tokenizer, lines,
                             batch_size=d.batch_size, **common)
 
 
-def task_metrics(run: trainer.Run, loss: float) -> dict:
+def task_metrics(run: Opened, loss: float) -> dict:
   """The metrics beyond loss and accuracy that the run reports: those of the
   evaluators config.evals names (default: its dataset's, catalog.py)."""
   config = run.config
@@ -49,11 +119,11 @@ def task_metrics(run: trainer.Run, loss: float) -> dict:
   return evaluators.evaluate(config_lib.evaluators(config), inputs)
 
 
-def eval_tags(config, datasets) -> dict:
-  """How --mode=eval measured: trainer.eval_measure (the eval split, the batches)
-  and, where the task decodes, the decoding method (recorded with the numbers
-  in metrics.jsonl)."""
-  tags = trainer.eval_measure(config, datasets)
+def eval_tags(config, datasets, overrides: Optional[dict] = None) -> dict:
+  """How --mode=eval measured: eval_measure (the eval split, the batches, the
+  overrides) and, where the task decodes, the decoding method (recorded with
+  the numbers in metrics.jsonl)."""
+  tags = eval_measure(config, datasets, overrides)
   if config.data.task == 'seq2seq':
     m = config.decode
     tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
@@ -63,14 +133,19 @@ def eval_tags(config, datasets) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
-  """--mode=eval: the latest checkpoint's metrics on the eval split, with the
-  task's decoding metrics and tags; `record_eval` writes them."""
-  with trainer.setup(config, workdir, 'eval') as run:
-    sums = trainer.evaluate(run.strategy, run.state, run.datasets.eval(), config.eval_steps)
-    values = metrics_lib.summarize(sums, config.data.task)
-    values.update(task_metrics(run, values['loss']))
-    tags = eval_tags(config, run.datasets)
-  return dict(values, step=run.step, **tags)
+  """--mode=eval: the metrics of the checkpoint config.restore_checkpoint names
+  on the eval split, with the task's decoding metrics and tags; `record_eval`
+  writes them. Builds the eval split and the eval step only."""
+  finished = restore.open_run(config, workdir)
+  datasets = datasets_lib.eval_datasets(config, finished.tokenizer)
+  strategy = parallel.create(config, None, train_lib.eval_step)
+  state = strategy.place(train_lib.eval_state(config, finished.model, finished.params,
+                                              finished.step))
+  sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
+  values = metrics_lib.summarize(sums, config.data.task)
+  values.update(task_metrics(_opened(finished, datasets), values['loss']))
+  tags = eval_tags(config, datasets, finished.overrides())
+  return dict(values, step=finished.step, **tags)
 
 
 def record_eval(config, workdir: str, result: dict):
@@ -80,7 +155,7 @@ def record_eval(config, workdir: str, result: dict):
   Raises:
     OSError: the workdir cannot be written (e.g. it is read-only).
   """
-  tags = {k: v for k, v in result.items() if isinstance(v, str) or k in trainer.MEASURE_KEYS}
+  tags = {k: v for k, v in result.items() if isinstance(v, str) or k in run_log.MEASURE_KEYS}
   values = {k: v for k, v in result.items()
             if isinstance(v, (int, float)) and k != 'step' and k not in tags}
   writer = run_log.MetricWriter(workdir, config.total_steps, echo=False)  # main prints it.
@@ -99,8 +174,8 @@ def check_decodable(config):
 
 
 def decode_checkpoint(config, workdir: str, lines: Sequence[str]) -> list:
-  """--mode=decode: the latest checkpoint's output for each input line, one per
-  line, in order (an empty line is an empty prompt or source)."""
+  """--mode=decode: the output of the checkpoint config.restore_checkpoint names
+  for each input line, one per line, in order (an empty line is an empty prompt
+  or source). Reads the run's parameters and vocabulary, and no data."""
   check_decodable(config)
-  with trainer.setup(config, workdir, 'decode') as run:
-    return _generate(run, lines, config.sample_length)
+  return _generate(_opened(restore.open_run(config, workdir)), lines, config.sample_length)

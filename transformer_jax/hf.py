@@ -511,20 +511,12 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
   Raises:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
   """
-  from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
-  with checkpoint_lib.Checkpointer(workdir, config, writable=False) as checkpoints:
-    step = checkpoints.select(config.restore_checkpoint)
-    params = checkpoints.read_params(step)
-    saved = checkpoints.saved_config()
-  model = config_lib.from_saved(saved).model if saved else config.model  # the run's own.
-  vocabulary = os.path.join(workdir, tokenizers.RUN_DIRECTORY)
-  tokenizer = tokenizers.load(vocabulary) if tokenizers.is_saved(vocabulary) else None
-  kind = export(model, params, directory, step, tokenizer)
+  from transformer_jax import restore  # pylint: disable=g-import-not-at-top
+  run = restore.open_run(config, workdir, own_config=True)  # the run's own model config.
+  model, tokenizer = run.config.model, run.tokenizer
+  kind = export(model, run.params, directory, run.step, tokenizer)
   how = ('GPT-2 layout: transformers.GPT2LMHeadModel.from_pretrained loads it' if kind == 'gpt2'
          else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(model)})')
   if tokenizer is not None and tokenizer.name == 'hf':
     how += ', and AutoTokenizer.from_pretrained its tokenizer'
-  return f'Exported {workdir} step {step} to {directory} ({how}).'
+  return f'Exported {workdir} step {run.step} to {directory} ({how}).'

@@ -9,10 +9,14 @@
 Modes:
   train     (default) train, or resume the run in --workdir from its latest
             checkpoint; SIGTERM / Ctrl-C save a checkpoint before exiting.
-  eval      evaluate the latest checkpoint in --workdir on the full eval split,
-            with the task's decoding metrics (bits/char, WER/PER, BLEU).
+  eval      evaluate the checkpoint (config.restore_checkpoint) of --workdir on the
+            full eval split, with the task's decoding metrics (bits/char, WER/PER,
+            BLEU); other held-out data (--config.data.eval_files, eval_split) may
+            be named, and the record says so.
   decode    turn each line of --input (default stdin) into a continuation
             (decoder) or an output (seq2seq), as config.decode says.
+  Eval, decode and export read the run's parameters and saved vocabulary only
+  (restore.py): no optimiser state, and no training data.
   describe  print the model's shape, parameter count and FLOPs per token as one
             JSON object on the last line of stdout, without training.
   export    write the checkpoint (config.restore_checkpoint) of --workdir to --output

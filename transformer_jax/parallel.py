@@ -185,15 +185,20 @@ class PmapStrategy:
   def __init__(self, train_step: Callable, eval_step: Callable):
     self.devices = jax.local_devices()
     self.num_devices = jax.device_count()
-    self._train_step = _InStep(jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS),
-                                        axis_name=PMAP_AXIS, in_axes=(0, 0, None),
-                                        donate_argnums=(0,)), 'pmap train_step')
+    self._train_step = train_step and _InStep(
+        jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                 in_axes=(0, 0, None), donate_argnums=(0,)), 'pmap train_step')
     self._eval_step = _InStep(jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS),
                                        axis_name=PMAP_AXIS), 'pmap eval_step')
 
   def init_state(self, init_fn: Callable, rng):
     """Builds the state on the first device and replicates it."""
     return self.from_checkpoint(jax.jit(init_fn)(rng))
+
+  def place(self, state):
+    """A state built elsewhere (one copy: eval's, of a finished run's
+    parameters) replicated on the local devices, for eval_step."""
+    return self.from_checkpoint(state)
 
   def checkpoint_target(self, state):
     """The abstract state a checkpoint restores into: one copy, replicated on
@@ -278,7 +283,7 @@ class MeshStrategy:
 
   def _compile(self, state_shardings):
     train_step, eval_step = self._steps
-    self._train_step = _InStep(jax.jit(
+    self._train_step = train_step and _InStep(jax.jit(
         train_step, in_shardings=(state_shardings, self.batch_sharding, self.replicated),
         out_shardings=(state_shardings, self.replicated), donate_argnums=(0,)), 'mesh train_step')
     self._eval_step = _InStep(jax.jit(
@@ -290,6 +295,13 @@ class MeshStrategy:
     shardings = jax.tree.map(self._sharding, jax.eval_shape(init_fn, rng))
     self._compile(shardings)
     return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+  def place(self, state):
+    """A state built elsewhere (eval's, of a finished run's parameters) put in
+    its shards, as init_state places a fresh one, for eval_step."""
+    shardings = jax.tree.map(self._sharding, state)
+    self._compile(shardings)
+    return jax.device_put(state, shardings)
 
   def checkpoint_target(self, state):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -325,9 +337,10 @@ class MeshStrategy:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), metrics)
 
 
-def create(config, train_step: Callable, eval_step: Callable):
+def create(config, train_step: Optional[Callable], eval_step: Callable):
   """The strategy config.parallelism names (the config is validated: config.py),
-  with the batch checked against the devices (config.global_batch_size)."""
+  with the batch checked against the devices (config.global_batch_size).
+  `train_step` None: one that only evaluates (--mode=eval)."""
   if config.parallelism == 'pmap' and jax.device_count() > 1:
     strategy = PmapStrategy(train_step, eval_step)
   else:

@@ -34,6 +34,10 @@ import jax
 
 from transformer_jax import config as config_lib
 
+# The tags of an eval record that say how it measured (evaluation.eval_measure): evals
+# that differ in any of them are never one series (sweep.summarise).
+MEASURE_KEYS = ('eval_split', 'eval_steps', 'eval_overrides')
+
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'ml-collections',
             'numpy', 'tensorflow-datasets', 'sentencepiece')
 
@@ -175,8 +179,8 @@ class MetricWriter:
 
   def write(self, step: int, split: str, values: dict, tags: Optional[dict] = None):
     """`values` are numbers (also sent to TensorBoard); `tags` say how they were
-    measured (trainer.eval_measure's eval split and batch cap, --mode=eval's
-    decoding method), in the record and the printed line only."""
+    measured (evaluation.eval_measure's MEASURE_KEYS, --mode=eval's decoding
+    method), in the record and the printed line only."""
     values = {k: v for k, v in values.items() if v is not None}
     tags = tags or {}
     if not self.enabled:

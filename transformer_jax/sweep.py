@@ -222,11 +222,11 @@ def summarise(run: Run, run_dir: str) -> dict:
 
   Capacity comes from the run's own resolved config (`config.json`). The eval
   columns come from the last eval record measured as the run's first eval was
-  (trainer.eval_measure: same split, same batch cap), so a later `--mode=eval`
-  on the test split or on a few batches never stands in for the run's own eval;
+  (run_log.MEASURE_KEYS: same split, same batch cap, no overrides), so a later
+  `--mode=eval` on the test split, on a few batches or on other held-out files
+  (config.data.eval_files) never stands in for the run's own eval;
   one measured the same way (e.g. with BLEU or error rates added) does.
   """
-  from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
   from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
   row = dict(run.overrides)
   config_path = os.path.join(run_dir, 'config.json')
@@ -236,14 +236,14 @@ def summarise(run: Run, run_dir: str) -> dict:
     row['params'] = accounting.count_params(config.model)
     row['flops_per_token'] = accounting.flops_per_token(config.model, config.seq_len)
   records = read_metrics(run_dir)
-  measure = lambda r: tuple(r.get(k) for k in trainer.MEASURE_KEYS)
+  measure = lambda r: tuple(r.get(k) for k in run_log.MEASURE_KEYS)
   evals = [r for r in records if r.get('split') == 'eval']
   chosen = {'train': [r for r in records if r.get('split') == 'train'],
             'eval': [r for r in evals if measure(r) == measure(evals[0])] if evals else []}
   for split, last in chosen.items():
     if last:
       for k, v in last[-1].items():
-        if k != 'split' and k not in trainer.MEASURE_KEYS and isinstance(v, (int, float)):
+        if k != 'split' and k not in run_log.MEASURE_KEYS and isinstance(v, (int, float)):
           row[f'{split}_{k}'] = v
   status = _read_status(run_dir)
   row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else

@@ -1,5 +1,5 @@
-"""Training maths: the state, the optimiser and schedule, the loss, and the
-pure train and eval steps.
+"""Training maths: the state (`create_state`), the optimiser and schedule, the
+loss, and the pure train and eval steps.
 
 `train_step(state, batch, rng)` and `eval_step(state, batch)` are pure
 functions; `parallel.py` compiles the same two functions for one device, pmap
@@ -108,6 +108,26 @@ def init_fn(config, model, tx) -> Callable:
                       apply_fn=apply_fn, tx=tx)
 
   return init
+
+
+def create_state(config, model, strategy=None) -> tuple:
+  """(state, rng): a fresh TrainState (the schedule, the optimiser, the
+  parameters' init from config.seed and the optimiser state) placed by
+  `strategy` (parallel.py; without one, jitted on the default device), and the
+  dropout key split off the same seed. What every training start builds
+  (trainer.py, the benchmarks) before it restores or loads anything."""
+  tx = create_optimizer(config, learning_rate_schedule(config))
+  init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init = init_fn(config, model, tx)
+  state = jax.jit(init)(init_rng) if strategy is None else strategy.init_state(init, init_rng)
+  return state, rng
+
+
+def eval_state(config, model, params, step: int = 0) -> TrainState:
+  """The state eval_step reads for `params` (a finished run's, restore.py): no
+  optimiser and no optimiser state, which evaluation never touches."""
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=None,
+                    apply_fn=make_apply_fn(model, config.model.variant), tx=None)
 
 
 # ----------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""A run: one `setup` shared by every mode, and the training loop.
+"""Training: `setup` and the loop.
 
-`setup(config, workdir, mode)` builds everything a mode works on (the run's
+`setup(config, workdir)` builds everything training works on (the run's
 datasets, the parallel strategy, the model, the placed state restored from the
-workdir's latest checkpoint, the checkpointer) and returns it as one `Run`.
-`--mode=train` loops over it here (`train`); `--mode=eval` and `--mode=decode`
-use the same object (evaluation.py).
+workdir's latest checkpoint, the checkpointer, the workdir's lock) and returns
+it as one `Run`; `train` loops over it. Eval, decode and export read a
+finished run without any of this (restore.py, evaluation.py).
 
 The loop resumes from the latest checkpoint (state, dropout key and data
 position), logs metrics (run_log.py), evaluates, checkpoints (checkpoint.py),
@@ -19,12 +19,12 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import evaluation
+from transformer_jax import generate
 from transformer_jax import init_from as init_from_lib
 from transformer_jax import lock as lock_lib
 from transformer_jax import metrics as metrics_lib
@@ -36,16 +36,13 @@ from transformer_jax.data import tokenizers as tokenizers_lib
 from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
-MODES = ('train', 'eval', 'decode')
-
-
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
 
 
 @dataclasses.dataclass
 class Run:
-  """What every mode works on. Use as a context manager: leaving it waits for
+  """What training works on. Use as a context manager: leaving it waits for
   checkpoint writes in flight, closes the checkpointer and releases the
   workdir's lock."""
   config: Any
@@ -57,11 +54,11 @@ class Run:
   rng: jax.Array  # the dropout key.
   step: int  # optimizer updates in `state`.
   checkpointer: checkpoint_lib.Checkpointer
-  lock: Optional[lock_lib.WorkdirLock] = None  # train mode only.
+  lock: Optional[lock_lib.WorkdirLock] = None  # process 0's.
 
   @property
   def params(self):
-    """The parameters as one host-side copy (what decoding takes)."""
+    """The parameters as one copy (what sampling takes)."""
     return self.strategy.one_copy(self.state).params
 
   def close(self):
@@ -110,33 +107,29 @@ def unmake(path: str, root: Optional[str], contents: bool = False):
     path = os.path.dirname(path)
 
 
-def setup(config, workdir: str, mode: str = 'train') -> Run:
-  """The run in `workdir` for `mode`, resumed from its newest intact checkpoint.
+def setup(config, workdir: str) -> Run:
+  """The run in `workdir` for training, resumed from its newest intact checkpoint.
 
-  Training takes the workdir's lock (lock.py), starts fresh when there is no
-  checkpoint (from config.init_from's parameters if set: init_from.py), and
-  restores the data position with the state; it may change the optimiser's
-  `tunable` settings on resume (said in one line). Eval and decode need a
-  checkpoint (config.restore_checkpoint: the latest, the best or a step), and
-  only read the workdir. A first start that is refused (a config error found
-  once the data is read, data that is not there) leaves no vocabulary behind,
-  so the corrected command builds the one it asks for, and no workdir where
-  there was none.
+  Takes the workdir's lock (lock.py), starts fresh when there is no checkpoint
+  (from config.init_from's parameters if set: init_from.py), and restores the
+  data position with the state; it may change the optimiser's `tunable`
+  settings on resume (said in one line). A first start that is refused (a
+  config error found once the data is read, data that is not there) leaves no
+  vocabulary behind, so the corrected command builds the one it asks for, and
+  no workdir where there was none.
 
   Raises:
     ConfigError: the config cannot work, differs from the checkpoint's in a
       field that changes what the run computes (or, multi-host, from process
-      0's), or (train) asks for fewer steps than the checkpoint has done.
-    WorkdirLocked: (train) another process trains in the workdir.
+      0's), or asks for fewer steps than the checkpoint has done.
+    WorkdirLocked: another process trains in the workdir.
     DistributedError: (multi-host) another process refused to start.
-    FileNotFoundError: eval or decode on a workdir without a checkpoint.
     NoIntactCheckpoint: no checkpoint of the workdir restores.
   """
   config_lib.validate(config)
-  training = mode == 'train'
-  new_root = missing_root(workdir) if training else None
+  new_root = missing_root(workdir)
   lock = refusal = None
-  if training and jax.process_index() == 0:
+  if jax.process_index() == 0:
     try:
       lock = lock_lib.WorkdirLock(workdir).acquire()
     except lock_lib.WorkdirLocked as e:
@@ -146,28 +139,22 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
   new_vocabulary = False
   try:
     parallel.start_together(config, refusal)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, config, writable=training)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config)
     latest = checkpointer.latest_step()
-    if latest is None and not training:
-      raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
-    new_vocabulary = training and latest is None and not tokenizers_lib.is_saved(vocabulary)
+    new_vocabulary = latest is None and not tokenizers_lib.is_saved(vocabulary)
     checkpointer.check_compatible()
-    if training and latest is not None:
+    if latest is not None:
       _announce_tuned(checkpointer)
-    starts_from_another_run = training and latest is None and config.init_from
+    starts_from_another_run = latest is None and config.init_from
     if starts_from_another_run:
       init_from_lib.copy_vocabulary(config, workdir)
     datasets = datasets_lib.create_datasets(config, workdir)
     strategy = parallel.create(config, *train_lib.make_steps(config))
     model = build_model(config.model)
-    tx = train_lib.create_optimizer(config, train_lib.learning_rate_schedule(config))
-    init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = strategy.init_state(train_lib.init_fn(config, model, tx), init_rng)
+    state, rng = train_lib.create_state(config, model, strategy)
     if latest is not None:
-      data = datasets.train if training else None
-      chosen = None if training else _chosen_step(checkpointer, config.restore_checkpoint)
       step, restored, rng = checkpointer.restore(strategy.checkpoint_target(state),
-                                                 parallel.replicated_target(rng), data, chosen)
+                                                 parallel.replicated_target(rng), datasets.train)
       state, rng = strategy.from_checkpoint(restored), parallel.local_value(rng)
       logging.info('Resumed from step %d.', step)
     elif starts_from_another_run:
@@ -176,7 +163,7 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
       state = strategy.with_params(state, params)
       print(report, flush=True)
     step = int(strategy.fetch({'step': state.step})['step'])
-    if training and step > config.total_steps:
+    if step > config.total_steps:
       raise config_lib.ConfigError(
           f'{workdir} is already at step {step}, past config.total_steps={config.total_steps}; '
           f'set --config.total_steps above {step} to train on, or use another --workdir.')
@@ -194,12 +181,6 @@ def setup(config, workdir: str, mode: str = 'train') -> Run:
              state=state, rng=rng, step=step, checkpointer=checkpointer, lock=lock)
 
 
-def _chosen_step(checkpointer: checkpoint_lib.Checkpointer, which) -> Optional[int]:
-  """The step config.restore_checkpoint names for eval and decode (None: the
-  newest intact one)."""
-  return None if which == 'latest' else checkpointer.select(which)
-
-
 def _announce_tuned(checkpointer: checkpoint_lib.Checkpointer):
   """One line naming the optimiser settings that differ from the checkpoint's."""
   saved = checkpointer.saved_config()
@@ -208,38 +189,6 @@ def _announce_tuned(checkpointer: checkpoint_lib.Checkpointer):
     changes = ', '.join(f'{name} {old!r} -> {new!r}' for name, old, new in tuned)
     print(f'Resuming with changed optimiser settings: {changes} (recorded in '
           'environment.json).', flush=True)
-
-
-MEASURE_KEYS = ('eval_split', 'eval_steps')
-
-
-def eval_measure(config, datasets) -> dict:
-  """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
-  evals measured differently are never compared as one series: the eval split,
-  where the dataset has a choice of them, and config.eval_steps where it caps
-  the batches (a partial eval). Keys: MEASURE_KEYS."""
-  measure = {}
-  if datasets.recipe.selects_eval_split:
-    measure['eval_split'] = datasets.eval_split
-  if config.eval_steps:
-    measure['eval_steps'] = config.eval_steps
-  return measure
-
-
-def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
-  """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
-  total = None
-  count = max_batches or (len(batches) if hasattr(batches, '__len__') else None)
-  progress = tqdm.tqdm(batches, total=count, desc='evaluating', unit='batch', leave=False,
-                       disable=None)  # shown on a terminal only.
-  for i, batch in enumerate(progress):
-    if max_batches and i >= max_batches:
-      break
-    sums = strategy.eval_step(state, strategy.put_batch(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  if total is None:
-    raise ValueError('The eval split yielded no batches; check config.data.')
-  return strategy.fetch(total)
 
 
 def _tokens(batch: dict, model) -> int:
@@ -280,7 +229,7 @@ def train(config, workdir: str) -> dict:
   `result['interrupted']` set to the signal number) after saving on SIGTERM or
   Ctrl-C.
   """
-  with setup(config, workdir, 'train') as run:
+  with setup(config, workdir) as run:
     return _loop(run)
 
 
@@ -306,10 +255,10 @@ def _loop(run: Run) -> dict:
         + (f'; unigram baseline {baseline:.4f} nats/token.' if baseline else '.'), flush=True)
 
   def run_eval(step, record=True):
-    sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
+    sums = evaluation.evaluate(strategy, state, datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, task)
     if record:
-      writer.write(step, 'eval', values, eval_measure(config, datasets))
+      writer.write(step, 'eval', values, evaluation.eval_measure(config, datasets))
     return values
 
   def save(step, eval_metrics=None):
@@ -355,7 +304,7 @@ def _loop(run: Run) -> dict:
         return {'interrupted': stop.signum, 'step': step}
     if eval_metrics is None:  # resumed a finished run: evaluate it again, recorded once.
       eval_metrics = run_eval(step, record=not _has_eval_record(
-          workdir, step, eval_measure(config, datasets)))
+          workdir, step, evaluation.eval_measure(config, datasets)))
     save(step, eval_metrics)
     checkpointer.wait()
   except TrainingDiverged as e:
@@ -372,7 +321,6 @@ def _loop(run: Run) -> dict:
     writer.close()
   run.state, run.step = state, step
   if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
-    from transformer_jax import generate  # pylint: disable=g-import-not-at-top
     generate.print_samples(config, run.model, run.params, datasets.tokenizer,
                            encode=datasets.encode_input)
   return dict(eval_metrics, step=step)
@@ -380,12 +328,13 @@ def _loop(run: Run) -> dict:
 
 def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:
   """Whether metrics.jsonl holds an eval record at `step` measured as `measure`
-  says (eval_measure)."""
+  says (evaluation.eval_measure)."""
   try:
     records = run_log.read_jsonl(workdir, 'eval')
   except FileNotFoundError:
     return False
-  return any(r['step'] == step and all(r.get(k) == measure.get(k) for k in MEASURE_KEYS)
+  return any(r['step'] == step and all(r.get(k) == measure.get(k)
+                                      for k in run_log.MEASURE_KEYS)
              for r in records)
 
 

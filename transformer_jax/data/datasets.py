@@ -1,4 +1,5 @@
-"""One recipe per dataset, and `create_datasets`, the one entry point.
+"""One recipe per dataset, and the entry points: `create_datasets` (training),
+`eval_datasets` (--mode=eval) and `input_encoder` (--mode=decode).
 
 A `Recipe` owns what is particular to a dataset: where its raw examples come
 from (sources.py), its eval split (named in catalog.py) and the references the
@@ -17,14 +18,21 @@ returns a `Datasets`:
                 batch). Shuffling is seeded by config.seed; the iterator's
                 position is saved with grain.checkpoint.CheckpointSave(train)
                 and restored with CheckpointRestore, after which it yields
-                exactly the batch the saved run would have seen next.
+                exactly the batch the saved run would have seen next
+                (None from eval_datasets).
   eval()        a fresh, finite, deterministic iterable over the full eval
                 split (this host's rows of each batch, the same number of
                 batches on every host); the last batch is padded with weights 0.
-  info          split sizes, 'unigram_entropy' (nats/token on train, LM tasks).
+  info          split sizes, 'unigram_entropy' (nats/token on train, LM tasks);
+                {} from eval_datasets.
   eval_split    the eval split's name; references: its raw references for
                 decoding metrics (G2P words, translation pairs), or None.
   encode_input  text -> the ids a training example of that text has as inputs.
+
+`eval_datasets(config, tokenizer)` builds the eval split alone, with the
+tokenizer a finished run saved (restore.py), and reads no training data where
+the eval split is not cut from it; `input_encoder(config, tokenizer)` reads no
+data at all.
 
 Examples are held in memory, except a TFDS train split: it is streamed
 (StreamedExamples over tfds.data_source, encoded batch by batch), so WMT14's
@@ -32,6 +40,7 @@ Examples are held in memory, except a TFDS train split: it is streamed
 """
 
 import dataclasses
+import functools
 import sys
 from typing import Callable, Iterable, Optional
 
@@ -58,7 +67,7 @@ def global_batch_size(config, num_devices: Optional[int] = None) -> int:
   return b
 
 
-def _check_vocab(config, tokenizer):
+def check_vocab(config, tokenizer):
   """The model must hold every id of the tokenizer and read its padding id as
   padding (a checkpoint's tokenizer names its own: GPT-2's is <|endoftext|>).
   Batches are padded with 0 (batch.py), which an encoder must read as padding;
@@ -103,7 +112,7 @@ def recipe_for(config) -> type:
 class Datasets:
   """A run's data (the module doc says what each field holds)."""
   tokenizer: Optional[tok_lib.Tokenizer]  # None for images.
-  train: grain.DatasetIterator
+  train: Optional[grain.DatasetIterator]  # None: eval_datasets.
   eval: Callable[[], Iterable[dict]]
   info: dict
   recipe: recipes.Recipe
@@ -111,13 +120,23 @@ class Datasets:
   references: Optional[list]
 
   def encode_input(self, text: str) -> list:
-    """The ids of `text` as a model input [n]: the `inputs` of a training
-    example of that text, made by the recipe's own encode (lm rows of lines
-    start with <eos>, seq2seq sources end with it). Not cut to seq_len."""
-    overflow = examples_lib.Overflow('error', sys.maxsize)
-    example = self.recipe.encode(self.recipe.input_example(text), self.tokenizer, overflow,
-                                 'input')
-    return example['inputs'].tolist()
+    """The ids of `text` as a model input [n] (`encode_input`)."""
+    return encode_input(self.recipe, self.tokenizer, text)
+
+
+def encode_input(recipe: recipes.Recipe, tokenizer, text: str) -> list:
+  """The ids of `text` as a model input [n]: the `inputs` of a training example
+  of that text, made by the recipe's own encode (lm rows of lines start with
+  <eos>, seq2seq sources end with it). Not cut to seq_len."""
+  overflow = examples_lib.Overflow('error', sys.maxsize)
+  example = recipe.encode(recipe.input_example(text), tokenizer, overflow, 'input')
+  return example['inputs'].tolist()
+
+
+def input_encoder(config, tokenizer) -> Callable[[str], list]:
+  """text -> its ids as a model input (`encode_input`) for config's recipe,
+  reading no data: what --mode=decode encodes its input lines with."""
+  return functools.partial(encode_input, recipe_for(config)(config), tokenizer)
 
 
 def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
@@ -132,10 +151,26 @@ def create_datasets(config, workdir: Optional[str] = None) -> Datasets:
   tokenizer = None
   if recipe.tokenizes:
     tokenizer = tok_lib.run_tokenizer(workdir, recipe.tokenizer_name, recipe.new_tokenizer)
-    _check_vocab(config, tokenizer)
+    check_vocab(config, tokenizer)
   train_ds, eval_ds, info = recipe.batches(tokenizer, batch_size)
   info.update(batch_size=batch_size)
   if tokenizer is not None:
     info.update(vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.name)
   return Datasets(tokenizer=tokenizer, train=iter(train_ds), eval=lambda: eval_ds, info=info,
                   recipe=recipe, eval_split=recipe.eval_split, references=recipe.references())
+
+
+def eval_datasets(config, tokenizer: Optional[tok_lib.Tokenizer]) -> Datasets:
+  """The eval split of `config` alone, encoded with `tokenizer` (a finished
+  run's own, restore.py), as create_datasets would build it: no train
+  iterator, no info, and no training data read unless the eval split is cut
+  from it (shakespeare, text without config.data.eval_files). The eval split
+  may differ from the run's (config.data.eval_split, eval_files)."""
+  config_lib.validate(config)
+  batch_size = global_batch_size(config)
+  recipe = recipe_for(config)(config)
+  if tokenizer is not None:
+    check_vocab(config, tokenizer)
+  eval_ds = recipe.eval_batches(tokenizer, batch_size)
+  return Datasets(tokenizer=tokenizer, train=None, eval=lambda: eval_ds, info={}, recipe=recipe,
+                  eval_split=recipe.eval_split, references=recipe.references())

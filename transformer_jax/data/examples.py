@@ -212,6 +212,30 @@ def augment_transform(seed: int, batch_size: int, pad: int = 4):
 # From raw examples to train and eval batches.
 
 
+def eval_dataset(config, encode: Callable, eval_raw: list, tokenizer, batch_size: int,
+                 where: str, locations: Optional[list] = None) -> tuple:
+  """(eval rows, info): `eval_raw` encoded by the recipe's `encode(raw,
+  overflow=, where=)` and padded into batches (the last one with weights 0);
+  mlm rows masked with seed config.seed + 1. The eval half of
+  `example_datasets`, and all that --mode=eval builds. `locations` name each
+  raw example in errors instead of its index.
+
+  Raises:
+    DataError: no example is left after config.data.overflow.
+  """
+  d, seq_len = config.data, config.seq_len
+  overflow = Overflow(d.overflow, seq_len)
+  evals = make_examples(eval_raw, functools.partial(encode, overflow=overflow),
+                        locations or f'{where} eval')
+  if not evals:
+    raise DataError(f'{where}: no eval examples left after config.data.overflow={d.overflow}; '
+                    'raise config.seq_len.')
+  transform = (mlm_transform(config.seed + 1, tokenizer, d.mask_rate, batch_size)
+               if d.task == 'mlm' else None)
+  eval_ds = batching.ArrayEval(batching.pad_rows(evals, seq_len), batch_size, transform)
+  return eval_ds, {'eval_examples': len(evals), **overflow.report('eval')}
+
+
 def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
                      batch_size: int, where: str, augment: Optional[Callable] = None,
                      locations: Optional[tuple] = None):
@@ -232,14 +256,12 @@ def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
     raise config_lib.ConfigError(
         f'config.data.bucketing needs every example\'s length up front, which the streamed '
         f'{where} train split does not give; set config.data.packing=True or bucketing=False.')
-  eval_overflow = Overflow(d.overflow, seq_len)
-  evals = make_examples(eval_raw, functools.partial(encode, overflow=eval_overflow),
-                        locations[1] if locations else f'{where} eval')
-  if not len(train) or not evals:
-    raise DataError(f'{where}: no {"train" if not len(train) else "eval"} examples left after '
-                    f'config.data.overflow={d.overflow}; raise config.seq_len.')
-  info.update({'train_examples': len(train), 'eval_examples': len(evals),
-               **eval_overflow.report('eval')})
+  if not len(train):
+    raise DataError(f'{where}: no train examples left after config.data.overflow={d.overflow}; '
+                    'raise config.seq_len.')
+  eval_ds, eval_info = eval_dataset(config, encode, eval_raw, tokenizer, batch_size, where,
+                                    locations[1] if locations else None)
+  info.update({'train_examples': len(train), **eval_info})
   transform = (mlm_transform(config.seed, tokenizer, d.mask_rate, batch_size)
                if task == 'mlm' else augment)
   options = batching.grain_read_options(config)
@@ -250,9 +272,6 @@ def example_datasets(config, encode: Callable, train, eval_raw, tokenizer,
     train_ds = batching.bucketed_train(train, seq_len, batch_size, config.seed, options)
   else:
     train_ds = batching.array_train(train, seq_len, batch_size, config.seed, options, transform)
-  eval_transform = (mlm_transform(config.seed + 1, tokenizer, d.mask_rate, batch_size)
-                    if task == 'mlm' else None)
-  eval_ds = batching.ArrayEval(batching.pad_rows(evals, seq_len), batch_size, eval_transform)
   if task == 'lm':  # streamed: estimated on up to 100,000 examples spread over the split.
     sample = train if isinstance(train, list) else [
         train[i] for i in np.linspace(0, len(train) - 1, min(len(train), 100_000)).astype(int)]

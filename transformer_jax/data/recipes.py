@@ -4,7 +4,9 @@ A `Recipe` owns where a dataset's raw examples come from (sources.py), the
 references the decoding metrics score against, and `encode`, the one way its
 text becomes model inputs, used alike by training examples, eval rows and
 decode inputs (`Datasets.encode_input`). What the dataset is (its tasks, eval
-splits, classes, image shape) is its entry in catalog.py.
+splits, classes, image shape) is its entry in catalog.py. A recipe reads a
+split when it is first used, not when it is made: eval reads the eval split
+alone (`eval_batches`), and decoding reads none.
 Image recipes (`ImageRecipe`: digits, tfds:mnist, tfds:cifar10) encode pixels
 instead, need no tokenizer, and say whether their train batches are augmented.
 datasets.py registers them and builds a run's data from the one it picks.
@@ -87,10 +89,11 @@ def _check_classes(config, num_classes):
 class Recipe:
   """How one dataset becomes a run's data; one instance per create_datasets.
 
-  A subclass names the config.data.name it serves, reads its raw splits in
-  `__init__`, and says how text is encoded (`encode`), batched (`batches`) and
-  scored (`references`). The dataset's facts (its tasks, eval splits, classes)
-  are its catalog entry's (catalog.DATASETS).
+  A subclass names the config.data.name it serves, checks the config in
+  `__init__` (reading no data), reads each raw split at its first use, and says
+  how text is encoded (`encode`), batched (`batches`: train and eval;
+  `eval_batches`: eval alone) and scored (`references`). The dataset's facts
+  (its tasks, eval splits, classes) are its catalog entry's (catalog.DATASETS).
   """
   name = ''  # the config.data.name served.
   tasks = ()  # where a dataset's tasks are split between recipes, this one's; () = all.
@@ -160,6 +163,11 @@ class Recipe:
     """(train grain dataset, eval iterable, info)."""
     raise NotImplementedError
 
+  def eval_batches(self, tokenizer, batch_size: int):
+    """The eval iterable of `batches`, built without reading the train split
+    (where the eval split is not a part of it)."""
+    raise NotImplementedError
+
   def references(self) -> Optional[list]:
     return None
 
@@ -170,9 +178,17 @@ class ShakespeareStream(Recipe):
   name = 'shakespeare'
   tasks = ('lm', 'mlm')
 
-  def __init__(self, config):
-    super().__init__(config)
-    self.train_text, self.eval_text = sources.shakespeare_split()
+  @functools.cached_property
+  def _texts(self) -> tuple:
+    return sources.shakespeare_split()
+
+  @property
+  def train_text(self) -> str:
+    return self._texts[0]
+
+  @property
+  def eval_text(self) -> str:
+    return self._texts[1]
 
   def new_tokenizer(self, directory):
     return make_tokenizer(self.config, directory, lambda: [self.train_text], 'shakespeare')
@@ -187,22 +203,33 @@ class ShakespeareStream(Recipe):
     d, task, seq_len = config.data, config.data.task, config.seq_len
     train_tokens = self.encode(self.train_text, tokenizer, None, 'train')['inputs']
     eval_tokens = self.encode(self.eval_text, tokenizer, None, 'eval')['inputs']
-    shift = task == 'lm'
-    train_transform = eval_transform = None
+    train_transform = None
     if task == 'mlm':
       train_transform = examples_lib.mlm_transform(config.seed, tokenizer, d.mask_rate,
                                                    batch_size)
-      eval_transform = examples_lib.mlm_transform(config.seed + 1, tokenizer, d.mask_rate,
-                                                  batch_size)
     train = batching.stream_train(train_tokens, seq_len, batch_size, config.seed,
-                                  batching.grain_read_options(config), shift, train_transform)
-    eval_ds = batching.ArrayEval(batching.stream_eval_rows(eval_tokens, seq_len, shift),
-                                 batch_size, eval_transform)
+                                  batching.grain_read_options(config), task == 'lm',
+                                  train_transform)
+    eval_ds = self._eval_rows(eval_tokens, tokenizer, batch_size)
     info = {'train_tokens': len(train_tokens), 'eval_tokens': len(eval_tokens),
             'train_chars': len(self.train_text), 'eval_chars': len(self.eval_text),
             'eval_examples': eval_ds.num_examples,
             'unigram_entropy': tok_lib.unigram_entropy(train_tokens)}
     return train, eval_ds, info
+
+  def eval_batches(self, tokenizer, batch_size):
+    eval_tokens = self.encode(self.eval_text, tokenizer, None, 'eval')['inputs']
+    return self._eval_rows(eval_tokens, tokenizer, batch_size)
+
+  def _eval_rows(self, eval_tokens, tokenizer, batch_size: int):
+    """Consecutive windows of the eval stream (mlm: masked with seed + 1)."""
+    config, task = self.config, self.config.data.task
+    transform = None
+    if task == 'mlm':
+      transform = examples_lib.mlm_transform(config.seed + 1, tokenizer, config.data.mask_rate,
+                                             batch_size)
+    return batching.ArrayEval(batching.stream_eval_rows(eval_tokens, config.seq_len,
+                                                        task == 'lm'), batch_size, transform)
 
 
 class ShakespeareGenres(Recipe):
@@ -211,10 +238,25 @@ class ShakespeareGenres(Recipe):
   name = 'shakespeare'
   tasks = ('classify',)
 
-  def __init__(self, config):
-    super().__init__(config)
-    self.works, self.genres = sources.shakespeare_works(), sources.shakespeare_genres()
-    self.train_works, self.test_works = sources.genre_split()
+  @functools.cached_property
+  def works(self) -> dict:
+    return sources.shakespeare_works()
+
+  @functools.cached_property
+  def genres(self) -> dict:
+    return sources.shakespeare_genres()
+
+  @functools.cached_property
+  def _split(self) -> tuple:
+    return sources.genre_split()
+
+  @property
+  def train_works(self) -> list:
+    return self._split[0]
+
+  @property
+  def test_works(self) -> list:
+    return self._split[1]
 
   def new_tokenizer(self, directory):
     return make_tokenizer(self.config, directory,
@@ -226,22 +268,29 @@ class ShakespeareGenres(Recipe):
     return {'inputs': tokenizer.encode_array(raw[0]), 'targets': np.int32(raw[1]),
             'weights': np.float32(1.0)}
 
+  def _passages(self, names, tokenizer) -> list:
+    """The passages of the works `names`, each labelled with its work's genre."""
+    seq_len = self.config.seq_len
+    examples = []
+    for name in names:
+      work = self.encode((self.works[name], sources.GENRES.index(self.genres[name])),
+                         tokenizer, None, name)
+      for start in range(0, len(work['inputs']), seq_len):
+        chunk = work['inputs'][start:start + seq_len]
+        if 2 * len(chunk) >= seq_len:
+          examples.append({**work, 'inputs': chunk})
+    return examples
+
+  def eval_batches(self, tokenizer, batch_size):
+    _check_classes(self.config, len(sources.GENRES))
+    test = self._passages(self.test_works, tokenizer)
+    return batching.ArrayEval(batching.pad_rows(test, self.config.seq_len), batch_size)
+
   def batches(self, tokenizer, batch_size):
     config, seq_len = self.config, self.config.seq_len
     _check_classes(config, len(sources.GENRES))
-
-    def passages(names):
-      examples = []
-      for name in names:
-        work = self.encode((self.works[name], sources.GENRES.index(self.genres[name])),
-                           tokenizer, None, name)
-        for start in range(0, len(work['inputs']), seq_len):
-          chunk = work['inputs'][start:start + seq_len]
-          if 2 * len(chunk) >= seq_len:
-            examples.append({**work, 'inputs': chunk})
-      return examples
-
-    train, test = passages(self.train_works), passages(self.test_works)
+    train, test = (self._passages(self.train_works, tokenizer),
+                   self._passages(self.test_works, tokenizer))
     train_ds = batching.array_train(train, seq_len, batch_size, config.seed,
                                     batching.grain_read_options(config))
     eval_ds = batching.ArrayEval(batching.pad_rows(test, seq_len), batch_size)
@@ -259,15 +308,23 @@ class Cmudict(Recipe):
   phonemes in one vocabulary (G2PTokenizer) built from the train split."""
   name = 'cmudict'
 
-  def __init__(self, config):
-    super().__init__(config)
-    d = config.data
-    self.splits = sources.cmudict_g2p(d.keep_stress)
-    pairs = lambda split: [(w, p) for w, prons in self.splits[split] for p in prons]
-    self.train_raw, self.eval_raw = pairs('train'), pairs(self.eval_split)
-    if d.max_examples:
-      self.train_raw = self.train_raw[:d.max_examples]
-      self.eval_raw = self.eval_raw[:d.max_examples]
+  @functools.cached_property
+  def splits(self) -> dict:
+    return sources.cmudict_g2p(self.config.data.keep_stress)
+
+  def _pairs(self, split: str) -> list:
+    """(word, pronunciation) pairs of `split`, one per pronunciation (the
+    first config.data.max_examples, if set)."""
+    pairs = [(w, p) for w, prons in self.splits[split] for p in prons]
+    return pairs[:self.config.data.max_examples] if self.config.data.max_examples else pairs
+
+  @functools.cached_property
+  def train_raw(self) -> list:
+    return self._pairs('train')
+
+  @functools.cached_property
+  def eval_raw(self) -> list:
+    return self._pairs(self.eval_split)
 
   def input_example(self, text: str):
     """A word to pronounce, in lower case: CMUdict's words are, and its upper-case
@@ -290,6 +347,11 @@ class Cmudict(Recipe):
         'cmudict')
     info.update({f'{s}_words': len(self.splits[s]) for s in sources.G2P_SPLITS})
     return train_ds, eval_ds, info
+
+  def eval_batches(self, tokenizer, batch_size):
+    encode = functools.partial(self.encode, tokenizer=tokenizer)
+    return examples_lib.eval_dataset(self.config, encode, self.eval_raw, tokenizer, batch_size,
+                                     'cmudict')[0]
 
   def references(self):
     """(word, [pronunciation, ...]) for every word of the eval split."""
@@ -315,14 +377,27 @@ class Tfds(Recipe):
     self.convert = functools.partial(sources.tfds_example, self.dataset,
                                      source_language=d.source_language,
                                      target_language=d.target_language)
-    self.source = sources.tfds_source(self.dataset, 'train', d.data_dir)
-    self.num_train = len(self.source)
-    if d.max_examples:
-      self.num_train = min(self.num_train, d.max_examples)
-    self.eval_raw = sources.tfds_examples(self.dataset, self.eval_split, d.data_dir,
-                                          d.source_language, d.target_language, d.max_examples)
-    self.num_text = (min(self.num_train, d.tokenizer_examples) if d.tokenizer_examples
-                     else self.num_train)
+
+  @functools.cached_property
+  def source(self):
+    """The train split, opened (not read) at first use."""
+    return sources.tfds_source(self.dataset, 'train', self.config.data.data_dir)
+
+  @property
+  def num_train(self) -> int:
+    d = self.config.data
+    return min(len(self.source), d.max_examples) if d.max_examples else len(self.source)
+
+  @property
+  def num_text(self) -> int:
+    d = self.config.data
+    return min(self.num_train, d.tokenizer_examples) if d.tokenizer_examples else self.num_train
+
+  @functools.cached_property
+  def eval_raw(self) -> list:
+    d = self.config.data
+    return sources.tfds_examples(self.dataset, self.eval_split, d.data_dir, d.source_language,
+                                 d.target_language, d.max_examples)
 
   def _text(self):
     for i in np.linspace(0, self.num_train - 1, self.num_text).astype(int):
@@ -353,6 +428,13 @@ class Tfds(Recipe):
     info['tokenizer_examples'] = self.num_text
     return train_ds, eval_ds, info
 
+  def eval_batches(self, tokenizer, batch_size):
+    if self.kind == 'classify':
+      _check_classes(self.config, 2)
+    encode = functools.partial(self.encode, tokenizer=tokenizer)
+    return examples_lib.eval_dataset(self.config, encode, self.eval_raw, tokenizer, batch_size,
+                                     self.config.data.name)[0]
+
   def references(self):
     """(source, reference) sentence pairs of the eval split, for translation."""
     return self.eval_raw if self.kind == 'translation' else None
@@ -374,39 +456,92 @@ class TextFiles(Recipe):
       raise ConfigError(f'config.data.task={d.task} reads '
                         f'{"source<TAB>target lines" if not tsv else "one text per line"}; set '
                         f'config.data.format={"tsv" if not tsv else "lines"}.')
-    train_files = sources.expand_files(d.train_files, 'train_files')
-    train_raw, train_where = sources.read_text_files(train_files, tsv)
-    if d.eval_files:
-      eval_files = sources.expand_files(d.eval_files, 'eval_files')
-      both = set(map(os.path.realpath, train_files)) & set(map(os.path.realpath, eval_files))
-      if both:
-        raise DataError(f'{sorted(both)[0]} is in both config.data.train_files and eval_files, '
-                        'so eval would score training examples; keep it in one of them.')
-      eval_raw, eval_where = sources.read_text_files(eval_files, tsv)
-    else:
-      if len(train_raw) < 2:
-        raise DataError(f'{d.train_files}: one example, too few to hold out the last 10% for '
-                        'eval; add examples or set config.data.eval_files.')
-      cut = len(train_raw) - max(1, len(train_raw) // 10)
-      logging.info('No config.data.eval_files: the last %d of %d examples are the eval split.',
-                   len(train_raw) - cut, len(train_raw))
-      train_raw, eval_raw = train_raw[:cut], train_raw[cut:]
-      train_where, eval_where = train_where[:cut], train_where[cut:]
-    self.info = {}
-    if d.task == 'classify':
-      labels = sorted({label for _, label in train_raw})
-      unknown = {label for _, label in eval_raw} - set(labels)
-      if unknown:
-        shuffle = '' if d.eval_files else ' (or shuffle the lines: eval takes the last 10%)'
-        raise DataError(f'{self.eval_split}: labels {sorted(unknown)} never occur in the '
-                        f'training examples of {d.train_files}; add training examples for '
-                        f'them{shuffle}.')
-      _check_classes(config, len(labels))
-      train_raw = [(t, labels.index(l)) for t, l in train_raw]
-      eval_raw = [(t, labels.index(l)) for t, l in eval_raw]
-      self.info['classes'] = tuple(labels)
-    self.train_raw, self.eval_raw = train_raw, eval_raw
-    self.locations = (train_where, eval_where)  # 'PATH:LINE' of each example.
+    self.tsv = tsv
+
+  @functools.cached_property
+  def _read_train(self) -> tuple:
+    """(examples, 'PATH:LINE' of each) of every file of config.data.train_files."""
+    files = sources.expand_files(self.config.data.train_files, 'train_files')
+    return sources.read_text_files(files, self.tsv)
+
+  @functools.cached_property
+  def _cut(self) -> int:
+    """Without config.data.eval_files: where the last 10% of the training
+    examples, the eval split, start."""
+    examples = len(self._read_train[0])
+    if examples < 2:
+      raise DataError(f'{self.config.data.train_files}: one example, too few to hold out the '
+                      'last 10% for eval; add examples or set config.data.eval_files.')
+    cut = examples - max(1, examples // 10)
+    logging.info('No config.data.eval_files: the last %d of %d examples are the eval split.',
+                 examples - cut, examples)
+    return cut
+
+  @functools.cached_property
+  def _train_split(self) -> tuple:
+    """(raw examples, 'PATH:LINE' of each) of the train split."""
+    raw, where = self._read_train
+    if self.config.data.eval_files:
+      return raw, where
+    return raw[:self._cut], where[:self._cut]
+
+  @functools.cached_property
+  def _eval_split(self) -> tuple:
+    """(raw examples, 'PATH:LINE' of each) of the eval split: config.data.eval_files,
+    read without the training files when those are set (and, if the training
+    files are still there, none of them may be an eval file)."""
+    d = self.config.data
+    if not d.eval_files:
+      raw, where = self._read_train
+      return raw[self._cut:], where[self._cut:]
+    eval_files = sources.expand_files(d.eval_files, 'eval_files')
+    try:
+      train_files = sources.expand_files(d.train_files, 'train_files')
+    except DataError:  # moved away since the run trained: none can be an eval file.
+      train_files = []
+    both = set(map(os.path.realpath, train_files)) & set(map(os.path.realpath, eval_files))
+    if both:
+      raise DataError(f'{sorted(both)[0]} is in both config.data.train_files and eval_files, '
+                      'so eval would score training examples; keep it in one of them.')
+    return sources.read_text_files(eval_files, self.tsv)
+
+  @functools.cached_property
+  def _labels(self) -> list:
+    """classify: the training examples' labels in sorted order (a label's id is
+    its index), the eval split's checked against them."""
+    d = self.config.data
+    labels = sorted({label for _, label in self._train_split[0]})
+    unknown = {label for _, label in self._eval_split[0]} - set(labels)
+    if unknown:
+      shuffle = '' if d.eval_files else ' (or shuffle the lines: eval takes the last 10%)'
+      raise DataError(f'{self.eval_split}: labels {sorted(unknown)} never occur in the '
+                      f'training examples of {d.train_files}; add training examples for '
+                      f'them{shuffle}.')
+    _check_classes(self.config, len(labels))
+    return labels
+
+  def _numbered(self, raw: list) -> list:
+    """classify: (text, label id) for each (text, label); other tasks: `raw`."""
+    if self.config.data.task != 'classify':
+      return raw
+    return [(t, self._labels.index(l)) for t, l in raw]
+
+  @functools.cached_property
+  def train_raw(self) -> list:
+    return self._numbered(self._train_split[0])
+
+  @functools.cached_property
+  def eval_raw(self) -> list:
+    return self._numbered(self._eval_split[0])
+
+  @property
+  def info(self) -> dict:
+    return {'classes': tuple(self._labels)} if self.config.data.task == 'classify' else {}
+
+  @property
+  def locations(self) -> tuple:
+    """'PATH:LINE' of each example: (train, eval)."""
+    return self._train_split[1], self._eval_split[1]
 
   @property
   def eval_split(self) -> str:
@@ -433,6 +568,13 @@ class TextFiles(Recipe):
         self.config.data.train_files, locations=self.locations)
     return train_ds, eval_ds, {**self.info, **more}
 
+  def eval_batches(self, tokenizer, batch_size):
+    """The eval split; with config.data.eval_files it alone is read (classify
+    reads the training files too, for its labels' names)."""
+    encode = functools.partial(self.encode, tokenizer=tokenizer)
+    return examples_lib.eval_dataset(self.config, encode, self.eval_raw, tokenizer, batch_size,
+                                     self.config.data.train_files, self._eval_split[1])[0]
+
 
 # ----------------------------------------------------------------------------
 # Images (the Vision Transformer: config.model.patch_size > 0).
@@ -458,14 +600,25 @@ class ImageRecipe(Recipe):
     del tokenizer, overflow, where  # pixels, not text; nothing to cut.
     return examples_lib.image_example(raw, self.scale)
 
-  def image_datasets(self, train, eval_raw, batch_size: int) -> tuple:
-    """(train dataset, eval rows, info) of `train` (raw examples or
-    StreamedExamples) and `eval_raw`, through the flow every recipe shares."""
-    config, name = self.config, self.config.data.name
+  def _check_shape(self, eval_raw: list):
+    """Raises DataError when the images are not the catalog's shape."""
+    name = self.config.data.name
     shape = self.encode(eval_raw[0])['inputs'].shape
     if shape != self.entry.image_shape:
       raise DataError(f'{name}: images are {shape}, not the {self.entry.image_shape} of '
                       'catalog.DATASETS; fix the table.')
+
+  def eval_batches(self, tokenizer, batch_size):
+    del tokenizer
+    self._check_shape(self.eval_raw)
+    return examples_lib.eval_dataset(self.config, self.encode, self.eval_raw, None, batch_size,
+                                     self.config.data.name)[0]
+
+  def image_datasets(self, train, eval_raw, batch_size: int) -> tuple:
+    """(train dataset, eval rows, info) of `train` (raw examples or
+    StreamedExamples) and `eval_raw`, through the flow every recipe shares."""
+    config, name = self.config, self.config.data.name
+    self._check_shape(eval_raw)
     augment = examples_lib.augment_transform(config.seed, batch_size) if self.augment else None
     train_ds, eval_ds, info = examples_lib.example_datasets(
         config, self.encode, train, eval_raw, None, batch_size, name, augment)
@@ -487,12 +640,17 @@ class Digits(ImageRecipe):
   name = 'digits'
   scale = 16
 
-  def __init__(self, config):
-    super().__init__(config)
+  def _raw(self, split: str) -> list:
     images, labels = sources.digits()
-    split = sources.digits_split()
-    raw = lambda name: [(images[i], labels[i]) for i in split[name]]
-    self.train_raw, self.eval_raw = raw('train'), raw(self.eval_split)
+    return [(images[i], labels[i]) for i in sources.digits_split()[split]]
+
+  @functools.cached_property
+  def train_raw(self) -> list:
+    return self._raw('train')
+
+  @functools.cached_property
+  def eval_raw(self) -> list:
+    return self._raw(self.eval_split)
 
   def batches(self, tokenizer, batch_size):
     del tokenizer
@@ -518,16 +676,24 @@ class TfdsImages(ImageRecipe):
 
   def __init__(self, config):
     super().__init__(config)
-    d = config.data
-    self.dataset = d.name[len(self.name):]
+    self.dataset = config.data.name[len(self.name):]
     self.augment = self.dataset == 'cifar10'
+
+  @functools.cached_property
+  def train(self) -> examples_lib.StreamedExamples:
+    """The train split, streamed from the source opened at first use."""
+    d = self.config.data
     source = sources.tfds_source(self.dataset, 'train', d.data_dir)
     count = min(len(source), d.max_examples) if d.max_examples else len(source)
-    self.train = examples_lib.StreamedExamples(
+    return examples_lib.StreamedExamples(
         source, functools.partial(sources.tfds_example, self.dataset), self.encode,
         f'{d.name} train', np.arange(count))
-    self.eval_raw = sources.tfds_examples(self.dataset, self.eval_split, d.data_dir,
-                                          max_examples=d.max_examples)
+
+  @functools.cached_property
+  def eval_raw(self) -> list:
+    d = self.config.data
+    return sources.tfds_examples(self.dataset, self.eval_split, d.data_dir,
+                                 max_examples=d.max_examples)
 
   def batches(self, tokenizer, batch_size):
     del tokenizer

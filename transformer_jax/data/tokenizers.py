@@ -418,6 +418,23 @@ def load(directory: str) -> Tokenizer:
                   'the directory to rebuild the vocabulary from the data.')
 
 
+def saved_run_tokenizer(workdir: str, name: str) -> Optional[Tokenizer]:
+  """The tokenizer saved in <workdir>/tokenizer/ (None: none is), read without
+  the data (what a finished run is decoded with: restore.py).
+
+  Raises:
+    DataError: the saved one is not a `name` tokenizer.
+  """
+  directory = os.path.join(workdir, RUN_DIRECTORY)
+  if not is_saved(directory):
+    return None
+  saved = load(directory)
+  if saved.name != name:
+    raise DataError(f'{directory} holds the {saved.name} vocabulary this run started with, '
+                    f'not a {name} one; use a new workdir for another tokenizer.')
+  return saved
+
+
 def run_tokenizer(workdir: Optional[str], name: str,
                   build: Callable[[Optional[str]], Tokenizer]) -> Tokenizer:
   """The run's tokenizer: read from <workdir>/tokenizer/ once saved there.
@@ -431,14 +448,11 @@ def run_tokenizer(workdir: Optional[str], name: str,
   if not workdir:
     return build(None)
   directory = os.path.join(workdir, RUN_DIRECTORY)
-  if not is_saved(directory):
+  saved = saved_run_tokenizer(workdir, name)
+  if saved is None:
     tokenizer = build(directory)
     tokenizer.save(directory)
     return tokenizer
-  saved = load(directory)
-  if saved.name != name:
-    raise DataError(f'{directory} holds the {saved.name} vocabulary this run started with, '
-                    f'not a {name} one; use a new workdir for another tokenizer.')
   if saved.vocabulary:
     known = set(saved.vocabulary)
     lacks = sorted(s for s in build(None).vocabulary if s not in known)
