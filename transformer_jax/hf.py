@@ -33,6 +33,7 @@ the core install does not need them (`pip install transformer_jax[hf]`).
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import params as params_lib
 from transformer_jax.data import tokenizers
@@ -259,7 +261,6 @@ def check_tokenizer(hf: dict, spec: str, tokenizer):
 
 def _require(module: str):
   """Imports a module of the hf extra, or says in one line how to install it."""
-  import importlib  # pylint: disable=g-import-not-at-top
   try:
     return importlib.import_module(module)
   except ImportError:
@@ -330,7 +331,9 @@ def _linear(theirs: str, ours: str, kernel_shape=None, inputs: int = 1,
 
 
 def _norm(theirs: str, ours: str) -> list:
-  return [Tensor(f'{theirs}.weight', (f'{ours}/scale',)), Tensor(f'{theirs}.bias', (f'{ours}/bias',))]
+  """LayerNorm `theirs`.weight and .bias as `ours`/scale and /bias."""
+  return [Tensor(f'{theirs}.weight', (f'{ours}/scale',)),
+          Tensor(f'{theirs}.bias', (f'{ours}/bias',))]
 
 
 def gpt2_tensors(m, tied: bool) -> list:
@@ -688,7 +691,6 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
     ConfigError: the model has no transformers class (`to_transformers`).
   """
-  from transformer_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'{workdir} holds no checkpoint; train first (--mode=train).')
   with checkpoint_lib.Checkpointer(workdir, config, writable=False) as checkpoints:

@@ -235,8 +235,9 @@ def favor_logits(x, projection):
   the constant -log(m) / 2 that cancels in the normalisation.
 
   x [b, l, h, k] -> [b, l, h, m] float32 (float64 for float64 x): phi(q)^T phi(k) is an
-  unbiased, positive estimate of exp(q^T k / sqrt(k)). Queries and keys stay in the log domain: the sums
-  (`_causal_sums`) exponentiate them against scales, as softmax's stabiliser.
+  unbiased, positive estimate of exp(q^T k / sqrt(k)). Queries and keys stay in the log
+  domain: the sums (`_causal_sums`) exponentiate them against scales, as softmax's
+  stabiliser.
   """
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32)) * x.shape[-1]**-0.25
   return (jnp.einsum('blhk,mk->blhm', x, jnp.asarray(projection, x.dtype))
