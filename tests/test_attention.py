@@ -74,7 +74,7 @@ def test_global_tokens_beyond_a_short_row_make_it_global_throughout():
 
 def features(q, k, m=32, seed=0):
   projection = attention_lib.orthogonal_random_features(m, q.shape[-1], seed)
-  return (attention_lib.favor_features(q, projection),
+  return (attention_lib.favor_logits(q, projection),
           attention_lib.favor_logits(k, projection))
 
 
@@ -137,7 +137,7 @@ def test_favor_approximates_softmax_at_head_dim_128():
   zero, and the output with them; a running maximum keeps them in range."""
   q, k, v = qkv((1, 64, 1, 128), scale=0.3)
   projection = attention_lib.orthogonal_random_features(256, 128, 0)
-  qf, kl = attention_lib.favor_features(q, projection), attention_lib.favor_logits(k, projection)
+  qf, kl = attention_lib.favor_logits(q, projection), attention_lib.favor_logits(k, projection)
   ones = jnp.ones((1, 64), jnp.int32)
   causal_mask = jnp.tril(jnp.ones((64, 64), bool))
   for approx, (exact, _) in ((causal_linear(qf, kl, v, ones)[0],
@@ -158,7 +158,7 @@ def _favor_inputs(norms, head_dim=32, features=64, seed=0):
                   * np.asarray(norms)[None, :, None, None], jnp.float32)
   v = jnp.asarray(rng.normal(size=(1, l, 1, head_dim)), jnp.float32)
   projection = attention_lib.orthogonal_random_features(features, head_dim, seed)
-  return attention_lib.favor_features(q, projection), attention_lib.favor_logits(k, projection), v
+  return attention_lib.favor_logits(q, projection), attention_lib.favor_logits(k, projection), v
 
 
 def test_favor_keys_far_below_zero_still_count():
@@ -189,6 +189,47 @@ def test_a_packed_favor_example_is_computed_as_if_alone():
                              bidirectional_linear(*map(second, (qf, kl, v)), alone, chunk=4),
                              atol=1e-5)
   assert float(jnp.max(jnp.abs(second(packed)))) > 0.1
+
+
+def _favor_gradients(attend, dtype, seed=0, length=24, head_dim=64, features=64):
+  """norm -> gradients w.r.t. q, k, v of sum(r * attend(favor_logits(q), favor_logits(k), v)),
+  q and k [1, length, 1, head_dim] of that norm per token and head, in `dtype`."""
+  rng = np.random.default_rng(seed)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  q, k = (unit(rng.normal(size=(1, length, 1, head_dim))) for _ in range(2))
+  v, r = rng.normal(size=(2, 1, length, 1, head_dim))
+  projection = attention_lib.orthogonal_random_features(features, head_dim, seed)
+  loss = lambda q, k, v: jnp.sum(attend(attention_lib.favor_logits(q, projection),
+                                        attention_lib.favor_logits(k, projection), v)
+                                 * r.astype(dtype))
+  grad = jax.jit(jax.grad(loss, (0, 1, 2)))
+  return lambda norm: grad(*(jnp.asarray(x, dtype) for x in (q * norm, k * norm, v)))
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('packed', [False, True])
+def test_favor_gradients_stay_finite_and_match_float64_across_norms(causal, packed):
+  """Issue 24, kind 2: at per-head query/key norms ~40 each query's features peaked where
+  the keys' did not, the denominator fell to 1e-20..1e-30, its square underflowed and the
+  gradients became inf/NaN. Now they equal the quadratic form's, run in float64, from
+  norm 1 to 100 (head dim 64), and stay finite far beyond, as softmax's do."""
+  segments = jnp.asarray([[1] * 11 + [2] * 9 + [0] * 4] if packed else [[1] * 24])
+  if causal:
+    attend = lambda q, k, v: attention_lib.causal_linear_attention(q, k, v, segments, 8)[0]
+  else:
+    attend = lambda q, k, v: attention_lib.bidirectional_linear_attention(q, k, v, segments, 8)
+  mask = layers.attention_mask(segments, segments, causal)
+  gradients = _favor_gradients(attend, jnp.float32)
+  with jax.enable_x64():
+    reference = _favor_gradients(
+        lambda q, k, v: attention_lib.linear_attention_quadratic(q, k, v, mask), jnp.float64)
+    for norm in (1.0, 10.0, 40.0, 70.0, 100.0):
+      for got, want in zip(gradients(norm), reference(norm)):
+        want = np.asarray(want)
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0,
+                                   atol=1e-4 * np.abs(want).max(), err_msg=f'norm {norm}')
+  for norm in (300.0, 1000.0):
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in gradients(norm)), norm
 
 
 def tiny(variant='decoder', **overrides):

@@ -253,3 +253,22 @@ def test_fields_added_since_a_checkpoint_count_as_their_defaults():
   assert checkpoint_lib.config_differences(saved, current) == []
   current['model']['activation'] = 'gelu'
   assert checkpoint_lib.config_differences(saved, current) == [('model.activation', 'relu', 'gelu')]
+
+
+def test_what_the_readme_says_may_change_may_change(straight_run, tmp_path):
+  """Issue 24, kind 5: README lists config.model.dtype among the performance knobs that
+  may change when a run resumes (parameters are float32 either way), yet eval, decode
+  and resume with another dtype were refused. Every knob it names is resumable, and a
+  float32 run evaluates and resumes in bfloat16."""
+  with open(os.path.join(REPOSITORY, 'README.md'), encoding='utf-8') as f:
+    readme = ' '.join(f.read().split())
+  knobs = readme[readme.index('Performance knobs'):readme.index('The state buffers')]
+  named = set(re.findall(r'`config\.(model\.\w+)', knobs))
+  assert 'model.dtype' in named and named <= config_lib.RESUMABLE_FIELDS, named
+  config, workdir = straight_run
+  bfloat16 = override(config, {'model.dtype': 'bfloat16'})
+  assert np.isfinite(evaluation.evaluate_checkpoint(bfloat16, workdir)['loss'])
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed)
+  trainer.train(override(bfloat16, {'total_steps': 7}), resumed)
+  assert _losses(resumed)[-1][0] == 7

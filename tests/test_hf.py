@@ -5,6 +5,7 @@ into transformers with the same logits; the refusals are one line."""
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -71,79 +72,132 @@ def _bert_config(**kwargs):
                                  max_position_embeddings=POSITIONS, **kwargs)
 
 
-def test_gpt2_logits_equal_transformers(gpt2_dir):
-  path, theirs = gpt2_dir
-  config, model, params, report = _import(path, 'decoder')
-  assert config.model.activation == 'gelu_tanh' and config.model.norm == 'pre'
-  assert 'new, initialised fresh: none' in report and 'not read' not in report
-  assert accounting.count_params(config.model) == theirs.num_parameters()
-  tokens = _tokens()
-  ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
-  with torch.no_grad():
-    expected = theirs(torch.tensor(tokens)).logits.numpy()
-  np.testing.assert_allclose(np.asarray(ours), expected, atol=TOLERANCE, rtol=TOLERANCE)
-
-
-def test_bert_mlm_logits_equal_transformers(tmp_path):
-  torch.manual_seed(0)
-  theirs = _perturbed(transformers.BertForMaskedLM(_bert_config()))
-  path = _save(theirs, tmp_path / 'bert')
-  config, model, params, report = _import(path, 'encoder', 'mlm')
-  assert config.model.head_transform and config.model.token_types == 2
-  assert 'new, initialised fresh: none' in report
-  assert accounting.count_params(config.model) == theirs.num_parameters()
-  tokens = _tokens()
-  tokens[1, 6:] = 0  # padding, masked on both sides.
-  ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
-  with torch.no_grad():
-    expected = theirs(torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0)).logits
-  real = tokens != 0
-  np.testing.assert_allclose(np.asarray(ours)[real], expected.numpy()[real], atol=TOLERANCE,
-                             rtol=TOLERANCE)
-
-
-def test_bert_classifier_logits_equal_transformers(tmp_path):
-  torch.manual_seed(0)
-  theirs = _perturbed(transformers.BertForSequenceClassification(_bert_config(num_labels=3)))
-  path = _save(theirs, tmp_path / 'bert_classifier')
-  config, model, params, report = _import(path, 'encoder', 'classify', num_classes=3)
-  assert config.model.pooler and config.model.pooling == 'first'
-  assert 'new, initialised fresh: none' in report  # encoder, pooler and classifier all read.
-  assert accounting.count_params(config.model) == theirs.num_parameters()
-  tokens = _tokens()
-  tokens[0, 7:] = 0
-  ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
-  with torch.no_grad():
-    expected = theirs(torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0)).logits
-  assert ours.shape == (2, 3)
-  np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=TOLERANCE, rtol=TOLERANCE)
-
-
-def test_exported_gpt2_loads_into_transformers_with_equal_logits(gpt2_dir, tmp_path):
-  path, _ = gpt2_dir
-  config, model, params, _ = _import(path, 'decoder')
-  out = str(tmp_path / 'export')
-  assert hf.export(config.model, params, out) == 'gpt2'
-  back = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
-  tokens = _tokens()
-  with torch.no_grad():
-    theirs = back(torch.tensor(tokens)).logits.numpy()
-  ours = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32))
-  np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOLERANCE, rtol=TOLERANCE)
-
-
-def test_export_of_another_layout_keeps_our_names(tmp_path):
+def test_export_of_a_model_transformers_has_no_class_for_is_refused_in_one_line(tmp_path):
+  """It wrote our own names under no model_type: BertForMaskedLM.from_pretrained then
+  loaded it with no error and every weight random."""
   m = config_lib.model_config()
   m.update(variant='encoder', num_layers=1, d_model=8, num_heads=2, vocab_size=11, max_len=8)
-  model = build_model(m)
-  params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))['params']
-  assert hf.export(m, params, str(tmp_path)) == 'transformer_jax'
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  tensors = load_file(str(tmp_path / 'model.safetensors'))
-  assert 'encoder/layer_0/self_attention/query/kernel' in tensors
-  meta = json.loads((tmp_path / 'config.json').read_text())
-  assert meta['format'] == 'transformer_jax' and meta['model']['variant'] == 'encoder'
-  assert 'variant=' in hf.gpt2_layout(m)
+  params = build_model(m).init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))['params']
+  with pytest.raises(config_lib.ConfigError) as e:
+    hf.export(m, params, str(tmp_path / 'out'))
+  assert "position='sinusoidal'" in _one_line(e) and 'head_transform=False' in _one_line(e)
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def _hf_model(arch, tied, head='mlm', seed=0):
+  """A random transformers model of `arch` (gpt2 | bert), its output layer tied or not."""
+  torch.manual_seed(seed)
+  if arch == 'gpt2':
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=D,
+                                  n_layer=LAYERS, n_head=HEADS, tie_word_embeddings=tied)
+    return _perturbed(transformers.GPT2LMHeadModel(cfg))
+  if head == 'classify':
+    return _perturbed(transformers.BertForSequenceClassification(_bert_config(num_labels=3)))
+  return _perturbed(transformers.BertForMaskedLM(_bert_config(tie_word_embeddings=tied)))
+
+
+def _logits(model, tokens):
+  with torch.no_grad():
+    return model(torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0)).logits.numpy()
+
+
+@pytest.mark.parametrize('arch,tied,head', [('gpt2', True, 'mlm'), ('gpt2', False, 'mlm'),
+                                            ('bert', True, 'mlm'), ('bert', False, 'mlm'),
+                                            ('bert', True, 'classify')])
+def test_weights_in_and_out_are_complete_and_verified(arch, tied, head, tmp_path):
+  """Issue 24, kind 1. Import: every tensor becomes a parameter or is listed unused with
+  its reason, and the logits equal transformers' (an untied BERT's decoder was counted
+  as "tied" and dropped: MLM logits off by up to 2.9). Export: transformers' own Auto
+  class loads it with no missing, unexpected or mismatched key, and equal logits."""
+  theirs = _hf_model(arch, tied, head)
+  path = _save(theirs, tmp_path / 'theirs')
+  run = {'num_classes': 3} if head == 'classify' else {}
+  variant = 'decoder' if arch == 'gpt2' else 'encoder'
+  config, model, params, report = _import(path, variant, head, **run)
+  new = 'project/logits/bias' if (arch, tied) == ('gpt2', False) else 'none'  # zeros: the same.
+  assert f'new, initialised fresh: {new};' in report and 'dropped: none' in report, report
+  # Untied: our decoder's Dense has a bias GPT-2's lm_head lacks; BERT's keeps a second one
+  # (cls.predictions.bias) its forward does not read.
+  extra = {('gpt2', False): VOCAB, ('bert', False): -VOCAB}.get((arch, tied), 0)
+  assert accounting.count_params(config.model) == theirs.num_parameters() + extra
+  tokens = _tokens()
+  if arch == 'bert':
+    tokens[1, 6:] = 0  # padding: our encoder masks pad_id, transformers the attention_mask.
+  real = tokens != 0 if head == 'mlm' else slice(None)
+  ours = np.asarray(model.apply({'params': params}, jnp.asarray(tokens, jnp.int32)))
+  np.testing.assert_allclose(ours[real], _logits(theirs, tokens)[real], atol=TOLERANCE,
+                             rtol=TOLERANCE)
+
+  out = str(tmp_path / 'export')
+  assert hf.export(config.model, params, out) == arch
+  auto = {'gpt2': transformers.AutoModelForCausalLM, 'bert': transformers.AutoModelForMaskedLM,
+          'classify': transformers.AutoModelForSequenceClassification}
+  back, info = auto['classify' if head == 'classify' else arch].from_pretrained(
+      out, output_loading_info=True)
+  assert type(back) is type(theirs)
+  assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')), info
+  np.testing.assert_allclose(_logits(back.eval(), tokens)[real], ours[real], atol=1e-5, rtol=1e-5)
+  assert back.config.tie_word_embeddings == tied
+
+
+@pytest.mark.parametrize('arch,tied,edit', [('gpt2', True, {'n_embd': 2 * D}),
+                                            ('gpt2', True, {'n_layer': LAYERS + 1}),
+                                            ('bert', False, {'tie_word_embeddings': True}),
+                                            ('bert', True, {'intermediate_size': 64})])
+def test_a_config_json_that_contradicts_its_weights_gets_a_fix_that_works(arch, tied, edit,
+                                                                         tmp_path):
+  """The fix said before ended in `cannot reshape array of size 8192 into shape
+  (128,2,64)`; now the weights say what config.json must hold, and following that works."""
+  theirs = _hf_model(arch, tied)
+  path = _save(theirs, tmp_path / 'theirs')
+  config_json = os.path.join(path, 'config.json')
+  with open(config_json) as f:
+    fields = json.load(f)
+  with open(config_json, 'w') as f:
+    json.dump({**fields, **edit}, f)
+  variant = 'decoder' if arch == 'gpt2' else 'encoder'
+  with pytest.raises(config_lib.ConfigError) as e:
+    _import(path, variant)
+  message = _one_line(e)
+  fix = re.fullmatch(r'.*contradicts its weights \(.*\); set (.*) in (\S+)\.', message)
+  assert fix and fix.group(2) == config_json, message
+  with open(config_json) as f:
+    fields = json.load(f)
+  with open(config_json, 'w') as f:  # the fix, as the line says it.
+    json.dump({**fields, **json.loads('{' + fix.group(1) + '}')}, f)
+  _, model, params, report = _import(path, variant)
+  tokens = _tokens()
+  ours = np.asarray(model.apply({'params': params}, jnp.asarray(tokens, jnp.int32)))
+  np.testing.assert_allclose(ours, _logits(theirs, tokens), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_a_tensor_the_import_does_not_know_is_refused_not_dropped(tmp_path):
+  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
+  path = _save(_hf_model('gpt2', True), tmp_path / 'theirs')
+  weights = load_file(os.path.join(path, 'model.safetensors'))
+  weights['transformer.h.0.adapter.weight'] = np.ones((2, 2), np.float32)
+  save_file(weights, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
+  with pytest.raises(config_lib.ConfigError) as e:
+    _import(path, 'decoder')
+  assert 'h.0.adapter.weight' in _one_line(e)
+
+
+def test_an_export_carries_the_vocabulary_its_own_import_needs(tmp_path):
+  """hf.flags(DIR) on this project's own export said `holds no tokenizer files` unless
+  tokenizer='char' was passed; the export now holds the run's vocabulary."""
+  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.CharTokenizer('abcdefgh')
+  m = config_lib.model_config()
+  m.update(variant='decoder', num_layers=1, d_model=8, num_heads=2, vocab_size=16, max_len=8,
+           norm='pre', position='learned', scale_embeddings=False, activation='gelu_tanh')
+  params = build_model(m).init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))['params']
+  out = str(tmp_path / 'export')
+  hf.export(m, params, out, tokenizer=tokenizer)
+  line = hf.flags(out)
+  assert '--config.data.tokenizer=char' in line and f'--config.model.pad_id={m.pad_id}' in line
+  config = config_lib.base_config()
+  hf.configure(config, out)
+  assert config.data.tokenizer == 'char' and config.model.d_model == 8
 
 
 def _one_line(excinfo):

@@ -11,6 +11,7 @@ from conftest import load_config, override
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import init_from
+from transformer_jax import params as params_lib
 from transformer_jax import trainer
 
 SMALL = {'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2, 'seq_len': 32,
@@ -61,15 +62,15 @@ def test_a_classifier_starts_from_the_masked_lm(pretrained, tmp_path, capsys):
 def test_merge_reports_new_and_dropped_and_refuses_other_shapes():
   fresh = {'encoder': {'w': np.zeros((2, 3))}, 'classifier': {'kernel': np.ones(3)}}
   loaded = {'encoder': {'w': np.full((2, 3), 7.0)}, 'mlm_head': {'bias': np.ones(5)}}
-  merged, report = init_from.merge(fresh, loaded, 'runs/mlm')
+  merged, report = params_lib.merge(fresh, loaded, 'runs/mlm')
   np.testing.assert_array_equal(merged['encoder']['w'], 7.0)
   np.testing.assert_array_equal(merged['classifier']['kernel'], 1.0)
   assert report == ('1 arrays loaded (6 parameters); new, initialised fresh: classifier/kernel; '
                     'dropped: mlm_head/bias')
   with pytest.raises(config_lib.ConfigError, match=r'encoder/w \(source \(2, 4\), model \(2, 3\)\)'):
-    init_from.merge(fresh, {'encoder': {'w': np.zeros((2, 4))}}, 'runs/mlm')
+    params_lib.merge(fresh, {'encoder': {'w': np.zeros((2, 4))}}, 'runs/mlm')
   with pytest.raises(config_lib.ConfigError, match='none of its parameter names'):
-    init_from.merge(fresh, {'other': {'w': np.zeros(1)}}, 'runs/mlm')
+    params_lib.merge(fresh, {'other': {'w': np.zeros(1)}}, 'runs/mlm')
 
 
 def test_parse():

@@ -151,7 +151,7 @@ def model_config() -> config_dict.ConfigDict:
       patch_size=0,
       image_size=0,  # patch_size > 0 only: the side of the (square) images, in pixels.
       num_channels=1,  # patch_size > 0 only: colour channels (1 grey, 3 RGB).
-      dtype='float32',  # compute dtype; parameters stay float32.
+      dtype=resumable('float32'),  # compute dtype; parameters stay float32 either way.
       # xla | cudnn (flash attention on GPU; falls back to xla, logged).
       attention_impl=resumable('xla'),
       # none | full | dots: recompute each layer's activations in the backward pass.

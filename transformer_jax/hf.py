@@ -4,19 +4,27 @@
                                  `save_pretrained` writes it (config.json + model.safetensors
                                  or pytorch_model.bin) of a GPT-2 (decoder LM) or a BERT
                                  (encoder: MLM head, or a classifier on the pooled output)
-  --mode=export [--output=DIR]   a run's parameters as safetensors + config.json; a decoder
-                                 with GPT-2's layout as a directory `transformers` loads
+  --mode=export [--output=DIR]   a run's parameters as GPT2LMHeadModel, BertForMaskedLM or
+                                 BertForSequenceClassification: a directory `transformers`
+                                 loads, and that init_from=hf:DIR reads back
 
 The architectures are the paper's blocks with other options (config.model):
 - GPT-2 (Radford et al. 2019, section 2.3): a pre-LN decoder (norm=pre, with its final
   LayerNorm), learned positions, tanh-approximated GELU (activation=gelu_tanh),
-  embeddings not scaled by sqrt(d_model), the LM head tied to the token embedding.
+  embeddings not scaled by sqrt(d_model), the LM head tied to the token embedding
+  (or its own: tie_word_embeddings=false, share_embeddings=False).
 - BERT (Devlin et al. 2019, section 3): a post-LN encoder, learned positions,
   token-type embeddings (token_types=2; every token here is of type 0), a LayerNorm
   on the embedding sum (embedding_norm), exact GELU; the MLM head's transform
-  (head_transform: dense + GELU + LayerNorm) and decoder bias (output_bias); the
-  classifier reads the pooler (pooler=True, pooling=first: dense + tanh on [CLS]).
+  (head_transform: dense + GELU + LayerNorm) and decoder bias (output_bias, or the
+  untied decoder's own); the classifier reads the pooler (pooler=True, pooling=first:
+  dense + tanh on [CLS]).
 
+One table per architecture (`gpt2_tensors`, `bert_tensors`) names each tensor of
+theirs and the parameters of ours it holds, read both ways: the import converts
+every tensor by it or lists it as unused with the reason (a buffer, a tied copy,
+another head), refuses one it does not know, and first checks config.json
+against the weights' shapes; the export writes the same names back.
 `model_fields(PATH)` gives the config.model values a checkpoint needs (`configure`
 sets them); a run whose config differs in one of them is refused in one line that
 lists the overrides to add. Only `transformers`' file layout is read here: the
@@ -25,13 +33,19 @@ the core install does not need them (`pip install transformer_jax[hf]`).
 """
 
 import dataclasses
+import importlib
 import json
 import os
-from typing import Optional
+import re
+from typing import Callable, Optional
 
 import numpy as np
 
+from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import params as params_lib
+from transformer_jax import restore
+from transformer_jax.data import tokenizers
 
 ConfigError = config_lib.ConfigError
 PREFIX = config_lib.HF_PREFIX
@@ -141,26 +155,41 @@ def model_fields(hf: dict, head: str = 'mlm') -> tuple:
   return required, head_fields
 
 
-def token_fields(directory: str, tokenizer: str) -> dict:
-  """The config.model ids that reading text with `tokenizer` (config.data.tokenizer)
-  implies: with the checkpoint's own ('hf', read from `directory`), `pad_id` is
-  the padding id `tokenizers.HFTokenizer` pads with (GPT-2's <|endoftext|>); other
-  tokenizers keep theirs."""
+def _saved_vocabulary(directory: str, hf: dict) -> Optional[str]:
+  """The vocabulary this project's export wrote beside its weights (tokenizer/),
+  when the directory has no Hugging Face tokenizer files of its own."""
+  saved = os.path.join(directory, tokenizers.RUN_DIRECTORY)
+  if 'transformer_jax' in hf and tokenizers.is_saved(saved):
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in tokenizers.HFTokenizer.FILES):
+      return saved
+  return None
+
+
+def token_fields(directory: str, hf: dict, tokenizer: str) -> tuple:
+  """(config.model fields, config.data fields) that reading text with `tokenizer`
+  (config.data.tokenizer) implies: with the checkpoint's own ('hf'), `pad_id` is the
+  padding id `tokenizers.HFTokenizer` pads with (GPT-2's <|endoftext|>); a directory
+  this project exported keeps the run's vocabulary instead (`export`), so its
+  tokenizer and pad_id are the run's. Other tokenizers keep their ids."""
   if tokenizer != 'hf':
-    return {}
-  from transformer_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  return {'pad_id': tokenizers.HFTokenizer(directory).pad_id}
+    return {}, {}
+  saved = _saved_vocabulary(directory, hf)
+  if saved:
+    return ({'pad_id': hf['transformer_jax']['pad_id']},
+            {'tokenizer': tokenizers.load(saved).name})
+  return {'pad_id': tokenizers.HFTokenizer(directory).pad_id}, {}
 
 
 def configure(config, path: str):
   """Sets config.model to the checkpoint's architecture (and its encoder head's
-  fields and, with config.data.tokenizer='hf', its padding id), config.init_from to
-  hf:PATH; returns config."""
+  fields and, with config.data.tokenizer='hf', its padding id, or an export's
+  vocabulary: `token_fields`), config.init_from to hf:PATH; returns config."""
   hf = read_config(path)
   required, head_fields = model_fields(hf, config.model.encoder_head)
   config.init_from = PREFIX + path
-  config.model.update({**required, **head_fields,
-                       **token_fields(config_lib.tokenizer_path(config), config.data.tokenizer)})
+  model, data = token_fields(config_lib.tokenizer_path(config), hf, config.data.tokenizer)
+  config.model.update({**required, **head_fields, **model})
+  config.data.update(data)
   return config
 
 
@@ -170,16 +199,17 @@ def _override(name, value) -> str:
 
 def flags(path: str, head: str = 'mlm', tokenizer: str = 'hf') -> str:
   """The command-line overrides that make config.model the checkpoint's
-  architecture (and, for `tokenizer` 'hf', the default, its padding id), as
-  `configure` sets them in Python, e.g. for a shell:
-  $(python -c "from transformer_jax import hf; print(hf.flags('DIR'))"). A field
-  the checkpoint wants unset (num_kv_heads=None) is left out: a flag cannot unset
-  it, and no packaged config sets it."""
+  architecture (and, for `tokenizer` 'hf', the default, its padding id, or an
+  export's vocabulary: `token_fields`), as `configure` sets them in Python, e.g.
+  for a shell: $(python -c "from transformer_jax import hf; print(hf.flags('DIR'))").
+  A field the checkpoint wants unset (num_kv_heads=None) is left out: a flag
+  cannot unset it, and no packaged config sets it."""
   hf = read_config(path)
   required, head_fields = model_fields(hf, head)
-  fields = {**required, **head_fields, **token_fields(path, tokenizer)}
-  return ' '.join(_override(n, v) for n, v in fields.items()
-                  if v is not None)
+  model, data = token_fields(path, hf, tokenizer)
+  fields = {**required, **head_fields, **model}
+  return ' '.join([_override(n, v) for n, v in fields.items() if v is not None]
+                  + [f'--config.data.{n}={v}' for n, v in data.items()])
 
 
 def check_config(model, hf: dict, spec: str):
@@ -232,7 +262,6 @@ def check_tokenizer(hf: dict, spec: str, tokenizer):
 
 def _require(module: str):
   """Imports a module of the hf extra, or says in one line how to install it."""
-  import importlib  # pylint: disable=g-import-not-at-top
   try:
     return importlib.import_module(module)
   except ImportError:
@@ -271,235 +300,386 @@ def read_weights(path: str) -> dict:
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def _strip(name: str, prefix: str) -> str:
-  return name[len(prefix):] if name.startswith(prefix) else name
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """One tensor of a Hugging Face checkpoint and the parameters of ours it holds.
+
+  `theirs`: its name in the checkpoint (without the base model's prefix); `ours`:
+  our parameter names; `split(array) -> arrays` (one per name of ours) and
+  `join(*arrays) -> array`, its inverse, convert layouts (torch's Linear is
+  output-major, Flax's kernels input-major and split into heads).
+  """
+  theirs: str
+  ours: tuple
+  split: Callable = lambda a: (a,)
+  join: Callable = lambda a: a
 
 
-def _heads(w, m, axis_first: bool):
-  """A [d, d] kernel (input-major) as [d, h, k] (axis_first) or [h, k, d]."""
-  d, h = m.d_model, m.num_heads
-  return w.reshape(d, h, d // h) if axis_first else w.reshape(h, d // h, d)
+def _linear(theirs: str, ours: str, kernel_shape=None, inputs: int = 1,
+            bias_shape=None) -> list:
+  """torch Linear `theirs`.weight [out, in] and .bias as Dense `ours`: kernel [in, out]
+  reshaped to `kernel_shape`, whose first `inputs` axes are the input's."""
+  def split(a):
+    return (a.T if kernel_shape is None else a.T.reshape(kernel_shape),)
+
+  def join(k):
+    return k.reshape(int(np.prod(k.shape[:inputs])), -1).T
+
+  return [Tensor(f'{theirs}.weight', (f'{ours}/kernel',), split, join),
+          Tensor(f'{theirs}.bias', (f'{ours}/bias',),
+                 lambda a: (a if bias_shape is None else a.reshape(bias_shape),),
+                 lambda b: b.reshape(-1))]
 
 
-def gpt2_to_params(weights: dict, m) -> tuple:
-  """(params, unread names): GPT-2's tensors (GPT2LMHeadModel or GPT2Model
-  names; Conv1D weights are input-major) as DecoderOnly's nested parameters."""
-  d = m.d_model
-  w = {_strip(k, 'transformer.'): v for k, v in weights.items()}
-  used = set()
+def _norm(theirs: str, ours: str) -> list:
+  """LayerNorm `theirs`.weight and .bias as `ours`/scale and /bias."""
+  return [Tensor(f'{theirs}.weight', (f'{ours}/scale',)),
+          Tensor(f'{theirs}.bias', (f'{ours}/bias',))]
 
-  def get(name):
-    used.add(name)
-    return w[name]
 
-  flat = {'embedding/embedding': get('wte.weight'),
-          'decoder/embedder/positional_encoding/table': get('wpe.weight'),
-          'decoder/final_norm/scale': get('ln_f.weight'),
-          'decoder/final_norm/bias': get('ln_f.bias')}
+def gpt2_tensors(m, tied: bool) -> list:
+  """GPT-2's tensors (GPT2Model's names; GPT2LMHeadModel adds 'transformer.' and
+  lm_head) as DecoderOnly's parameters. Conv1D weights are input-major; c_attn
+  holds the query, key and value projections side by side."""
+  d, h, k = m.d_model, m.num_heads, m.head_dim
+  out = [Tensor('wte.weight', ('embedding/embedding',)),
+         Tensor('wpe.weight', ('decoder/embedder/positional_encoding/table',)),
+         *_norm('ln_f', 'decoder/final_norm')]
   for i in range(m.decoder_layers):
     src, dst = f'h.{i}.', f'decoder/layer_{i}/'
-    qkv, qkv_bias = get(src + 'attn.c_attn.weight'), get(src + 'attn.c_attn.bias')
-    for j, part in enumerate(('query', 'key', 'value')):
-      flat[f'{dst}self_attention/{part}/kernel'] = _heads(qkv[:, j * d:(j + 1) * d], m, True)
-      flat[f'{dst}self_attention/{part}/bias'] = qkv_bias[j * d:(j + 1) * d].reshape(
-          m.num_heads, d // m.num_heads)
-    flat[f'{dst}self_attention/out/kernel'] = _heads(get(src + 'attn.c_proj.weight'), m, False)
-    flat[f'{dst}self_attention/out/bias'] = get(src + 'attn.c_proj.bias')
-    for ours, theirs in (('self_attention_add_norm', 'ln_1'), ('feed_forward_add_norm', 'ln_2')):
-      flat[f'{dst}{ours}/norm/scale'] = get(f'{src}{theirs}.weight')
-      flat[f'{dst}{ours}/norm/bias'] = get(f'{src}{theirs}.bias')
+    qkv = [f'{dst}self_attention/{part}/' for part in ('query', 'key', 'value')]
+    out += [Tensor(src + 'attn.c_attn.weight', tuple(p + 'kernel' for p in qkv),
+                   lambda a: tuple(a[:, j * d:(j + 1) * d].reshape(d, h, k) for j in range(3)),
+                   lambda *ks: np.concatenate([x.reshape(d, d) for x in ks], 1)),
+            Tensor(src + 'attn.c_attn.bias', tuple(p + 'bias' for p in qkv),
+                   lambda a: tuple(a[j * d:(j + 1) * d].reshape(h, k) for j in range(3)),
+                   lambda *bs: np.concatenate([x.reshape(d) for x in bs])),
+            Tensor(src + 'attn.c_proj.weight', (f'{dst}self_attention/out/kernel',),
+                   lambda a: (a.reshape(h, k, d),), lambda x: x.reshape(d, d)),
+            Tensor(src + 'attn.c_proj.bias', (f'{dst}self_attention/out/bias',)),
+            *_norm(src + 'ln_1', f'{dst}self_attention_add_norm/norm'),
+            *_norm(src + 'ln_2', f'{dst}feed_forward_add_norm/norm')]
     for ours, theirs in (('expand', 'c_fc'), ('compress', 'c_proj')):
-      flat[f'{dst}feed_forward/{ours}/kernel'] = get(f'{src}mlp.{theirs}.weight')
-      flat[f'{dst}feed_forward/{ours}/bias'] = get(f'{src}mlp.{theirs}.bias')
-  if 'lm_head.weight' in w and not m.share_embeddings:
-    flat['project/logits/kernel'] = get('lm_head.weight').T
-  elif 'lm_head.weight' in w:
-    used.add('lm_head.weight')  # tied: the same matrix as wte.
-  unread = sorted(k for k in w if k not in used and not k.endswith(('attn.bias',
-                                                                    'attn.masked_bias')))
-  return flat, unread
+      out += [Tensor(f'{src}mlp.{theirs}.weight', (f'{dst}feed_forward/{ours}/kernel',)),
+              Tensor(f'{src}mlp.{theirs}.bias', (f'{dst}feed_forward/{ours}/bias',))]
+  if not tied:
+    out.append(Tensor('lm_head.weight', ('project/logits/kernel',), lambda a: (a.T,),
+                      lambda x: x.T))
+  return out
 
 
-def bert_to_params(weights: dict, m) -> tuple:
-  """(params, unread names): BERT's tensors (BertModel, BertForMaskedLM or
-  BertForSequenceClassification names; torch Linear weights are output-major)
-  as EncoderOnly's nested parameters."""
-  w = {}
-  for k, v in weights.items():
-    k = _strip(k, 'bert.').replace('LayerNorm.gamma', 'LayerNorm.weight')
-    w[k.replace('LayerNorm.beta', 'LayerNorm.bias')] = v
-  used = set()
-
-  def get(name):
-    used.add(name)
-    return w[name]
-
-  def dense(dst, src, flat, shape=None, bias_shape=None):
-    kernel = get(src + '.weight').T
-    flat[dst + '/kernel'] = kernel if shape is None else kernel.reshape(shape)
-    bias = get(src + '.bias')
-    flat[dst + '/bias'] = bias if bias_shape is None else bias.reshape(bias_shape)
-
-  def norm(dst, src, flat):
-    flat[dst + '/scale'], flat[dst + '/bias'] = get(src + '.weight'), get(src + '.bias')
-
-  d, h = m.d_model, m.num_heads
-  flat = {'embedding/embedding': get('embeddings.word_embeddings.weight'),
-          'encoder/embedder/positional_encoding/table':
-              get('embeddings.position_embeddings.weight')}
-  if 'embeddings.token_type_embeddings.weight' in w:
-    flat['encoder/embedder/token_type_embedding'] = get('embeddings.token_type_embeddings.weight')
-  norm('encoder/embedder/embedding_norm', 'embeddings.LayerNorm', flat)
+def bert_tensors(m, tied: bool, head: str) -> list:
+  """BERT's tensors (BertModel's names, which BertFor* prefix with 'bert.'; the heads'
+  as BertForMaskedLM and BertForSequenceClassification name them) as EncoderOnly's
+  parameters, for the encoder head `head` (mlm | classify)."""
+  d, h, k = m.d_model, m.num_heads, m.head_dim
+  out = [Tensor('embeddings.word_embeddings.weight', ('embedding/embedding',)),
+         Tensor('embeddings.position_embeddings.weight',
+                ('encoder/embedder/positional_encoding/table',)),
+         Tensor('embeddings.token_type_embeddings.weight',
+                ('encoder/embedder/token_type_embedding',)),
+         *_norm('embeddings.LayerNorm', 'encoder/embedder/embedding_norm')]
   for i in range(m.encoder_layers):
     src, dst = f'encoder.layer.{i}.', f'encoder/layer_{i}/'
     for part in ('query', 'key', 'value'):
-      dense(f'{dst}self_attention/{part}', f'{src}attention.self.{part}', flat, (d, h, d // h),
-            (h, d // h))
-    dense(f'{dst}self_attention/out', f'{src}attention.output.dense', flat, (h, d // h, d))
-    norm(f'{dst}self_attention_add_norm/norm', f'{src}attention.output.LayerNorm', flat)
-    dense(f'{dst}feed_forward/expand', f'{src}intermediate.dense', flat)
-    dense(f'{dst}feed_forward/compress', f'{src}output.dense', flat)
-    norm(f'{dst}feed_forward_add_norm/norm', f'{src}output.LayerNorm', flat)
-  if 'pooler.dense.weight' in w:
-    dense('pooler', 'pooler.dense', flat)
-  if 'classifier.weight' in w:
-    dense('classifier', 'classifier', flat)
-  if 'cls.predictions.transform.dense.weight' in w:
-    dense('project/transform', 'cls.predictions.transform.dense', flat)
-    norm('project/transform_norm', 'cls.predictions.transform.LayerNorm', flat)
-  bias = next((k for k in ('cls.predictions.bias', 'cls.predictions.decoder.bias') if k in w),
-              None)
-  if bias:
-    flat['project/bias'] = get(bias)
-    used.update(k for k in ('cls.predictions.bias', 'cls.predictions.decoder.bias') if k in w)
-  if 'cls.predictions.decoder.weight' in w:
-    used.add('cls.predictions.decoder.weight')  # tied: the same matrix as the embedding.
-  unread = sorted(k for k in w if k not in used and not k.endswith('position_ids'))
-  return flat, unread
+      out += _linear(f'{src}attention.self.{part}', f'{dst}self_attention/{part}', (d, h, k), 1,
+                     (h, k))
+    out += [*_linear(f'{src}attention.output.dense', f'{dst}self_attention/out', (h, k, d), 2),
+            *_norm(f'{src}attention.output.LayerNorm', f'{dst}self_attention_add_norm/norm'),
+            *_linear(f'{src}intermediate.dense', f'{dst}feed_forward/expand'),
+            *_linear(f'{src}output.dense', f'{dst}feed_forward/compress'),
+            *_norm(f'{src}output.LayerNorm', f'{dst}feed_forward_add_norm/norm')]
+  if head == 'classify':
+    return out + _linear('pooler.dense', 'pooler') + _linear('classifier', 'classifier')
+  out += [*_linear('cls.predictions.transform.dense', 'project/transform'),
+          *_norm('cls.predictions.transform.LayerNorm', 'project/transform_norm')]
+  if tied:
+    return out + [Tensor('cls.predictions.bias', ('project/bias',))]
+  return out + [Tensor('cls.predictions.decoder.weight', ('project/logits/kernel',),
+                       lambda a: (a.T,), lambda x: x.T),
+                Tensor('cls.predictions.decoder.bias', ('project/logits/bias',))]
+
+
+# Each architecture: the base model's prefix in task checkpoints, and the tensors of
+# its checkpoints that are not parameters of ours, by pattern, with the reason.
+BASE_PREFIX = {'gpt2': 'transformer.', 'bert': 'bert.'}
+_BUFFERS = {'gpt2': {r'h\.\d+\.attn\.(bias|masked_bias)': 'the causal mask, a buffer'},
+            'bert': {r'embeddings\.(position_ids|token_type_ids)': 'position/type ids, a buffer',
+                     r'cls\.seq_relationship\..*': 'the next-sentence head, which these '
+                                                   'models do not have'}}
+_TIED = {'gpt2': ('lm_head.weight', 'wte.weight'),
+         'bert': ('cls.predictions.decoder.weight', 'embeddings.word_embeddings.weight')}
+# BERT's MLM bias has two names: transformers ties cls.predictions.decoder.bias to
+# cls.predictions.bias, and reads the decoder's own when the decoder is untied; a
+# checkpoint may hold either (or both).
+_BIASES = ('cls.predictions.bias', 'cls.predictions.decoder.bias')
+_HEADS = {'classify': (r'cls\.predictions\..*', 'the MLM head; this run\'s encoder_head is '
+                                                'classify'),
+          'mlm': (r'(pooler|classifier)\..*', 'the pooler and classifier; this run\'s '
+                                              'encoder_head is mlm')}
+
+
+def _their_names(weights: dict, kind: str) -> dict:
+  """The checkpoint's tensors by their base-model names: the prefix of task models
+  dropped, TF-era LayerNorm.gamma/beta renamed."""
+  out = {}
+  for name, value in weights.items():
+    name = name[len(BASE_PREFIX[kind]):] if name.startswith(BASE_PREFIX[kind]) else name
+    out[name.replace('LayerNorm.gamma', 'LayerNorm.weight').replace('LayerNorm.beta',
+                                                                    'LayerNorm.bias')] = value
+  return out
+
+
+def _tensors(hf: dict, m, head: str) -> list:
+  tied = hf.get('tie_word_embeddings', True)
+  return gpt2_tensors(m, tied) if hf['model_type'] == 'gpt2' else bert_tensors(m, tied, head)
+
+
+def _implied(hf: dict, w: dict) -> list:
+  """(config.json field, its value, the value the weights imply, the tensor that
+  implies it) for each shape field where the two disagree."""
+  layer = re.compile(r'(?:h|encoder\.layer)\.(\d+)\.')
+  layers = len({match.group(1) for match in map(layer.match, w) if match})
+  if hf['model_type'] == 'gpt2':
+    d = hf['n_embd']
+    rules = [('vocab_size', 'wte.weight', 0), ('n_embd', 'wte.weight', 1),
+             ('n_positions', 'wpe.weight', 0), ('n_inner', 'h.0.mlp.c_fc.weight', 1)]
+    given = {**hf, 'n_inner': hf.get('n_inner') or 4 * d}
+    count = 'n_layer'
+  else:
+    rules = [('vocab_size', 'embeddings.word_embeddings.weight', 0),
+             ('hidden_size', 'embeddings.word_embeddings.weight', 1),
+             ('max_position_embeddings', 'embeddings.position_embeddings.weight', 0),
+             ('type_vocab_size', 'embeddings.token_type_embeddings.weight', 0),
+             ('intermediate_size', 'encoder.layer.0.intermediate.dense.weight', 0)]
+    given = {**hf, 'type_vocab_size': hf.get('type_vocab_size', 2)}
+    count = 'num_hidden_layers'
+  wrong = [(field, given[field], w[name].shape[axis], f'{name} {list(w[name].shape)}')
+           for field, name, axis in rules if name in w and w[name].shape[axis] != given[field]]
+  if layers != given[count]:
+    wrong.append((count, given[count], layers, f'the weights hold {layers} layers'))
+  return wrong
+
+
+def check_weights(hf: dict, w: dict, path: str):
+  """Raises ConfigError (one line: the edit to config.json) where PATH/config.json
+  contradicts the weights beside it: a shape field another size than its
+  tensor, or tie_word_embeddings true with an output matrix of its own."""
+  wrong = _implied(hf, w)
+  their, embedding = _TIED[hf['model_type']]
+  if (hf.get('tie_word_embeddings', True) and their in w and embedding in w
+      and not np.array_equal(w[their], w[embedding])):
+    wrong.append(('tie_word_embeddings', True, False, f'{their} differs from {embedding}'))
+  if wrong:
+    found = '; '.join(f'{f}={g!r} but {why}' for f, g, _, why in wrong)
+    edit = ', '.join(f'"{f}": {json.dumps(v)}' for f, _, v, _ in wrong)
+    raise ConfigError(f'config.init_from={PREFIX}{path}: config.json contradicts its weights '
+                      f'({found}); set {edit} in {os.path.join(path, "config.json")}.')
+
+
+def to_params(hf: dict, weights: dict, m, head: str, spec: str) -> tuple:
+  """(flat params, unused): every tensor of the checkpoint (`weights`, by its
+  names there) accounted for: converted to a parameter of ours by the table
+  (`gpt2_tensors`, `bert_tensors`, read against config.json's tie_word_embeddings),
+  or unused, as '{name} ({reason})'.
+
+  Raises:
+    ConfigError: a tensor the table does not know, or config.json contradicts the
+      weights (`check_weights`).
+  """
+  kind = hf['model_type']
+  w = _their_names(weights, kind)
+  flat, used = {}, set()
+  for tensor in _tensors(hf, m, head):
+    name = tensor.theirs
+    if name not in w and name in _BIASES:
+      name = _BIASES[1 - _BIASES.index(name)]
+    if name in w:
+      flat.update(zip(tensor.ours, tensor.split(w[name])))
+      used.add(name)
+  reasons = dict(_BUFFERS[kind])
+  if kind == 'bert':
+    reasons[_HEADS[head][0]] = _HEADS[head][1]
+  their, embedding = _TIED[kind]
+  if hf.get('tie_word_embeddings', True):
+    reasons[re.escape(their)] = f'tied: equal to {embedding}'
+  if kind == 'bert' and head == 'mlm':
+    read, other = _BIASES if hf.get('tie_word_embeddings', True) else _BIASES[::-1]
+    reasons[re.escape(other)] = f'transformers reads {read} in its place'
+  unused, unknown = [], []
+  for name in sorted(set(w) - used):
+    reason = next((r for pattern, r in reasons.items() if re.fullmatch(pattern, name)), None)
+    (unused if reason else unknown).append(f'{name} ({reason})' if reason else name)
+  if unknown:
+    raise ConfigError(f'config.init_from={spec}: the {kind} checkpoint holds tensors this '
+                      f'import does not map: {params_lib.names(unknown)}; is it a GPT2LMHeadModel, '
+                      'BertForMaskedLM or BertForSequenceClassification (or their base model)?')
+  return flat, unused
 
 
 def load(config, fresh: dict, tokenizer=None) -> tuple:
   """(params, report line) for a run with config.init_from=hf:PATH: `fresh` (the
-  new model's initial parameters, nested) with every converted tensor.
+  new model's initial parameters, nested) with every converted tensor; the line
+  names the checkpoint's tensors left unused, with the reason.
   `tokenizer`, the run's, is checked against the checkpoint's vocabulary.
 
   Raises:
-    ConfigError: PATH is not a model directory, holds another architecture, the
-      run's tokenizer is not the checkpoint's (`check_tokenizer`), the run's
-      config.model differs from it (one line with the overrides), or a tensor's
-      shape differs from the model's.
+    ConfigError: PATH is not a model directory, holds another architecture, its
+      config.json contradicts its weights (`check_weights`: the edit that fixes
+      it), the run's tokenizer is not the checkpoint's (`check_tokenizer`), the
+      run's config.model differs from it (one line with the overrides), or it
+      holds a tensor no table knows (`to_params`).
   """
   spec = config.init_from
   path = spec[len(PREFIX):]
   hf = read_config(path)
   check_tokenizer(hf, spec, tokenizer)
+  weights = read_weights(path)
+  check_weights(hf, _their_names(weights, hf['model_type']), path)
   check_config(config.model, hf, spec)
   m = config_lib.ModelConfig.of(config.model)
-  convert = gpt2_to_params if hf['model_type'] == 'gpt2' else bert_to_params
-  try:
-    flat, unread = convert(read_weights(path), m)
-  except KeyError as e:
-    raise ConfigError(f'config.init_from={spec}: the weights lack {e.args[0]} that its '
-                      f'config.json promises; is the directory complete?') from None
-  from transformer_jax import init_from  # pylint: disable=g-import-not-at-top
-  params, report = init_from.merge(fresh, init_from._unflatten(flat), spec)  # pylint: disable=protected-access
-  skipped = f'; not read: {init_from._names(unread)}' if unread else ''  # pylint: disable=protected-access
-  return params, f'Initialised from {hf["model_type"]} {path}: {report}{skipped}.'
+  flat, unused = to_params(hf, weights, m, m.encoder_head, spec)
+  params, report = params_lib.merge(fresh, params_lib.unflatten(flat), spec)
+  unused = f'; unused: {params_lib.names(unused)}' if unused else ''
+  return params, f'Initialised from {hf["model_type"]} {path}: {report}{unused}.'
 
 
 # ----------------------------------------------------------------------------
 # Export.
 
 
-def gpt2_layout(model) -> Optional[str]:
-  """Why a config.model does not have GPT-2's layout (None when it has)."""
-  m = config_lib.ModelConfig.of(model)
-  needs = dict(variant='decoder', norm='pre', position='learned', use_bias=True,
-               share_embeddings=True, scale_embeddings=False, token_types=0,
-               embedding_norm=False, head_transform=False, output_bias=False, attention='full')
+def _layout(m, needs: dict) -> list:
   wrong = [f'{k}={getattr(m, k)!r}' for k, v in needs.items() if getattr(m, k) != v]
   if m.activation not in EXPORT_ACTIVATIONS:
     wrong.append(f'activation={m.activation!r}')
   if m.kv_heads != m.num_heads:
     wrong.append(f'num_kv_heads={m.num_kv_heads}')
-  return ', '.join(wrong) or None
+  return wrong
 
 
-def gpt2_config(model, dropout: bool = True, eos_id: int = 2) -> dict:
-  """GPT2Config's config.json for a config.model of GPT-2's layout (`eos_id`:
-  the run's tokenizer's <eos>, also GPT-2's bos)."""
+def gpt2_layout(model) -> Optional[str]:
+  """Why a config.model does not have GPT-2's layout (None when it has)."""
+  m = config_lib.ModelConfig.of(model)
+  return ', '.join(_layout(m, dict(
+      variant='decoder', norm='pre', position='learned', use_bias=True, scale_embeddings=False,
+      token_types=0, embedding_norm=False, head_transform=False, output_bias=False,
+      attention='full'))) or None
+
+
+def bert_layout(model) -> Optional[str]:
+  """Why a config.model does not have BERT's layout with a head transformers has
+  (BertForMaskedLM's transform, BertForSequenceClassification's pooler on the first
+  token); None when it has."""
+  m = config_lib.ModelConfig.of(model)
+  needs = dict(variant='encoder', norm='post', position='learned', use_bias=True,
+               scale_embeddings=False, embedding_norm=True, attention='full', patch_size=0)
+  needs.update(dict(head_transform=True) if m.encoder_head == 'mlm' else
+               dict(pooler=True, pooling='first'))
+  return ', '.join(_layout(m, needs)) or None
+
+
+def hf_config(model, dropout: bool = True, eos_id: int = 2) -> dict:
+  """The config.json of `transformers`' class for a config.model of GPT-2's or
+  BERT's layout (`eos_id`: the run's tokenizer's <eos>, also GPT-2's bos); our
+  config.model is kept under 'transformer_jax'."""
   m = config_lib.ModelConfig.of(model)
   rate = m.dropout_rate if dropout else 0.0
-  return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
-          'vocab_size': m.vocab_size, 'n_positions': m.max_len, 'n_embd': m.d_model,
-          'n_layer': m.decoder_layers, 'n_head': m.num_heads, 'n_inner': m.d_ff,
-          'activation_function': EXPORT_ACTIVATIONS[m.activation],
-          'resid_pdrop': rate, 'embd_pdrop': rate, 'attn_pdrop': m.attention_dropout_rate,
-          'layer_norm_epsilon': m.layer_norm_epsilon, 'initializer_range': 0.02,
-          'tie_word_embeddings': True, 'pad_token_id': m.pad_id, 'bos_token_id': eos_id,
-          'eos_token_id': eos_id, 'transformer_jax': dataclasses.asdict(m)}
+  act = EXPORT_ACTIVATIONS[m.activation]
+  if m.variant == 'decoder':
+    out = {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
+           'vocab_size': m.vocab_size, 'n_positions': m.max_len, 'n_embd': m.d_model,
+           'n_layer': m.decoder_layers, 'n_head': m.num_heads, 'n_inner': m.d_ff,
+           'activation_function': act, 'resid_pdrop': rate, 'embd_pdrop': rate,
+           'attn_pdrop': m.attention_dropout_rate, 'layer_norm_epsilon': m.layer_norm_epsilon,
+           'bos_token_id': eos_id, 'eos_token_id': eos_id}
+  else:
+    classify = m.encoder_head == 'classify'
+    out = {'model_type': 'bert', 'architectures': ['BertForSequenceClassification' if classify
+                                                   else 'BertForMaskedLM'],
+           'vocab_size': m.vocab_size, 'hidden_size': m.d_model,
+           'num_hidden_layers': m.encoder_layers, 'num_attention_heads': m.num_heads,
+           'intermediate_size': m.d_ff, 'hidden_act': act, 'hidden_dropout_prob': rate,
+           'attention_probs_dropout_prob': m.attention_dropout_rate,
+           'max_position_embeddings': m.max_len, 'type_vocab_size': max(m.token_types, 1),
+           'layer_norm_eps': m.layer_norm_epsilon}
+    if classify:
+      out['id2label'] = {str(i): f'LABEL_{i}' for i in range(m.num_classes)}
+  return {**out, 'initializer_range': 0.02, 'pad_token_id': m.pad_id,
+          'tie_word_embeddings': m.share_embeddings or m.encoder_head == 'classify',
+          'transformer_jax': dataclasses.asdict(m)}
 
 
-def params_to_gpt2(params: dict, model) -> dict:
-  """DecoderOnly's parameters (nested) as GPT2LMHeadModel's tensors (the
-  inverse of `gpt2_to_params`; the tied lm_head is left out, as transformers
-  saves it)."""
+def to_transformers(params: dict, model) -> dict:
+  """Our parameters (nested) as the tensors of the transformers class `hf_config`
+  names, by the same tables the import reads (a tied output matrix left out, as
+  transformers saves it).
+
+  Raises:
+    ConfigError: the model has neither GPT-2's nor BERT's layout (one line, the
+      fields), or an untied decoder's output bias is not zero (GPT-2's lm_head has none).
+  """
   m = config_lib.ModelConfig.of(model)
-  flat = {k: np.asarray(v, np.float32) for k, v in config_lib.flatten(params, '/').items()}
-  d = m.d_model
-  out = {'wte.weight': flat['embedding/embedding'],
-         'wpe.weight': flat['decoder/embedder/positional_encoding/table'],
-         'ln_f.weight': flat['decoder/final_norm/scale'],
-         'ln_f.bias': flat['decoder/final_norm/bias']}
-  for i in range(m.decoder_layers):
-    src, dst = f'decoder/layer_{i}/', f'h.{i}.'
-    parts = ('query', 'key', 'value')
-    out[dst + 'attn.c_attn.weight'] = np.concatenate(
-        [flat[f'{src}self_attention/{p}/kernel'].reshape(d, d) for p in parts], 1)
-    out[dst + 'attn.c_attn.bias'] = np.concatenate(
-        [flat[f'{src}self_attention/{p}/bias'].reshape(d) for p in parts])
-    out[dst + 'attn.c_proj.weight'] = flat[f'{src}self_attention/out/kernel'].reshape(d, d)
-    out[dst + 'attn.c_proj.bias'] = flat[f'{src}self_attention/out/bias']
-    for ours, theirs in (('self_attention_add_norm', 'ln_1'), ('feed_forward_add_norm', 'ln_2')):
-      out[f'{dst}{theirs}.weight'] = flat[f'{src}{ours}/norm/scale']
-      out[f'{dst}{theirs}.bias'] = flat[f'{src}{ours}/norm/bias']
-    for ours, theirs in (('expand', 'c_fc'), ('compress', 'c_proj')):
-      out[f'{dst}mlp.{theirs}.weight'] = flat[f'{src}feed_forward/{ours}/kernel']
-      out[f'{dst}mlp.{theirs}.bias'] = flat[f'{src}feed_forward/{ours}/bias']
-  return {'transformer.' + k: np.ascontiguousarray(v) for k, v in out.items()}
+  why = (gpt2_layout(m) if m.variant == 'decoder' else bert_layout(m)
+         if m.variant == 'encoder' else 'variant=seq2seq (transformers has no class for it)')
+  if why:
+    raise ConfigError(f'--mode=export writes a checkpoint transformers loads, and this model '
+                      f'has no transformers class: {why}; export a GPT-2-like decoder or a '
+                      'BERT-like encoder.')
+  flat = {k: np.asarray(v, np.float32) for k, v in params_lib.flatten(params).items()}
+  if m.variant == 'encoder':
+    prefix = 'bert.'
+    if not m.token_types:  # one type, all zeros: the same sum.
+      flat['encoder/embedder/token_type_embedding'] = np.zeros((1, m.d_model), np.float32)
+    if m.encoder_head == 'mlm' and m.share_embeddings and not m.output_bias:
+      flat['project/bias'] = np.zeros((m.vocab_size,), np.float32)
+  else:
+    prefix = 'transformer.'
+    bias = flat.pop('project/logits/bias', None)
+    if bias is not None and np.any(bias):
+      raise ConfigError('--mode=export: GPT-2\'s lm_head has no bias, and this run\'s '
+                        'project/logits/bias is not zero (an untied decoder with use_bias); '
+                        'only a tied decoder (share_embeddings=True) or a zero bias exports.')
+  hf = hf_config(m)
+  out = {}
+  for tensor in _tensors(hf, m, m.encoder_head):
+    name = tensor.theirs
+    if not name.startswith(('cls.', 'classifier', 'lm_head')):
+      name = prefix + name
+    out[name] = np.ascontiguousarray(tensor.join(*(flat[o] for o in tensor.ours)))
+  if m.variant == 'encoder' and m.encoder_head == 'mlm' and not m.share_embeddings:
+    out[_BIASES[0]] = out[_BIASES[1]]  # untied, transformers saves the bias under both names.
+  return out
 
 
 def export(model, params: dict, directory: str, step: Optional[int] = None,
            tokenizer=None) -> str:
-  """Writes `params` (nested) to `directory`: model.safetensors + config.json,
-  and the files of `tokenizer` (the run's) when it is a Hugging Face one
-  (tokenizer=hf: `transformers.AutoTokenizer.from_pretrained(directory)` loads it).
+  """Writes `params` (nested) to `directory` as `transformers` saves its GPT2LMHeadModel,
+  BertForMaskedLM or BertForSequenceClassification (model.safetensors + config.json,
+  `hf_config`; `transformers.AutoModelFor*.from_pretrained(directory)` loads it),
+  and the run's vocabulary: a Hugging Face tokenizer's files
+  (`AutoTokenizer.from_pretrained(directory)` loads it), any other under
+  tokenizer/, which `config.init_from=hf:DIRECTORY` and `flags` read back.
+  Returns the model_type. Our encoders read config.model.pad_id as padding; pass
+  transformers the attention_mask that says so. A decoder attends to every token,
+  as GPT-2 does.
 
-  A decoder of GPT-2's layout (`gpt2_layout`) is written as GPT2LMHeadModel's
-  directory (`transformers.GPT2LMHeadModel.from_pretrained(directory)` loads
-  it; our config.model is kept in config.json under 'transformer_jax'); any
-  other model as its own parameter names ('encoder/layer_0/...') with
-  config.json {'format': 'transformer_jax', 'model': config.model, 'step'}.
-  Returns 'gpt2' or 'transformer_jax'. A decoder-only model attends to every
-  token, as GPT-2 does (our encoders read config.model.pad_id as padding).
+  Raises:
+    ConfigError: the model has no transformers class (`to_transformers`).
   """
+  tensors = to_transformers(params, model)
   save_file = _require('safetensors.numpy').save_file
+  m = config_lib.ModelConfig.of(model)
+  meta = hf_config(m, eos_id=2 if tokenizer is None else tokenizer.eos_id)
+  meta['transformer_jax_step'] = step
   os.makedirs(directory, exist_ok=True)
-  if gpt2_layout(model) is None:
-    meta = gpt2_config(model, eos_id=2 if tokenizer is None else tokenizer.eos_id)
-    tensors, kind = params_to_gpt2(params, model), 'gpt2'
-  else:
-    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
-               for k, v in config_lib.flatten(params, '/').items()}
-    meta = {'format': 'transformer_jax', 'model': dataclasses.asdict(
-        config_lib.ModelConfig.of(model)), 'step': step}
-    kind = 'transformer_jax'
   save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump(meta, f, indent=1)
   if tokenizer is not None and tokenizer.name == 'hf':
     tokenizer.save_pretrained(directory)
-  return kind
+  elif tokenizer is not None:
+    tokenizer.save(os.path.join(directory, tokenizers.RUN_DIRECTORY))
+  return meta['model_type']
 
 
 def export_checkpoint(config, workdir: str, directory: str) -> str:
@@ -510,13 +690,13 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
 
   Raises:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
+    ConfigError: the model has no transformers class (`to_transformers`).
   """
-  from transformer_jax import restore  # pylint: disable=g-import-not-at-top
   run = restore.open_run(config, workdir, own_config=True)  # the run's own model config.
   model, tokenizer = run.config.model, run.tokenizer
   kind = export(model, run.params, directory, run.step, tokenizer)
-  how = ('GPT-2 layout: transformers.GPT2LMHeadModel.from_pretrained loads it' if kind == 'gpt2'
-         else f'this project\'s names (not GPT-2\'s layout: {gpt2_layout(model)})')
+  how = f'transformers.{hf_config(model)["architectures"][0]}.from_pretrained loads it'
   if tokenizer is not None and tokenizer.name == 'hf':
     how += ', and AutoTokenizer.from_pretrained its tokenizer'
-  return f'Exported {workdir} step {run.step} to {directory} ({how}).'
+  return (f'Exported {workdir} step {run.step} to {directory} ({kind}: {how}; '
+          'config.init_from=hf:DIR reads it back).')

@@ -18,10 +18,11 @@ token id means what it meant when the source was trained.
 
 import os
 import shutil
-import numpy as np
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import hf
+from transformer_jax import params as params_lib
 from transformer_jax.data import tokenizers
 
 ConfigError = config_lib.ConfigError
@@ -38,60 +39,20 @@ def parse(spec: str) -> tuple:
 
 
 def copy_vocabulary(config, workdir: str):
-  """Gives a new run the source run's vocabulary (before its data is built)."""
-  if not config.init_from or config.init_from.startswith(config_lib.HF_PREFIX):
-    return  # a Hugging Face checkpoint's vocabulary is its tokenizer (tokenizers.HFTokenizer).
-  source, _ = parse(config.init_from)
+  """Gives a new run the source run's vocabulary (before its data is built): a run
+  directory's tokenizer/, or the one this project's export wrote beside a Hugging
+  Face checkpoint (`hf.export`; a checkpoint of others has its own tokenizer files,
+  which tokenizer=hf reads in place)."""
+  if not config.init_from:
+    return
+  if hf.is_hf(config.init_from):
+    source = config.init_from[len(config_lib.HF_PREFIX):]
+  else:
+    source, _ = parse(config.init_from)
   source_dir = os.path.join(source, tokenizers.RUN_DIRECTORY)
   target_dir = os.path.join(workdir, tokenizers.RUN_DIRECTORY)
   if tokenizers.is_saved(source_dir) and not tokenizers.is_saved(target_dir):
     shutil.copytree(source_dir, target_dir, dirs_exist_ok=True)
-
-
-def _unflatten(flat: dict) -> dict:
-  tree = {}
-  for name, value in flat.items():
-    *path, leaf = name.split('/')
-    node = tree
-    for part in path:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
-def _names(names: list, limit: int = 6) -> str:
-  shown = ', '.join(names[:limit])
-  return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
-
-
-def merge(fresh: dict, loaded: dict, source: str) -> tuple:
-  """(params, report): `fresh` (the new model's initial parameters) with every
-  array of `loaded` whose name and shape match; both are nested dicts.
-
-  Raises:
-    ConfigError: a name matches with another shape, or no name matches at all.
-  """
-  fresh_flat, loaded_flat = config_lib.flatten(fresh, '/'), config_lib.flatten(loaded, '/')
-  mismatched = [f'{n} (source {tuple(np.shape(loaded_flat[n]))}, model '
-                f'{tuple(np.shape(v))})' for n, v in fresh_flat.items()
-                if n in loaded_flat and np.shape(loaded_flat[n]) != np.shape(v)]
-  if mismatched:
-    raise ConfigError(f'config.init_from={source} has parameters of other shapes than this '
-                      f'model: {_names(mismatched, 4)}; match the model to the source '
-                      '(d_model, num_heads, ffn_ratio, vocabulary) or start from scratch.')
-  matched = [n for n in fresh_flat if n in loaded_flat]
-  if not matched:
-    raise ConfigError(f'config.init_from={source}: none of its parameter names is in this model '
-                      f'(it has {_names(sorted(loaded_flat), 3)}); is it the same model family?')
-  new = [n for n in fresh_flat if n not in loaded_flat]
-  dropped = sorted(n for n in loaded_flat if n not in fresh_flat)
-  merged = {n: np.asarray(loaded_flat[n], dtype=np.asarray(v).dtype) if n in loaded_flat else v
-            for n, v in fresh_flat.items()}
-  count = sum(int(np.size(loaded_flat[n])) for n in matched)
-  report = (f'{len(matched)} arrays loaded ({count:,} parameters); '
-            f'new, initialised fresh: {_names(new) if new else "none"}; '
-            f'dropped: {_names(dropped) if dropped else "none"}')
-  return _unflatten(merged), report
 
 
 def load(config, fresh: dict, tokenizer=None) -> tuple:
@@ -101,10 +62,9 @@ def load(config, fresh: dict, tokenizer=None) -> tuple:
   Raises:
     FileNotFoundError: the source is not a run directory with checkpoints, or
       lacks the step asked for.
-    ConfigError: see `merge` (and `hf.load` for hf:PATH).
+    ConfigError: see `params.merge` (and `hf.load` for hf:PATH).
   """
-  if config.init_from.startswith(config_lib.HF_PREFIX):
-    from transformer_jax import hf  # pylint: disable=g-import-not-at-top  # transformers extra.
+  if hf.is_hf(config.init_from):
     return hf.load(config, fresh, tokenizer)
   source, which = parse(config.init_from)
   if not os.path.isdir(os.path.join(source, 'checkpoints')):
@@ -113,5 +73,5 @@ def load(config, fresh: dict, tokenizer=None) -> tuple:
   with checkpoint_lib.Checkpointer(source, config, writable=False) as source_checkpoints:
     step = source_checkpoints.select(which)
     params = source_checkpoints.read_params(step)
-  merged, report = merge(fresh, params, config.init_from)
+  merged, report = params_lib.merge(fresh, params, config.init_from)
   return merged, f'Initialised from {source} step {step}: {report}.'

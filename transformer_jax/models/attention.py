@@ -231,45 +231,58 @@ def orthogonal_random_features(num_features: int, head_dim: int, seed: int) -> n
 
 
 def favor_logits(x, projection):
-  """log(sqrt(m) phi(x)) = w_i^T x' - |x'|^2 / 2, x' = x / k^(1/4) (Performer eq. 5, Lemma 1).
+  """log phi(x) = w_i^T x' - |x'|^2 / 2, x' = x / k^(1/4) (Performer eq. 5, Lemma 1), up to
+  the constant -log(m) / 2 that cancels in the normalisation.
 
-  x [b, l, h, k] -> [b, l, h, m] float32: phi(q)^T phi(k) is an unbiased, positive
-  estimate of exp(q^T k / sqrt(k)). Keys stay in the log domain: the sums
-  (`_causal_sums`) scale them by a running maximum, as softmax's stabiliser.
+  x [b, l, h, k] -> [b, l, h, m] float32 (float64 for float64 x): phi(q)^T phi(k) is an
+  unbiased, positive estimate of exp(q^T k / sqrt(k)). Queries and keys stay in the log
+  domain: the sums (`_causal_sums`) exponentiate them against scales, as softmax's
+  stabiliser.
   """
-  x = x.astype(jnp.float32) * x.shape[-1]**-0.25
-  return (jnp.einsum('blhk,mk->blhm', x, jnp.asarray(projection))
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32)) * x.shape[-1]**-0.25
+  return (jnp.einsum('blhk,mk->blhm', x, jnp.asarray(projection, x.dtype))
           - 0.5 * jnp.sum(x * x, -1, keepdims=True))
 
 
-def favor_features(x, projection):
-  """Query features phi(q) [b, l, h, m] float32, each query's divided by its largest
-  (a factor that cancels in the normalisation)."""
-  logits = favor_logits(x, projection)
-  logits = logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
-  return jnp.exp(logits) / math.sqrt(projection.shape[0])
-
-
 def _normalise(numerator, denominator):
-  """numerator [b, l, h, k] / denominator [b, l, h]; rows that see no key give 0."""
-  safe = jnp.where(denominator > 0, denominator, 1.0)
-  return numerator / safe[..., None]
+  """numerator [b, l, h, k] / denominator [b, l, h]; rows that see no key give 0.
+
+  The sums put their largest term at 1 (`_causal_sums`), so a denominator below
+  `_DENOMINATOR_FLOOR` arises only past float32's range; the floor keeps the
+  quotient's gradient (denominator squared) finite there.
+  """
+  return numerator / jnp.maximum(denominator, _DENOMINATOR_FLOOR)[..., None]
 
 
-def linear_attention_quadratic(query_features, key_logits, value, mask):
+def linear_attention_quadratic(query_logits, key_logits, value, mask):
   """The quadratic form of FAVOR+: A = phi(Q) phi(K)^T masked, D^-1 A V.
 
-  query_features [b, l, h, m], key_logits [b, s, h, m] (`favor_logits`), value
-  [b, s, h, k], mask broadcastable to [b, h, l, s]. The reference the linear forms equal.
+  query_logits [b, l, h, m], key_logits [b, s, h, m] (`favor_logits`), value
+  [b, s, h, k], mask broadcastable to [b, h, l, s]. Each term exp(q_i + k_i) is taken
+  against the largest term of its query (a [b, h, l, s, m] tensor: for tests and small
+  sizes), so nothing underflows that matters. The reference the linear forms equal.
   """
-  key_features = jnp.exp(key_logits - jnp.max(key_logits, axis=(1, 3), keepdims=True))
-  a = jnp.einsum('blhm,bshm->bhls', query_features, key_features)
-  a = jnp.where(mask, a, 0.0)
-  out = jnp.einsum('bhls,bshk->blhk', a, value.astype(jnp.float32))
+  joint = (jnp.einsum('blhm->bhlm', query_logits)[:, :, :, None]
+           + jnp.einsum('bshm->bhsm', key_logits)[:, :, None])  # [b, h, l, s, m]
+  mask = jnp.broadcast_to(mask, joint.shape[:-1])[..., None]
+  joint = jnp.where(mask, joint, -jnp.inf)
+  top = jax.lax.stop_gradient(jnp.max(joint, axis=(3, 4), keepdims=True))
+  a = jnp.sum(jnp.exp(joint - jnp.where(jnp.isfinite(top), top, 0.0)), -1)  # [b, h, l, s]
+  out = jnp.einsum('bhls,bshk->blhk', a, value.astype(a.dtype))
   return _normalise(out, jnp.einsum('bhls->blh', a))
 
 
 _NO_SCALE = -1e30  # the scale of no keys: below every key logit, exp(-1e30 - x) = 0.
+# float32 spans e^-87 .. e^88, and a term phi(q)_i phi(k)_i may need a query feature
+# as large as its key feature is small. Key features go up to e^24 (their scale sits
+# 24 below the largest key logit) and query features up to e^56, so a product of two,
+# summed over m <= 1024 features, stays below e^88, and a query's largest term is 1
+# when the keys of its best feature lie at most e^80 below the largest key logit
+# (further, J is raised and the sums fall, floored at e^-16: exact to e^96, finite
+# beyond, gradients bounded by l e^72).
+_KEY_HEADROOM = 24.0
+_QUERY_CAP = 56.0
+_DENOMINATOR_FLOOR = math.exp(-16.0)
 
 
 def _exp_nonpositive(x):
@@ -279,31 +292,41 @@ def _exp_nonpositive(x):
 
 
 def _segment_cummax(values, starts):
-  """Running maximum of values [b, l, h] along l, restarted where starts [b, l]."""
+  """Running maximum of values [b, l, ...] along l, restarted where starts [b, l]."""
   def combine(a, b):
-    return (jnp.where(b[1][..., None], b[0], jnp.maximum(a[0], b[0])), a[1] | b[1])
+    start = b[1].reshape(b[1].shape + (1,) * (b[0].ndim - b[1].ndim))
+    return (jnp.where(start, b[0], jnp.maximum(a[0], b[0])), a[1] | b[1])
   return jax.lax.associative_scan(combine, (values, starts), axis=1)[0]
 
 
-def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool,
+def _causal_sums(query_logits, key_logits, value, segment_ids, inclusive: bool,
                  chunk: int, state=None):
-  """Numerator [b, l, h, k], denominator [b, l, h], their scale [b, l, h] and the
+  """Numerator [b, l, h, k], denominator [b, l, h], their scale J [b, l, h] and the
   final state of causal FAVOR+.
 
   Sum over keys s <= t (s < t unless `inclusive`) of the same segment of
-  phi(q_t)^T phi(k_s) [v_s, 1] exp(-M_t): M_t, the largest key logit of the keys
-  of t's segment up to t (the state's included), is a common factor of query
-  t's sums, so features never overflow and only keys far below their own
-  segment's largest underflow (a fixed bound of max_i |w_i|^2 / 2 zeroed every
-  key at head dim 128). Packed examples never share a scale. Within a
-  chunk of c tokens the sums are a masked c x c product; across chunks a scan
-  carries the state (S [b, h, m, k], z [b, h, m], its scale R [b, h]). As
+  phi(q_t)^T phi(k_s) [v_s, 1] exp(-J_t). Two stabilisers, as softmax's maximum:
+  - keys: M_t, the largest key logit of the keys of t's segment up to t (the
+    state's included), less `_KEY_HEADROOM`, is the scale of the key features, so
+    they never overflow and only keys far below their own segment's largest
+    underflow (a fixed bound of max_i |w_i|^2 / 2 zeroed every key at head dim
+    128). Packed examples never share a scale.
+  - queries: J_t = max_i (q_t,i + K_t,i), K_t,i the largest logit of feature i
+    among those keys, is the log of the largest term of query t's sums, so the
+    denominator is at least 1 (J_t is raised where a query feature would pass
+    e^`_QUERY_CAP`). Scaling a query by its own largest logit instead left the
+    sums as small as exp(-(the gap between where q and the keys peak)): 1e-30 at
+    norms ~40, and gradients became inf.
+  Within a chunk of c tokens the sums are a masked c x c product; across chunks a
+  scan carries the state (S [b, h, m, k], z [b, h, m], their scale R [b, h]). As
   segments are contiguous runs, the keys of earlier chunks in query t's segment
   exist only when that segment began before t's chunk, so the carry holds the
   sums of the segment each chunk starts with. `state`: sums of earlier tokens of
-  the first token's segment (the decoding cache); all zeros is empty.
+  the first token's segment (the decoding cache); all zeros is empty. The
+  exclusive sums (the reversed half of `bidirectional_linear_attention`) use the
+  inclusive stabilisers: key t is in the other half, so J_t never exceeds the row's.
   """
-  b, l, h, m = query_features.shape
+  b, l, h, m = query_logits.shape
   k = value.shape[-1]
   c = min(chunk, l)
   n = -(-l // c)
@@ -311,15 +334,23 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
   if state is None:
     state = (jnp.zeros((b, h, m, k), jnp.float32), jnp.zeros((b, h, m), jnp.float32),
              jnp.zeros((b, h), jnp.float32))
-  held = jnp.where(jnp.any(state[1] > 0, -1), state[2], _NO_SCALE)  # [b, h]; empty: none.
-  real = (segment_ids > 0)[..., None]  # [b, l, 1]: padding keys add nothing.
-  key_max = jnp.where(real, jax.lax.stop_gradient(jnp.max(key_logits, -1)), _NO_SCALE)
-  key_max = key_max.at[:, 0].max(held)  # the state continues the first token's segment.
+  z, r = jax.lax.stop_gradient(state[1:])
+  held = z > 0  # [b, h, m]; log z_i + R bounds the largest key logit of feature i.
+  held_features = jnp.where(held, jnp.log(jnp.where(held, z, 1.0)) + r[..., None], _NO_SCALE)
+  held = jnp.where(jnp.any(held, -1), r + _KEY_HEADROOM, _NO_SCALE)  # [b, h]; empty: none.
+  real = (segment_ids > 0)[..., None, None]  # [b, l, 1, 1]: padding keys add nothing.
+  feature_max = jnp.where(real, jax.lax.stop_gradient(key_logits), _NO_SCALE)
+  key_max = jnp.max(feature_max, -1).at[:, 0].max(held)  # the state continues the first
+  feature_max = feature_max.at[:, 0].max(held_features)  # token's segment.
   starts = jnp.concatenate([jnp.ones((b, 1), bool),
                             segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-  scale = _segment_cummax(key_max, starts)  # M [b, l, h]
-  key_features = jnp.exp(jnp.where(real[..., None], key_logits - scale[..., None], -jnp.inf))
-  key_features = key_features / math.sqrt(m)  # key s at its own scale M_s.
+  feature_scale = _segment_cummax(feature_max, starts)  # K [b, l, h, m]
+  scale = _segment_cummax(key_max, starts) - _KEY_HEADROOM  # M [b, l, h], less the headroom.
+  query_max = jax.lax.stop_gradient(query_logits)
+  joint = jnp.maximum(jnp.max(query_max + feature_scale, -1),  # J [b, l, h]
+                      jnp.max(query_max, -1) + scale - _QUERY_CAP)
+  query_features = jnp.exp(query_logits + (scale - joint)[..., None])
+  key_features = jnp.exp(jnp.where(real, key_logits - scale[..., None], -jnp.inf))
   qf, kf, v = (_blocks(x, n, c) for x in (query_features, key_features, value))
   seg = _blocks(segment_ids, n, c, 'edge')  # [b, n, c]; the padding's keys are zeros.
   mb = _blocks(scale, n, c, 'edge')  # [b, n, c, h]
@@ -361,30 +392,31 @@ def _causal_sums(query_features, key_logits, value, segment_ids, inclusive: bool
   numerator += jnp.einsum('bnqhm,bnhmk->bnqhk', qf_carried, carried_s)
   denominator += jnp.einsum('bnqhm,bnhm->bnqh', qf_carried, carried_z)
   unblock = lambda x: x.reshape((b, n * c) + x.shape[3:])[:, :l]
-  return unblock(numerator), unblock(denominator), scale, final
+  return unblock(numerator), unblock(denominator), joint, final
 
 
-def causal_linear_attention(query_features, key_logits, value, segment_ids,
+def causal_linear_attention(query_logits, key_logits, value, segment_ids,
                             chunk: int = LINEAR_CHUNK, state=None):
   """Unidirectional FAVOR+ by prefix sums: O(l m k) time, O(l (c + m k / c)) memory.
 
-  query_features [b, l, h, m] (`favor_features`), key_logits [b, l, h, m]
-  (`favor_logits`), value [b, l, h, k], segment_ids [b, l]. `state` (S [b, h, m, k],
-  z [b, h, m], their scale R [b, h]) continues earlier tokens (cached decoding).
+  query_logits, key_logits [b, l, h, m] (`favor_logits`), value [b, l, h, k],
+  segment_ids [b, l]. `state` (S [b, h, m, k], z [b, h, m], their scale R [b, h])
+  continues earlier tokens (cached decoding).
   Returns (output [b, l, h, k] float32, final state).
   """
-  numerator, denominator, _, final = _causal_sums(query_features, key_logits, value,
+  numerator, denominator, _, final = _causal_sums(query_logits, key_logits, value,
                                                   segment_ids, True, chunk, state)
   return _normalise(numerator, denominator), final
 
 
-def bidirectional_linear_attention(query_features, key_logits, value, segment_ids,
+def bidirectional_linear_attention(query_logits, key_logits, value, segment_ids,
                                    chunk: int = LINEAR_CHUNK):
   """FAVOR+ without a causal mask, within segments: the sums over s <= t plus,
-  on the reversed row, those over s > t. Returns [b, l, h, k] float32."""
-  num, den, scale, _ = _causal_sums(query_features, key_logits, value, segment_ids, True, chunk)
+  on the reversed row, those over s > t. query_logits, key_logits [b, l, h, m]
+  (`favor_logits`). Returns [b, l, h, k] float32."""
+  num, den, scale, _ = _causal_sums(query_logits, key_logits, value, segment_ids, True, chunk)
   flip = lambda x: jnp.flip(x, axis=1)
-  num_r, den_r, scale_r, _ = _causal_sums(flip(query_features), flip(key_logits), flip(value),
+  num_r, den_r, scale_r, _ = _causal_sums(flip(query_logits), flip(key_logits), flip(value),
                                           flip(segment_ids), False, chunk)
   top = jnp.maximum(scale, flip(scale_r))  # both halves to one scale.
   forward, backward = jnp.exp(scale - top), jnp.exp(flip(scale_r) - top)

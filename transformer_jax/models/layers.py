@@ -22,7 +22,7 @@ from transformer_jax import config as config_lib
 # The attention kernels live in attention.py; named here too, as the paper's equation 1.
 from transformer_jax.models.attention import (NEG_INF, attention,
                                               bidirectional_linear_attention,
-                                              causal_linear_attention, favor_features, favor_logits,
+                                              causal_linear_attention, favor_logits,
                                               local_mask, orthogonal_random_features, repeat_kv,
                                               scaled_dot_product_attention,
                                               sliding_window_attention)
@@ -201,7 +201,7 @@ class MultiHeadAttention(nn.Module):
   - 'full': softmax over every key the boolean `mask` [b, 1, l, s] allows;
   - 'local': the sliding window of `cfg.attention_window` keys around each
     query (`attention.sliding_window_attention`), within `segment_ids` [b, l];
-  - 'linear': FAVOR+ (`attention.favor_features`, `favor_logits`, `*_linear_attention`).
+  - 'linear': FAVOR+ (`attention.favor_logits`, `*_linear_attention`).
   With `decode=True` (self-attention only) the 'cache' collection keeps what
   the next tokens need: every key and value for 'full' (the new tokens are
   written at the cache index, so generating token t costs O(t)), the last
@@ -303,23 +303,23 @@ class MultiHeadAttention(nn.Module):
     # One fixed feature draw per layer, seeded by the layer's place in the model.
     seed = zlib.crc32('/'.join(self.scope.path).encode())
     projection = orthogonal_random_features(cfg.num_random_features, query.shape[-1], seed)
-    query_features = favor_features(query, projection)  # [b, l, h, m]
+    query_logits = favor_logits(query, projection)  # [b, l, h, m]
     key_logits = favor_logits(repeat_kv(key, h), projection)
     value = repeat_kv(value, h)
     if not self.causal:
-      out = bidirectional_linear_attention(query_features, key_logits, value, segment_ids)
+      out = bidirectional_linear_attention(query_logits, key_logits, value, segment_ids)
     elif decode:
       initialised = self.has_variable('cache', 'sums')
       b, m, k = query.shape[0], projection.shape[0], query.shape[-1]
       sums = self.variable('cache', 'sums', jnp.zeros, (b, h, m, k), jnp.float32)
       normaliser = self.variable('cache', 'normaliser', jnp.zeros, (b, h, m), jnp.float32)
       scale = self.variable('cache', 'scale', jnp.zeros, (b, h), jnp.float32)
-      out, (s, z, r) = causal_linear_attention(query_features, key_logits, value, segment_ids,
+      out, (s, z, r) = causal_linear_attention(query_logits, key_logits, value, segment_ids,
                                                state=(sums.value, normaliser.value, scale.value))
       if initialised:
         sums.value, normaliser.value, scale.value = s, z, r
     else:
-      out, _ = causal_linear_attention(query_features, key_logits, value, segment_ids)
+      out, _ = causal_linear_attention(query_logits, key_logits, value, segment_ids)
     return out.astype(query.dtype)
 
   def _attend(self, query, key, value, mask, decode: bool):
