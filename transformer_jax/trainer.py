@@ -21,7 +21,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
@@ -29,6 +28,7 @@ from transformer_jax import init_from as init_from_lib
 from transformer_jax import lock as lock_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
+from transformer_jax import progress
 from transformer_jax import run_log
 from transformer_jax import train as train_lib
 from transformer_jax.data import datasets as datasets_lib
@@ -230,9 +230,8 @@ def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
   total = None
   count = max_batches or (len(batches) if hasattr(batches, '__len__') else None)
-  progress = tqdm.tqdm(batches, total=count, desc='evaluating', unit='batch', leave=False,
-                       disable=None)  # shown on a terminal only.
-  for i, batch in enumerate(progress):
+  bar = progress.bar(batches, total=count, desc='evaluating', unit='batch', leave=False)
+  for i, batch in enumerate(bar):
     if max_batches and i >= max_batches:
       break
     sums = strategy.eval_step(state, strategy.put_batch(batch))
@@ -294,7 +293,7 @@ def _loop(run: Run) -> dict:
     print(f'Dropped {dropped} record(s) past step {start_step} from metrics.jsonl (steps that '
           'are trained again).', flush=True)
   run_log.write_run_info(workdir, config, start_step)
-  writer = run_log.MetricWriter(workdir, config.total_steps, resume_step=start_step)
+  writer = run_log.MetricWriter(workdir, config.total_steps, resume_step=start_step, config=config)
   task = config.data.task
   flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
   peak = metrics_lib.peak_flops(config)
@@ -358,6 +357,11 @@ def _loop(run: Run) -> dict:
           workdir, step, eval_measure(config, datasets)))
     save(step, eval_metrics)
     checkpointer.wait()
+    run.state, run.step = state, step
+    if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
+      from transformer_jax import generate  # pylint: disable=g-import-not-at-top
+      writer.write_texts(step, 'samples', generate.print_samples(
+          config, run.model, run.params, datasets.tokenizer, encode=datasets.encode_input))
   except TrainingDiverged as e:
     checkpointer.wait()
     good = checkpointer.latest_step()
@@ -370,11 +374,6 @@ def _loop(run: Run) -> dict:
         'change on resume).') from None
   finally:
     writer.close()
-  run.state, run.step = state, step
-  if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
-    from transformer_jax import generate  # pylint: disable=g-import-not-at-top
-    generate.print_samples(config, run.model, run.params, datasets.tokenizer,
-                           encode=datasets.encode_input)
   return dict(eval_metrics, step=step)
 
 
