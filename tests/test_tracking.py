@@ -10,7 +10,16 @@ import subprocess
 import sys
 import textwrap
 
+from google.protobuf import json_format
 import pytest
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import backend_context
+from tensorboard.plugins.hparams import metadata
+from tensorboard.util import tensor_util
 
 from tests.conftest import REPOSITORY, TINY, load_config, override
 from transformer_jax import config as config_lib
@@ -19,7 +28,6 @@ from transformer_jax import run_log
 
 
 def _tensorboard(logdir):
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   accumulator = event_accumulator.EventAccumulator(
       str(logdir), size_guidance={event_accumulator.TENSORS: 0})
   accumulator.Reload()
@@ -28,15 +36,12 @@ def _tensorboard(logdir):
 
 def _texts(accumulator, tag) -> list:
   """The texts of a text summary at its one step, as written (code blocks undone)."""
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
   [event] = accumulator.Tensors(tag)
   return [textwrap.dedent(block.decode()) for block in
           tensor_util.make_ndarray(event.tensor_proto).reshape(-1)]
 
 
 def _hparams(accumulator) -> dict:
-  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
-  from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
   content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
   start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
   return {name: json_format.MessageToDict(value) for name, value in start.hparams.items()}
@@ -80,11 +85,6 @@ def test_the_hparams_dashboard_lists_what_a_sweep_varies_first_with_eval_metrics
   """Two runs of a sweep that differ in num_heads, read as TensorBoard's
   HParams plugin reads a logdir: num_heads leads the columns, and the eval
   scalars are the metrics."""
-  from tensorboard import context  # pylint: disable=g-import-not-at-top
-  from tensorboard.backend.event_processing import data_provider  # pylint: disable=g-import-not-at-top
-  from tensorboard.backend.event_processing import plugin_event_multiplexer  # pylint: disable=g-import-not-at-top
-  from tensorboard.plugins import base_plugin  # pylint: disable=g-import-not-at-top
-  from tensorboard.plugins.hparams import backend_context  # pylint: disable=g-import-not-at-top
   for heads, loss in ((2, 1.5), (4, 1.25)):
     config = override(load_config(), {**TINY, 'model.num_heads': heads})
     writer = run_log.MetricWriter(str(tmp_path / 'runs' / f'heads{heads}'), 10, echo=False,
