@@ -69,7 +69,7 @@ def test_every_imported_module_is_declared():
 
 
 def test_an_undeclared_module_is_reported():
-  """The check is live: without tqdm declared, generate.py's import is named."""
+  """The check is live: without tqdm declared, progress.py's import is named."""
   required, extras = _declared()
   missing = _missing((required | set().union(*extras.values())) - {'tqdm'})
   assert any(m.startswith('tqdm (imported by transformer_jax/') for m in missing), missing

@@ -27,6 +27,7 @@ shape, evaluators) is catalog.py's; validation reads it.
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 from typing import Any, Optional
 
@@ -58,6 +59,7 @@ OVERFLOWS = ('drop', 'truncate', 'error')
 UNEVEN_BATCHES = ('drop', 'error')
 FORMATS = ('lines', 'tsv')
 SPM_MODEL_TYPES = ('unigram', 'bpe')
+WANDB_MODES = ('', 'online', 'offline')
 
 
 class ConfigError(ValueError):
@@ -239,6 +241,20 @@ def distributed_config() -> config_dict.ConfigDict:
   ), 'distributed.')
 
 
+def wandb_config() -> config_dict.ConfigDict:
+  """Weights & Biases logging of a training run (run_log.py, wandb_writer.py; the
+  `wandb` extra). Records reach W&B as well as stdout, TensorBoard and metrics.jsonl."""
+  return _section(dict(
+      enabled=resumable(False),
+      project=resumable('transformer_jax'),
+      entity=resumable(''),  # '' = the default entity of the logged-in user.
+      # '' = the sweep's name for a sweep's run (<sweep workdir>/runs/<name>), else none.
+      group=resumable(''),
+      # '' = wandb's default (WANDB_MODE, else online) | online | offline (wandb sync later)
+      mode=resumable(''),
+  ), 'wandb.')
+
+
 def base_config() -> config_dict.ConfigDict:
   """Every field the code reads, with defaults."""
   c = _section(dict(
@@ -278,6 +294,7 @@ def base_config() -> config_dict.ConfigDict:
   c.optimizer = optimizer_config()
   c.decode = decode_config()
   c.distributed = distributed_config()
+  c.wandb = wandb_config()
   return c
 
 
@@ -805,6 +822,16 @@ def validate_decode(d, m):
   _check(d.max_examples >= 0, f'config.decode.max_examples={d.max_examples} must be >= 0.')
 
 
+def validate_wandb(w):
+  """Raises ConfigError for config.wandb fields that cannot work."""
+  _check_choice('wandb.', w, 'mode', WANDB_MODES)
+  _check(not w.enabled or bool(w.project), 'config.wandb.project is empty; name the W&B project '
+         '(e.g. --config.wandb.project=transformer_jax).')
+  _check(not w.enabled or importlib.util.find_spec('wandb') is not None,
+         'config.wandb.enabled=True needs the wandb package; pip install '
+         '"transformer_jax[wandb]" (or wandb), or leave W&B off.')
+
+
 def _check_finite(fields, prefix: str = 'config.'):
   """Every number of the config is finite: inf passes a `> 0` check, and NaN
   or inf as a rate, size or threshold makes no run."""
@@ -823,6 +850,7 @@ def validate(c):
   validate_optimizer(c)
   validate_data(c)
   validate_decode(c.decode, c.model)
+  validate_wandb(c.wandb)
 
 
 def global_batch_size(c, num_devices: int) -> int:

@@ -32,13 +32,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import tqdm
 
 from transformer_jax import config as config_lib
 from transformer_jax import evaluators
 from transformer_jax import generate
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
+from transformer_jax import progress
 from transformer_jax import restore
 from transformer_jax import run_log
 from transformer_jax import train as train_lib
@@ -49,9 +49,8 @@ def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   """Sums of eval_step over `batches` (all of them when max_batches is 0)."""
   total = None
   count = max_batches or (len(batches) if hasattr(batches, '__len__') else None)
-  progress = tqdm.tqdm(batches, total=count, desc='evaluating', unit='batch', leave=False,
-                       disable=None)  # shown on a terminal only.
-  for i, batch in enumerate(progress):
+  bar = progress.bar(batches, total=count, desc='evaluating', unit='batch', leave=False)
+  for i, batch in enumerate(bar):
     if max_batches and i >= max_batches:
       break
     sums = strategy.eval_step(state, strategy.put_batch(batch))

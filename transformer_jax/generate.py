@@ -18,10 +18,10 @@ from typing import Callable, Optional, Sequence
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
 from transformer_jax import config as config_lib
 from transformer_jax import decode
+from transformer_jax import progress
 from transformer_jax.data import DataError
 from transformer_jax.data.tokenizers import Tokenizer  # what is read: pad_id, eos_id, decode.
 
@@ -211,8 +211,8 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
   _check_sources(encoded, limit)
   _check_unknown(tokenizer, encoded, eos_id)
   outputs, cut = [], []
-  for start in tqdm.trange(0, len(encoded), batch_size, desc='decoding', unit='batch',
-                           leave=False, disable=None):
+  for start in progress.bar(range(0, len(encoded), batch_size), desc='decoding', unit='batch',
+                            leave=False):
     chunk = encoded[start:start + batch_size]
     width = _source_width(chunk, limit)
     # Fill the batch with copies of its first row: one shape, and rows that finish.
@@ -248,6 +248,9 @@ def sample_texts(config, model, params, tokenizer: Tokenizer, *, encode: Encode)
   return [prompt + text for text in continuations]
 
 
-def print_samples(config, model, params, tokenizer: Tokenizer, *, encode: Encode):
-  for i, text in enumerate(sample_texts(config, model, params, tokenizer, encode=encode)):
+def print_samples(config, model, params, tokenizer: Tokenizer, *, encode: Encode) -> list[str]:
+  """Prints sample_texts and returns them (the run also records them: run_log)."""
+  texts = sample_texts(config, model, params, tokenizer, encode=encode)
+  for i, text in enumerate(texts):
     print(f'--- sample {i + 1} ---\n{text.strip()}', flush=True)
+  return texts

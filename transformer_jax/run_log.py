@@ -1,12 +1,20 @@
 """Where a run's records go, and what a run writes about itself.
 
-Every metric record goes to three places at once:
+Every metric record goes to three places at once (four with Weights & Biases):
   stdout                  one progress line per record;
-  <workdir>/tensorboard/  TensorBoard event files, tags `<split>/<name>`;
+  <workdir>/tensorboard/  TensorBoard event files, scalar tags `<split>/<name>`;
   <workdir>/metrics.jsonl one JSON object per line, e.g.
       {"step": 100, "split": "train", "loss": 2.31, "tokens_per_sec": 41000.0, ...}
       {"step": 500, "split": "eval", "loss": 1.98, "accuracy": 0.41, "perplexity": 7.2, ...}
+  W&B                     where config.wandb.enabled (wandb_writer.py), as `<split>/<name>`.
 `step` counts optimizer updates done; what the numbers mean: metrics.py.
+
+A training run's writer also records what TensorBoard needs to compare runs:
+its config fields as HParams (`hparams`: the HParams dashboard lists the fields
+that differ between the runs of a sweep first, with the last value of every
+scalar, such as the final eval metrics, beside them), the resolved config as
+text (tag `config`, at each start) and its text samples (`write_texts`, e.g.
+tag `samples`: decoder samples after training).
 
 A resumed run continues its records: `cut_back` first drops every record past
 the checkpoint it resumed from (steps that are trained again, and a line torn
@@ -114,8 +122,9 @@ _WRITERS = itertools.count()
 
 
 class TensorBoardWriter:
-  """Scalar summaries as a TensorBoard event file (TFRecord of Event protos),
-  written with tensorboard's own record writer so TensorFlow is never imported."""
+  """Scalar, HParams and text summaries as a TensorBoard event file (TFRecord of
+  Event protos), written with tensorboard's own record writer and summary
+  protos, so TensorFlow is never imported."""
 
   def __init__(self, logdir: str, resume_step: int = 0):
     """A new event file; `resume_step` > 0 starts it with a restart marker
@@ -141,13 +150,29 @@ class TensorBoardWriter:
     self._writer.write(event.SerializeToString())
     self._file.flush()
 
-  def write(self, step: int, split: str, values: dict):
+  def _summary(self, step: int, summary):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=f'{split}/{k}', simple_value=float(v))
-        for k, v in values.items()])
     self._write(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
+
+  def write(self, step: int, split: str, values: dict):
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    self._summary(step, summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=f'{split}/{k}', simple_value=float(v))
+        for k, v in values.items()]))
+
+  def write_hparams(self, step: int, values: dict):
+    """The run's HParams ({name: bool, number or string}): the hparams plugin's
+    session start record, which makes this directory a row of the HParams
+    dashboard, with its scalars' last values as the metrics."""
+    from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+    self._summary(step, summary_v2.hparams_pb(values))
+
+  def write_texts(self, step: int, tag: str, texts: list):
+    """Texts under one tag, shown by the text plugin as a one-column table,
+    each text verbatim (a Markdown code block keeps its lines and spaces)."""
+    from tensorboard.plugins.text import summary_v2  # pylint: disable=g-import-not-at-top
+    blocks = ['\n'.join('    ' + line for line in text.split('\n')) for text in texts]
+    self._summary(step, summary_v2.text_pb(tag, blocks))
 
   def close(self):
     self._file.close()
@@ -163,18 +188,39 @@ def _format(name: str, value) -> str:
   return f'{name} {value:.4f}'
 
 
-class MetricWriter:
-  """Writes each record to stdout, TensorBoard and metrics.jsonl (process 0 only)."""
+def hparams(config) -> dict:
+  """Every field of `config` as an HParam, by its dotted name ({'model.num_heads':
+  8, ...}); a value that is not a bool, number or string (an unset field) as JSON
+  text."""
+  fields = config_lib.flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+  return {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+          for name, value in fields.items()}
 
-  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, echo: bool = True):
-    """`echo=False` leaves out the stdout line."""
+
+class MetricWriter:
+  """Writes each record to stdout, TensorBoard, metrics.jsonl and, where
+  config.wandb.enabled, W&B (process 0 only)."""
+
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, echo: bool = True,
+               config=None):
+    """`echo=False` leaves out the stdout line. `config` (a training run's, at
+    each start) goes to TensorBoard as HParams and as text, and to W&B, which
+    it switches on (config.wandb)."""
     self.total_steps = total_steps
     self.echo = echo
     self.enabled = jax.process_index() == 0
+    self._wandb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
       self._tensorboard = TensorBoardWriter(os.path.join(workdir, 'tensorboard'), resume_step)
+      if config is not None:
+        self._tensorboard.write_hparams(resume_step, hparams(config))
+        self._tensorboard.write_texts(resume_step, 'config', [
+            config.to_json_best_effort(indent=2, sort_keys=True)])
+        if config.wandb.enabled:
+          from transformer_jax import wandb_writer  # pylint: disable=g-import-not-at-top
+          self._wandb = wandb_writer.WandbWriter(workdir, config)
     self._start = time.time()
 
   def write(self, step: int, split: str, values: dict, tags: Optional[dict] = None):
@@ -190,6 +236,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     self._tensorboard.write(step, split, values)
+    if self._wandb:
+      self._wandb.write(step, split, values)
     if not self.echo:
       return
     line = self._line(step, split, values)
@@ -204,10 +252,23 @@ class MetricWriter:
     elapsed = time.time() - self._start
     return f'[{bar}] {split:5s} step {step:>6d}/{self.total_steps} | {shown} | {elapsed:.0f}s'
 
+  def write_texts(self, step: int, tag: str, texts: list):
+    """Texts of one kind (e.g. tag 'samples') to TensorBoard and W&B; not to
+    metrics.jsonl, whose records are numbers, nor to stdout."""
+    if not self.enabled:
+      return
+    self._tensorboard.write_texts(step, tag, texts)
+    if self._wandb:
+      self._wandb.write_texts(step, tag, texts)
+
   def close(self):
     if self.enabled:
-      self._jsonl.close()
-      self._tensorboard.close()
+      try:
+        self._jsonl.close()
+        self._tensorboard.close()
+      finally:
+        if self._wandb:
+          self._wandb.close()
 
 
 def _parse(path: str) -> tuple:

@@ -29,6 +29,7 @@ from transformer_jax import init_from as init_from_lib
 from transformer_jax import lock as lock_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import parallel
+from transformer_jax import progress
 from transformer_jax import run_log
 from transformer_jax import train as train_lib
 from transformer_jax.data import datasets as datasets_lib
@@ -243,7 +244,7 @@ def _loop(run: Run) -> dict:
     print(f'Dropped {dropped} record(s) past step {start_step} from metrics.jsonl (steps that '
           'are trained again).', flush=True)
   run_log.write_run_info(workdir, config, start_step)
-  writer = run_log.MetricWriter(workdir, config.total_steps, resume_step=start_step)
+  writer = run_log.MetricWriter(workdir, config.total_steps, resume_step=start_step, config=config)
   task = config.data.task
   flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
   peak = metrics_lib.peak_flops(config)
@@ -307,6 +308,10 @@ def _loop(run: Run) -> dict:
           workdir, step, evaluation.eval_measure(config, datasets)))
     save(step, eval_metrics)
     checkpointer.wait()
+    run.state, run.step = state, step
+    if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
+      writer.write_texts(step, 'samples', generate.print_samples(
+          config, run.model, run.params, datasets.tokenizer, encode=datasets.encode_input))
   except TrainingDiverged as e:
     checkpointer.wait()
     good = checkpointer.latest_step()
@@ -319,10 +324,6 @@ def _loop(run: Run) -> dict:
         'change on resume).') from None
   finally:
     writer.close()
-  run.state, run.step = state, step
-  if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
-    generate.print_samples(config, run.model, run.params, datasets.tokenizer,
-                           encode=datasets.encode_input)
   return dict(eval_metrics, step=step)
 
 
