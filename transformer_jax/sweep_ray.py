@@ -29,7 +29,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import ray
 
 from transformer_jax import config as config_lib
-from transformer_jax import sweep
 
 _OPTIONS = {'CPU': 'num_cpus', 'GPU': 'num_gpus', 'memory': 'memory'}
 
@@ -92,6 +91,9 @@ def _die_with_parent():
 @ray.remote
 def _train(args: List[str], run_dir: str, workdir: str) -> dict:
   """One run on whichever node Ray chose; returns its launch status."""
+  # Here, not at the top: the sweep's driver runs sweep.py as __main__, and this
+  # module must not import it a second time (its flags); a worker imports it here.
+  from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
   where = {'node_id': ray.get_runtime_context().get_node_id()}
   if not os.path.isdir(workdir):
     return {'hostname': socket.gethostname(), **where, 'returncode': None, 'seconds': 0.0,
