@@ -22,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # told it runs no multi-host cluster; with this, the sweep's driver stays on loopback.
 DRIVER_ENV = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0', 'RAY_USAGE_STATS_ENABLED': '0'}
 HANG_GUARD = 600  # seconds; a run takes a few.
+# One cluster and one reference grid for the module: its tests go to one xdist
+# worker (pytest -n 2 --dist loadgroup, as CI runs them).
+pytestmark = pytest.mark.xdist_group('ray_cluster')
 
 
 @pytest.fixture(scope='module')
@@ -169,3 +172,20 @@ def test_a_sweep_stopped_by_ctrl_c_saves_reports_and_a_relaunch_loses_nothing(co
   with open(os.path.join(long, 'log.txt')) as f:
     assert f'resuming at step {saved} of 1500' in f.read()
   assert [s for s, _ in _losses(long)] == list(range(1, 1501))  # every step, once.
+
+
+def test_a_search_draws_its_points_with_ray_tune_from_its_seed(capsys):
+  from ray import tune  # pylint: disable=g-import-not-at-top
+  search = sweep.Search({'model.num_heads': [1, 2],
+                         'learning_rate': tune.loguniform(1e-4, 1e-2)}, num_samples=3, seed=0)
+  runs = sweep.expand(search)
+  assert [r.name for r in runs] == [r.name for r in sweep.expand(search)]  # a relaunch's.
+  assert sorted(r.overrides['model.num_heads'] for r in runs) == [1, 1, 1, 2, 2, 2]
+  rates = [r.overrides['learning_rate'] for r in runs]
+  assert len(set(rates)) == 6 and all(1e-4 <= lr <= 1e-2 for lr in rates)
+  assert rates != [r.overrides['learning_rate']
+                   for r in sweep.expand(sweep.Search(search.space, 3, seed=1))]
+  # A point drawn twice is one run, and the sweep says so.
+  runs = sweep.expand(sweep.Search({'seed': tune.choice([0, 1])}, num_samples=8))
+  assert sorted(r.overrides['seed'] for r in runs) == [0, 1]
+  assert 'drew 6 point(s) twice; each distinct point runs once (2 runs)' in capsys.readouterr().out

@@ -265,8 +265,8 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   """Trains one run in its own process (this interpreter, `args`); returns its status.
 
   The run's output is appended to its log.txt under a header naming the launch.
-  The status says where it ran (`hostname`, plus `where`), its exit code, wall
-  time and, when it did not exit 0, the last line it wrote. A run that cannot
+  The status says where it ran (`hostname`, plus `where`), when it started
+  (`started`, Unix time), its exit code, wall time (`seconds`) and, when it did not exit 0, the last line it wrote. A run that cannot
   even be started (its directory cannot be made, say) gets a status with
   returncode None and the reason as its last line, instead of an exception.
   `on_start` sees the process (the local executor passes it the sweep's
@@ -275,8 +275,9 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   status then has `signal` set.
   """
   cmd = [sys.executable, *args]
-  status = {'hostname': socket.gethostname(), **(where or {}), 'command': cmd, 'signal': None}
   start = time.time()
+  status = {'hostname': socket.gethostname(), **(where or {}), 'command': cmd, 'signal': None,
+            'started': start}
   log_path = os.path.join(run_dir, 'log.txt')
   try:
     os.makedirs(run_dir, exist_ok=True)
