@@ -93,7 +93,10 @@ def measure(label: str, config_path: str, workdir: str, cpus=None, env_vars=None
   done.set()
   watcher.join()
   assert all(r['status'] == 'ok' for r in rows), rows
-  statuses = [sweep._read_status(os.path.join(workdir, 'runs', n)) for n in names]  # pylint: disable=protected-access
+  statuses = []
+  for name in names:
+    with open(os.path.join(workdir, 'runs', name, sweep.STATUS_FILE)) as f:
+      statuses.append(json.load(f))
   handed = [begin] + [s['started'] + s['seconds'] for s in statuses[:-1]]
   first_step = [seen[n] - h for n, h in zip(names, handed)] if cpus in (None, 1) else None
   return {'executor': label, 'wall_s': wall, 'ray_start_s': ray_start,

@@ -266,7 +266,8 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
 
   The run's output is appended to its log.txt under a header naming the launch.
   The status says where it ran (`hostname`, plus `where`), when it started
-  (`started`, Unix time), its exit code, wall time (`seconds`) and, when it did not exit 0, the last line it wrote. A run that cannot
+  (`started`, Unix time), its exit code, wall time (`seconds`) and, when it
+  did not exit 0, the last line it wrote. A run that cannot
   even be started (its directory cannot be made, say) gets a status with
   returncode None and the reason as its last line, instead of an exception.
   `on_start` sees the process (the local executor passes it the sweep's

@@ -67,8 +67,9 @@ def parse_resources(text: Optional[str]) -> Dict[str, float]:
 
 
 def task_options(resources: Dict[str, float], max_retries: int) -> dict:
-  """Ray task options for one run: CPU, GPU and memory as Ray's own options, any
-  other key a custom resource (CPU 1 unless given, as Ray's default); RunKilled and lost workers or nodes retried."""
+  """Ray task options for one run: CPU, GPU and memory as Ray's own options (CPU
+  1 unless given, as Ray's default), any other key a custom resource; RunKilled
+  and lost workers or nodes retried."""
   options = {'num_cpus': 1, 'max_retries': max_retries, 'retry_exceptions': [RunKilled]}
   custom = {}
   for key, amount in resources.items():
