@@ -71,6 +71,38 @@ def test_bad_override_key_is_one_line_error():
     sweep.check_runs(base, sweep.expand([{'model.num_heads': 7}]))
 
 
+def test_run_directory_names_are_bounded_and_stable():
+  short = sweep.Run({'model.num_heads': 2, 'seed': 0})
+  assert short.name == 'model.num_heads=2,seed=0'  # as earlier sweeps named it.
+  assert sweep.Run({'data.path': 'x' * 245}).name == 'data.path=' + 'x' * 245  # fits: kept.
+  long = sweep.Run({'data.path': '/data/' + 'x' * 300, 'seed': 0})
+  name = long.name
+  assert len(name.encode()) <= 120 and '/' not in name
+  assert name.startswith('data.path=_data_xxx') and name == sweep.Run(dict(long.overrides)).name
+  assert name != sweep.Run({'data.path': '/data/' + 'x' * 300, 'seed': 1}).name
+  assert sweep.Run({'data.path': 'a/b'}).name.startswith('data.path=a_b~')  # no nested dirs.
+
+
+def test_an_outcome_says_what_happened():
+  """A run that finished while the sweep was being stopped is ok, not 'stopped by ...: None'."""
+  assert sweep.outcome({'returncode': 0, 'signal': None}) == 'ok'
+  assert sweep.outcome({'returncode': 0, 'signal': signal.SIGINT}) == (
+      'ok (it finished before the stop reached it)')
+  assert sweep.outcome({'returncode': 130, 'signal': signal.SIGINT, 'last_line': 'Saved'}) == (
+      'stopped by SIGINT (exit 130): Saved')
+  assert sweep.outcome({'returncode': 1, 'signal': None, 'last_line': 'Config error: x'}) == (
+      'FAILED: Config error: x')
+
+
+def test_a_run_that_cannot_be_launched_does_not_stop_the_grid(tmp_path):
+  blocker = tmp_path / 'runs'
+  blocker.write_text('a file where the run directory would go')
+  status = sweep.launch(['-c', 'pass'], str(blocker / 'seed=0'))
+  assert status['returncode'] is None and status['last_line'].startswith(
+      f'could not launch in {blocker}/seed=0: ')
+  assert sweep.outcome(status).startswith('FAILED: could not launch')
+
+
 def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
     config_file, tmp_path):
   workdir = str(tmp_path / 'sweep')
@@ -191,13 +223,19 @@ def test_ctrl_c_reaches_the_training_run_which_saves_before_the_sweep_stops(conf
   process.send_signal(signal.SIGINT)
   out, err = process.communicate(timeout=300)
   assert process.returncode == 128 + signal.SIGINT, err[-3000:]
-  assert 'Sweep stopped by SIGINT during seed=0' in err
-  with open(os.path.join(run_dir, 'log.txt')) as f:
-    log = f.read()
   saved = [int(n) for n in os.listdir(os.path.join(run_dir, 'checkpoints')) if n.isdigit()]
-  assert len(saved) == 1 and f'Saved a checkpoint at step {saved[0]}' in log
+  assert len(saved) == 1
+  # What really happened, in the run's line and the sweep's last line.
+  assert f'[1/1] seed=0: stopped by SIGINT (exit 130): Saved a checkpoint at step {saved[0]}' in out
+  assert err.strip().splitlines()[-1].startswith(
+      'Sweep stopped by SIGINT: 0 of 1 runs finished; saved a checkpoint and stopped: seed=0. '
+      f'The report in {workdir} covers the finished runs; launch the same command to go on')
+  with open(os.path.join(run_dir, 'log.txt')) as f:
+    assert f'Saved a checkpoint at step {saved[0]}' in f.read()
   with open(os.path.join(run_dir, sweep.STATUS_FILE)) as f:
     assert json.load(f)['returncode'] == 128 + signal.SIGINT  # not finished: relaunch resumes.
+  with open(os.path.join(workdir, 'results.csv')) as f:  # the report is written at once.
+    assert [r['status'] for r in csv.DictReader(f)] == ['stopped']
 
 
 def _fake_run(runs_dir, run, loss, seconds=1.0):

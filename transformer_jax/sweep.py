@@ -1,38 +1,52 @@
 """Ablation runner: a grid of config overrides, one process per run, and its report.
 
-A sweep is declared next to its config: `get_sweep(name)` returns either a grid,
-a dict {config key: [values]} whose product is run (`seed` is an axis like any
-other), or an explicit list of override dicts.
+A sweep is declared next to its config: `get_sweep(name)` returns a grid, a dict
+{config key: [values]} whose product is run (`seed` is an axis like any other),
+an explicit list of override dicts, or a `Search` (Ray Tune search spaces and a
+sample count: sampled points, run like grid points).
 
   python -m transformer_jax.sweep --config=shakespeare_char \
-      --sweep=ffn_x_heads --workdir=runs/ffn_x_heads [--config.total_steps=300 ...]
+      --sweep=ffn_x_heads --workdir=runs/ffn_x_heads [--config.total_steps=300 ...] \
+      [--executor=ray [--ray_address=auto] [--run_resources='{"GPU": 1}']]
 
-Each run trains in its own process (`python -m transformer_jax.main`), so a
-crash of one run does not kill the grid. Launched again, the sweep skips a run
-only if it finished with exactly the config now requested (its resolved config
-in config.json equals the grid point's with the command's overrides); any other
-run is launched again and resumes from its checkpoint (a longer
-`--config.total_steps` trains on) or fails in one line (a changed model needs
-another --workdir). Each launch appends to the run's log.txt, nothing is
-overwritten. SIGTERM or Ctrl-C goes to the training run, which saves a
-checkpoint; the sweep waits for it, then stops (launch it again to go on). The
-sweep exits non-zero when any run failed. Then the report: `results.csv` (one
-row per run), `results.md` (mean +/- std over seeds, with parameters and FLOPs
-per token so capacity effects can be told from shape effects) and PNG plots,
-for any grid shape (a seed-only grid included).
+Each run trains in its own process (`python -m transformer_jax.main`) in its own
+directory, so a crash of one run does not kill the grid. Where that process
+runs is the executor's only business: `local` (the default, no dependency
+beyond the package) runs one after another here; `ray` (sweep_ray.py, the `ray`
+extra) hands each run to Ray as a task with the run's declared resources, so
+runs spread over the devices and hosts of a Ray cluster, and Ray retries a run
+whose process or node died (it resumes from its checkpoint). Everything else is
+shared: expanding the grid, the config each run is requested with, skipping
+finished runs, the status file, the live view and the report.
+
+Launched again, the sweep skips a run only if it finished with exactly the
+config now requested (its resolved config in config.json equals the grid
+point's with the command's overrides); any other run is launched again and
+resumes from its checkpoint (a longer `--config.total_steps` trains on) or fails
+in one line (a changed model needs another --workdir). Each launch appends to
+the run's log.txt, nothing is overwritten. SIGTERM or Ctrl-C goes to the running
+training runs, which save a checkpoint; the sweep waits for them, writes the
+report of what finished and exits 128 + the signal while runs remain (launch it
+again to go on). The sweep exits 1 when any run failed. The report:
+`results.csv` (one row per run), `results.md` (mean +/- std over seeds, with
+parameters and FLOPs per token so capacity effects can be told from shape
+effects) and PNG plots, for any grid shape (a seed-only grid included),
+rewritten as runs finish.
 """
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -41,6 +55,7 @@ from ml_collections import config_flags
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax import run_log
+from transformer_jax.models import accounting
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment config: a name in '
                                'transformer_jax/configs/, a module or a .py file; optionally :arg.')
@@ -48,8 +63,24 @@ _SWEEP = flags.DEFINE_string('sweep', None, 'Name passed to the config file\'s g
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs and the report go.')
 _METRIC = flags.DEFINE_string('metric', 'loss', 'Eval metric the table and plots report.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rebuild the report.')
+_EXECUTOR = flags.DEFINE_enum('executor', 'local', ['local', 'ray'], 'Where runs train: local '
+                              '(one after another, here) or ray (tasks on a Ray cluster; the ray '
+                              'extra).')
+_RAY_ADDRESS = flags.DEFINE_string('ray_address', None, 'With --executor=ray: the cluster to join '
+                                   '(host:port, or auto); unset, a local Ray instance is started.')
+_RUN_RESOURCES = flags.DEFINE_string('run_resources', None, 'With --executor=ray: what one run '
+                                     'needs, as JSON, e.g. \'{"CPU": 1}\' (the default) or '
+                                     '\'{"CPU": 4, "GPU": 1}\'; other keys are custom Ray '
+                                     'resources.')
+_MAX_RETRIES = flags.DEFINE_integer('max_retries', None, 'With --executor=ray: how often a run '
+                                    'whose process or node died is launched again (it resumes '
+                                    'from its checkpoint); default 2.')
 
 STATUS_FILE = 'sweep_status.json'
+# Longest run directory name kept as written: NAME_MAX of Linux and macOS file
+# systems, so every directory an earlier sweep could create keeps its name.
+MAX_NAME_BYTES = 255
+_PREFIX_BYTES = 96  # the readable part of a longer name, before its hash.
 
 
 @dataclasses.dataclass
@@ -59,11 +90,64 @@ class Run:
 
   @property
   def name(self) -> str:
-    return ','.join(f'{k}={v}' for k, v in self.overrides.items())
+    """'key=value,...'; when that is no valid directory name (longer than
+    MAX_NAME_BYTES, or holding '/'), its first _PREFIX_BYTES with '/' as '_',
+    then '~' and 12 hex digits of its SHA-256: bounded, readable, and the same
+    on every relaunch."""
+    full = ','.join(f'{k}={v}' for k, v in self.overrides.items())
+    if len(full.encode()) <= MAX_NAME_BYTES and '/' not in full and '\0' not in full:
+      return full
+    prefix = full.replace('/', '_').replace('\0', '_').encode()[:_PREFIX_BYTES]
+    digest = hashlib.sha256(full.encode()).hexdigest()[:12]
+    return f"{prefix.decode(errors='ignore')}~{digest}"
+
+
+@dataclasses.dataclass
+class Search:
+  """Sampled points for get_sweep() to return: a search beyond grids.
+
+  `space` maps config keys to Ray Tune search spaces (`tune.loguniform(1e-4,
+  1e-2)`, `tune.choice([...])`, ...) or to lists, which are grid axes (every
+  value is run). Each grid point gets `num_samples` draws of the sampled keys,
+  drawn by Ray Tune's own sampler from `seed`, so a relaunch draws the same
+  points and finds their runs. The points are then run and reported like grid
+  points. Sampling needs Ray (the ray extra); running them does not.
+  """
+  space: Dict[str, Any]
+  num_samples: int = 1
+  seed: int = 0
+
+
+def _sample(search: Search) -> List[Dict[str, Any]]:
+  """The concrete overrides of a Search (Ray Tune's variant generator)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    from ray import tune  # pylint: disable=g-import-not-at-top
+    from ray.tune.search import variant_generator  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise config_lib.ConfigError('get_sweep() returned a Search, which Ray Tune samples; install '
+                                 "it with pip install 'transformer_jax[ray]'.") from None
+  if not isinstance(search.num_samples, int) or search.num_samples < 1:
+    raise config_lib.ConfigError(f'Search.num_samples={search.num_samples!r}; give a count >= 1.')
+  spec = {k: tune.grid_search(v) if isinstance(v, (list, tuple)) else v
+          for k, v in search.space.items()}
+  rng = np.random.default_rng(search.seed)
+  points = []
+  for _ in range(search.num_samples):
+    for _, variant in variant_generator.generate_variants(spec, random_state=rng):
+      points.append({k: variant[k] for k in search.space})
+  unique = list({json.dumps(p, sort_keys=True, default=str): p for p in points}.values())
+  if len(unique) < len(points):
+    print(f'The search drew {len(points) - len(unique)} point(s) twice; each distinct point runs '
+          f'once ({len(unique)} runs).', flush=True)
+  return unique
 
 
 def expand(spec) -> List[Run]:
-  """A grid dict {key: [values]} -> its product; a list of dicts -> those runs."""
+  """A grid dict {key: [values]} -> its product; a list of dicts -> those runs;
+  a Search -> its sampled points."""
+  if isinstance(spec, Search):
+    spec = _sample(spec)
   if isinstance(spec, dict):
     keys = list(spec)
     return [Run(dict(zip(keys, values))) for values in itertools.product(*spec.values())]
@@ -125,23 +209,143 @@ def check_runs(base, runs: Sequence[Run]):
     config_lib.validate(apply_overrides(base.copy_and_resolve_references(), run.overrides))
 
 
-class _Forward:
-  """While a run trains: SIGTERM / Ctrl-C go to the run (in its own session, so
-  a terminal's Ctrl-C reaches it only this way, once), which saves and exits;
-  the sweep then stops. A second signal is forwarded too (the run exits at once)."""
+def _last_line(path: str, start: int) -> str:
+  """The last non-empty line written to `path` after byte `start`."""
+  with open(path, encoding='utf-8', errors='replace') as f:
+    f.seek(start)
+    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+  return lines[-1] if lines else '(no output)'
+
+
+def command(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> List[str]:
+  """The arguments after the interpreter that train `run` in `run_dir`."""
+  return ['-m', 'transformer_jax.main', f'--config={config_path}', f'--workdir={run_dir}',
+          *[f'--config.{k}={v}' for k, v in run.overrides.items()], *extra]
+
+
+def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
+           on_start: Optional[Callable[[subprocess.Popen], None]] = None,
+           preexec_fn: Optional[Callable[[], None]] = None) -> dict:
+  """Trains one run in its own process (this interpreter, `args`); returns its status.
+
+  The run's output is appended to its log.txt under a header naming the launch.
+  The status says where it ran (`hostname`, plus `where`), when it started
+  (`started`, Unix time), its exit code, wall time (`seconds`) and, when it
+  did not exit 0, the last line it wrote. A run that cannot
+  even be started (its directory cannot be made, say) gets a status with
+  returncode None and the reason as its last line, instead of an exception.
+  `on_start` sees the process (the local executor passes it the sweep's
+  signals). A KeyboardInterrupt while it trains (the Ray executor cancelling
+  the run's task) is passed on as SIGTERM: the run saves, then exits; the
+  status then has `signal` set.
+  """
+  cmd = [sys.executable, *args]
+  start = time.time()
+  status = {'hostname': socket.gethostname(), **(where or {}), 'command': cmd, 'signal': None,
+            'started': start}
+  log_path = os.path.join(run_dir, 'log.txt')
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(log_path, 'a') as log:
+      log.write(f'=== launched {time.strftime("%Y-%m-%d %H:%M:%S")} on {status["hostname"]}: '
+                f'{" ".join(cmd)}\n')
+      log.flush()
+      offset = log.tell()
+      process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, preexec_fn=preexec_fn)
+  except OSError as e:
+    return {**status, 'returncode': None, 'seconds': time.time() - start,
+            'last_line': f'could not launch in {run_dir}: {e.strerror or e}'}
+  if on_start is not None:
+    on_start(process)
+  while True:
+    try:  # polled, not wait()ed: Ray's cancel raises between bytecodes only.
+      while process.poll() is None:
+        time.sleep(0.1)
+      break
+    except KeyboardInterrupt:
+      status['signal'] = signal.SIGTERM
+      process.send_signal(signal.SIGTERM)
+  status.update(returncode=process.returncode, seconds=time.time() - start)
+  if process.returncode != 0:
+    status['last_line'] = _last_line(log_path, offset)
+  return status
+
+
+def write_status(run_dir: str, status: dict) -> bool:
+  """Stores a launch's status in the run's directory; False when it cannot be
+  written (the run could not be launched there: the sweep keeps it in memory)."""
+  try:
+    run_log.write_atomically(os.path.join(run_dir, STATUS_FILE), json.dumps(status))
+    return True
+  except OSError:
+    return False
+
+
+def outcome(status: dict) -> str:
+  """What a launch came to, in words: 'ok', 'stopped by SIGINT, ...' or 'FAILED: ...'."""
+  if status.get('returncode') == 0:
+    return 'ok' if status.get('signal') is None else 'ok (it finished before the stop reached it)'
+  if status.get('signal') is not None:
+    return (f"stopped by {signal.Signals(status['signal']).name} (exit {status['returncode']}): "
+            f"{status.get('last_line')}")
+  return f"FAILED: {status.get('last_line')}"
+
+
+class LocalExecutor:
+  """Runs one launch after another in this process's machine (the default).
+
+  A signal to the sweep is passed to the running training run (in its own
+  session, so a terminal's Ctrl-C reaches it only this way, once), which saves
+  and exits; no other run starts. A second signal is passed on too (the run then
+  exits at once)."""
+
+  name = 'local'
+
+  def __init__(self):
+    self.process: Optional[subprocess.Popen] = None
+    self.stopping: Optional[int] = None  # the signal that stops the sweep.
+
+  def signal(self, signum: int):
+    self.stopping = signum
+    if self.process is not None and self.process.poll() is None:
+      self.process.send_signal(signum)
+
+  def start(self):
+    pass
+
+  def _started(self, process: subprocess.Popen):
+    self.process = process
+
+  def run(self, launches: Sequence[Tuple[int, List[str], str]]) -> Iterator[Tuple[int, dict]]:
+    """Yields (index, status) as each launch (index, args, run_dir) ends."""
+    for index, args, run_dir in launches:
+      if self.stopping:
+        return
+      status = launch(args, run_dir, on_start=self._started)
+      if self.stopping and status['returncode'] is not None:
+        status['signal'] = self.stopping
+      yield index, status
+
+  def close(self):
+    pass
+
+
+class _Signals:
+  """While the executor runs: SIGTERM / Ctrl-C are recorded and passed to it."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, process: subprocess.Popen):
-    self.process, self.signum, self._previous = process, None, {}
+  def __init__(self, executor):
+    self.executor, self.signum, self._previous = executor, None, {}
 
   def _handle(self, signum, frame):
     del frame
     self.signum = signum
-    print(f'\nReceived {signal.Signals(signum).name}: passed to the training run, which saves '
-          'a checkpoint; the sweep stops after it.', flush=True)
-    if self.process.poll() is None:
-      self.process.send_signal(signum)
+    print(f'\nReceived {signal.Signals(signum).name}: the running training runs save a '
+          'checkpoint and stop; the sweep then writes the report of what finished and stops '
+          '(signal again to stop the runs at once).', flush=True)
+    self.executor.signal(signum)
 
   def __enter__(self):
     for s in self.SIGNALS:
@@ -152,41 +356,6 @@ class _Forward:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     return False
-
-
-def _last_line(path: str, start: int) -> str:
-  """The last non-empty line written to `path` after byte `start`."""
-  with open(path, encoding='utf-8', errors='replace') as f:
-    f.seek(start)
-    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-  return lines[-1] if lines else '(no output)'
-
-
-def launch(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> dict:
-  """Trains one run in its own process; returns and stores its status.
-
-  The run's output is appended to its log.txt under a header naming the launch.
-  The status has `signal` set when the sweep was stopped by one meanwhile.
-  """
-  os.makedirs(run_dir, exist_ok=True)
-  cmd = [sys.executable, '-m', 'transformer_jax.main', f'--config={config_path}',
-         f'--workdir={run_dir}', *[f'--config.{k}={v}' for k, v in run.overrides.items()],
-         *extra]
-  start = time.time()
-  log_path = os.path.join(run_dir, 'log.txt')
-  with open(log_path, 'a') as log:
-    log.write(f'=== launched {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(cmd)}\n')
-    log.flush()
-    offset = log.tell()
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    with _Forward(process) as forward:
-      returncode = process.wait()
-  status = {'returncode': returncode, 'seconds': time.time() - start, 'command': cmd,
-            'signal': forward.signum}
-  if returncode != 0:
-    status['last_line'] = _last_line(log_path, offset)
-  run_log.write_atomically(os.path.join(run_dir, STATUS_FILE), json.dumps(status))
-  return status
 
 
 def _read_status(run_dir: str) -> dict:
@@ -217,7 +386,7 @@ def read_metrics(run_dir: str) -> List[dict]:
     return []
 
 
-def summarise(run: Run, run_dir: str) -> dict:
+def summarise(run: Run, run_dir: str, status: Optional[dict] = None) -> dict:
   """One results.csv row: the overrides, capacity, and the last train/eval metrics.
 
   Capacity comes from the run's own resolved config (`config.json`). The eval
@@ -226,8 +395,9 @@ def summarise(run: Run, run_dir: str) -> dict:
   `--mode=eval` on the test split, on a few batches or on other held-out files
   (config.data.eval_files) never stands in for the run's own eval;
   one measured the same way (e.g. with BLEU or error rates added) does.
+  `status` stands in for the run's status file (a launch whose status could not
+  be written there).
   """
-  from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
   row = dict(run.overrides)
   config_path = os.path.join(run_dir, 'config.json')
   if os.path.exists(config_path):
@@ -245,10 +415,11 @@ def summarise(run: Run, run_dir: str) -> dict:
       for k, v in last[-1].items():
         if k != 'split' and k not in run_log.MEASURE_KEYS and isinstance(v, (int, float)):
           row[f'{split}_{k}'] = v
-  status = _read_status(run_dir)
+  status = status or _read_status(run_dir)
   row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else
-                   'failed')
+                   'stopped' if status.get('signal') is not None else 'failed')
   row['seconds'] = round(status.get('seconds', float('nan')), 1)
+  row['host'] = status.get('hostname', '')
   row['run'] = run.name
   return row
 
@@ -365,10 +536,13 @@ def plot(rows: List[dict], axes: List[str], metric: str, workdir: str, runs_dir:
   fig.savefig(os.path.join(workdir, 'learning_curves.png'), dpi=120)
 
 
-def report(runs: List[Run], workdir: str, metric: str) -> List[dict]:
-  """Writes results.csv, results.md and the plots; returns the rows."""
+def report(runs: List[Run], workdir: str, metric: str,
+           statuses: Optional[Dict[str, dict]] = None) -> List[dict]:
+  """Writes results.csv, results.md and the plots; returns the rows. `statuses`
+  ({run name: status}) stand in for status files that could not be written."""
   runs_dir = os.path.join(workdir, 'runs')
-  rows = [summarise(run, os.path.join(runs_dir, run.name)) for run in runs]
+  rows = [summarise(run, os.path.join(runs_dir, run.name), (statuses or {}).get(run.name))
+          for run in runs]
   axes = list(dict.fromkeys(k for run in runs for k in run.overrides))
   fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in axes, k))
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
@@ -381,45 +555,110 @@ def report(runs: List[Run], workdir: str, metric: str) -> List[dict]:
   return rows
 
 
+def make_executor(executor: str = 'local', ray_address: Optional[str] = None,
+                  run_resources: Optional[str] = None, max_retries: Optional[int] = None):
+  """The executor named on the command line.
+
+  Raises:
+    ConfigError: a Ray option without --executor=ray, bad --run_resources, or
+      the ray extra missing.
+  """
+  if executor == 'local':
+    given = [name for name, value in (('--ray_address', ray_address),
+                                      ('--run_resources', run_resources),
+                                      ('--max_retries', max_retries)) if value is not None]
+    if given:
+      raise config_lib.ConfigError(f'{", ".join(given)} only apply to --executor=ray; add it or '
+                                   'drop them.')
+    return LocalExecutor()
+  try:
+    from transformer_jax import sweep_ray  # pylint: disable=g-import-not-at-top  # the ray extra.
+  except ImportError as e:
+    raise config_lib.ConfigError(f'--executor=ray needs Ray ({e}); install it with pip install '
+                                 "'transformer_jax[ray]'.") from None
+  return sweep_ray.RayExecutor(ray_address, sweep_ray.parse_resources(run_resources),
+                               2 if max_retries is None else max_retries)
+
+
+def _where(status: dict) -> str:
+  node = status.get('node_id')
+  return status.get('hostname', '?') + (f', node {node[:8]}' if node else '')
+
+
 def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: Sequence[str],
-              metric: str = 'loss', report_only: bool = False) -> List[dict]:
-  """Runs the grid (what is not finished yet) and writes the report; returns its rows.
+              metric: str = 'loss', report_only: bool = False, executor=None) -> List[dict]:
+  """Runs the grid (what is not finished yet) on `executor` (default: local,
+  one run after another) and writes the report as runs finish; returns its rows.
+
+  The live view: a progress bar (runs finished of all, elapsed, ETA) on stderr
+  and one line per ended run on stdout (its outcome, metric, wall time and
+  where it ran).
 
   Raises:
     ConfigError: the grid or the overrides cannot work.
-    SweepStopped: a signal stopped the sweep (after the running run saved).
+    SweepStopped: a signal stopped the sweep while runs remain (the running
+      runs saved; the report of what finished is written).
   """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   module = configs.load_module(config_path)
   if not hasattr(module, 'get_sweep'):
     raise config_lib.ConfigError(f'{config_path} has no get_sweep(); declare the grid there.')
   runs = expand(module.get_sweep(sweep) if sweep else module.get_sweep())
   check_runs(configs.load(config_path), runs)
   requested = {run.name: requested_config(config_path, run, extra_args) for run in runs}
-  os.makedirs(os.path.join(workdir, 'runs'), exist_ok=True)
+  runs_dir = os.path.join(workdir, 'runs')
+  os.makedirs(runs_dir, exist_ok=True)
+  statuses: Dict[str, dict] = {}
+  stopped = None
   if not report_only:
     todo = [(i, run) for i, run in enumerate(runs)
-            if not finished(os.path.join(workdir, 'runs', run.name), requested[run.name])]
+            if not finished(os.path.join(runs_dir, run.name), requested[run.name])]
     if len(todo) < len(runs):
       print(f'{len(runs) - len(todo)} of {len(runs)} runs finished earlier with this config: '
             'skipped.', flush=True)
-    spent = 0.0
-    for done, (i, run) in enumerate(todo, start=1):
-      status = launch(config_path, run, os.path.join(workdir, 'runs', run.name), extra_args)
-      spent += status['seconds']
-      eta = spent / done * (len(todo) - done)
-      if status['signal'] is not None:
-        outcome = f"stopped by {signal.Signals(status['signal']).name}: {status.get('last_line')}"
-      else:
-        outcome = 'ok' if status['returncode'] == 0 else f"FAILED: {status.get('last_line')}"
-      print(f'[{i + 1}/{len(runs)}] {run.name}: {outcome} (in {status["seconds"]:.0f}s; log: '
-            f'{os.path.join(workdir, "runs", run.name, "log.txt")}); about {eta / 60:.0f} min '
-            'left', flush=True)
-      if status['signal'] is not None:
-        raise SweepStopped(status['signal'], f'Sweep stopped by {signal.Signals(status["signal"]).name} '
-                           f'during {run.name} (exit {status["returncode"]}); launch the same '
-                           'command to go on.')
-  rows = report(runs, workdir, metric)
-  print(open(os.path.join(workdir, 'results.md')).read())
+    executor = executor or LocalExecutor()
+    # Paths every node reads alike: a config file given relative to here, and the workdir.
+    spec, colon, arg = config_path.partition(':')
+    where_config = os.path.abspath(spec) + colon + arg if os.path.isfile(spec) else config_path
+    launches = [(i, command(where_config, run, os.path.abspath(os.path.join(runs_dir, run.name)),
+                            extra_args), os.path.abspath(os.path.join(runs_dir, run.name)))
+                for i, run in todo]
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit='run', desc='runs finished',
+               file=sys.stderr, dynamic_ncols=True, disable=not todo)
+    try:
+      if todo:
+        executor.start()
+      with _Signals(executor) as signals:
+        for i, status in executor.run(launches):
+          run = runs[i]
+          run_dir = os.path.join(runs_dir, run.name)
+          if not write_status(run_dir, status):
+            statuses[run.name] = status
+          row = {r['run']: r for r in report(runs, workdir, metric, statuses)}[run.name]
+          value = row.get(f'eval_{metric}')
+          measured = f', eval {metric} {value:.4f}' if isinstance(value, float) else ''
+          bar.write(f'[{i + 1}/{len(runs)}] {run.name}: {outcome(status)}{measured} (in '
+                    f'{status["seconds"]:.0f}s on {_where(status)}; log: '
+                    f'{os.path.join(run_dir, "log.txt")})', file=sys.stdout)
+          sys.stdout.flush()
+          if status['signal'] is None or status['returncode'] == 0:
+            bar.update(1)
+      stopped = signals.signum
+    finally:
+      bar.close()
+      executor.close()
+  rows = report(runs, workdir, metric, statuses)
+  print(open(os.path.join(workdir, 'results.md')).read(), flush=True)
+  remaining = [r for r in rows if r['status'] != 'ok']
+  if stopped is not None and remaining:
+    saved = [r['run'] for r in remaining if r['status'] == 'stopped']
+    others = [r['run'] for r in remaining if r['status'] != 'stopped']
+    raise SweepStopped(stopped, f'Sweep stopped by {signal.Signals(stopped).name}: '
+                       f'{len(rows) - len(remaining)} of {len(rows)} runs finished'
+                       f'{"; saved a checkpoint and stopped: " + ", ".join(saved) if saved else ""}'
+                       f'{"; not run or failed: " + ", ".join(others) if others else ""}. '
+                       f'The report in {workdir} covers the finished runs; launch the same '
+                       'command to go on (finished runs are skipped, the others resume).')
   return rows
 
 
@@ -435,8 +674,10 @@ def main(argv):
   if not _CONFIG.value or not _WORKDIR.value:
     raise app.UsageError('--config and --workdir are required.')
   try:
+    executor = None if _REPORT_ONLY.value else make_executor(
+        _EXECUTOR.value, _RAY_ADDRESS.value, _RUN_RESOURCES.value, _MAX_RETRIES.value)
     rows = run_sweep(_CONFIG.value, _SWEEP.value, _WORKDIR.value, argv[1:], _METRIC.value,
-                     _REPORT_ONLY.value)
+                     _REPORT_ONLY.value, executor)
   except (config_lib.ConfigError, FileNotFoundError, run_log.RecordError) as e:
     print(f'Sweep error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
@@ -447,6 +688,12 @@ def main(argv):
   if failed:
     print(f'{len(failed)} of {len(rows)} runs failed: {", ".join(failed)}; see each run\'s '
           'log.txt, fix the cause and launch the same command (finished runs are skipped).',
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+  stopped = [r['run'] for r in rows if r['status'] == 'stopped']
+  if stopped:
+    print(f'{len(stopped)} of {len(rows)} runs were stopped by a signal after saving: '
+          f'{", ".join(stopped)}; launch the same command without --report_only to resume them.',
           file=sys.stderr, flush=True)
     sys.exit(1)
   not_run = [r['run'] for r in rows if r['status'] == 'not run']
