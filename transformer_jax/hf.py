@@ -416,7 +416,9 @@ def gpt2_layout(model) -> Optional[str]:
   m = config_lib.ModelConfig.of(model)
   needs = dict(variant='decoder', norm='pre', position='learned', use_bias=True,
                share_embeddings=True, scale_embeddings=False, token_types=0,
-               embedding_norm=False, head_transform=False, output_bias=False, attention='full')
+               embedding_norm=False, head_transform=False, output_bias=False, attention='full',
+               norm_type='layernorm', qk_norm=False, attn_logit_softcap=0.0,
+               final_logit_softcap=0.0)
   wrong = [f'{k}={m[k]!r}' for k, v in needs.items() if m[k] != v]
   if m.activation not in EXPORT_ACTIVATIONS:
     wrong.append(f'activation={m.activation!r}')

@@ -34,17 +34,18 @@ def main(checkpoint_path: str, val_path: str, batch_size: int = 256):
       rows = [tokens[s:s + length + 1] for s in starts[i:i + batch_size]]
       for row in rows:  # the last window is shorter; run it alone.
         if len(row) < length + 1:
-          x, y = torch.from_numpy(row[None, :-1]), torch.from_numpy(row[None, 1:])
+          x, y = torch.from_numpy(row[None, :-1].copy()), torch.from_numpy(row[None, 1:].copy())
           logits, _ = model(x, y)
           total += F.cross_entropy(logits[0], y[0], reduction='sum').item()
           count += y.numel()
       full = [row for row in rows if len(row) == length + 1]
       if full:
-        batch = torch.from_numpy(np.stack(full))
-        logits, _ = model(batch[:, :-1], batch[:, 1:])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+        batch = np.stack(full)
+        x, y = torch.from_numpy(batch[:, :-1].copy()), torch.from_numpy(batch[:, 1:].copy())
+        logits, _ = model(x, y)  # with targets, nanoGPT returns every position's logits.
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                  reduction='sum').item()
-        count += batch[:, 1:].numel()
+        count += y.numel()
   print(f'iter {checkpoint["iter_num"]}: full validation split loss {total / count:.4f} over '
         f'{count:,} targets')
 
