@@ -645,6 +645,9 @@ def validate_optimizer(c):
          '>= 0 (0 = config.total_steps).')
   _check(0 < o.wsd_decay_fraction <= 1, f'config.optimizer.wsd_decay_fraction='
          f'{o.wsd_decay_fraction} must be in (0, 1].')
+  _check(o.schedule_steps == 0 or o.schedule in ('cosine', 'linear', 'wsd'),
+         f'config.optimizer.schedule_steps={o.schedule_steps} is the length of a decay; '
+         f'schedule={o.schedule} has none, so set it to 0 (or schedule to cosine, linear or wsd).')
   steps = schedule_steps(c)
   if o.schedule in ('cosine', 'linear'):
     _check(c.warmup_steps < steps,
