@@ -183,11 +183,11 @@ def test_config_typo_fails_in_one_line_before_compiling(tmp_path):
 
 
 def test_bad_value_fails_in_one_line(tmp_path):
-  done = _main(f'--workdir={tmp_path}/w', '--config.optimizer.schedule=linear')
+  done = _main(f'--workdir={tmp_path}/w', '--config.optimizer.schedule=exponential')
   assert done.returncode != 0 and 'Traceback' not in done.stderr
   assert done.stderr.strip().splitlines() == [
-      "Config error: config.optimizer.schedule='linear' is unknown; use one of "
-      "('rsqrt', 'cosine', 'constant')."]
+      "Config error: config.optimizer.schedule='exponential' is unknown; use one of "
+      "('rsqrt', 'cosine', 'constant', 'linear', 'wsd')."]
   assert not os.path.exists(tmp_path / 'w')
 
 
