@@ -10,9 +10,11 @@ weights, unequal stack depths) rotate through the combinations, so each value
 meets every variant. The attention kinds (full, local, linear) and the
 key/value head counts (num_heads, multi-query) rotate on their own periods, 3
 and 2, prime to the 8 extras, so each kind meets every extra and every variant;
-linear attention takes local's place where attention dropout is on (linear has
-no weights to drop; the validator says so). Image input (the Vision
-Transformer: config.model.patch_size > 0, an encoder classifier) is enumerated
+local attention takes linear's place where attention dropout or the attention
+soft-cap is on (linear has no weights to drop and no scores to cap; the validator
+says so). The normalisation, logit-cap, initialisation and z-loss options ride on
+the extras. Image input (the Vision Transformer: config.model.patch_size > 0, an
+encoder classifier) is enumerated
 over every position x image pooling ([CLS] or mean) x norm, with the same
 rotations (the text-only extras left out); the text combinations leave out the
 image-only choices (2-D sinusoids, [CLS] pooling).
@@ -37,14 +39,19 @@ VOCAB, LENGTH, BATCH = 16, 6, 2
 
 # The checkpoint-import options (GPT-2's and BERT's, hf.py) ride on these too; the
 # tanh GELU is the one activation not enumerated in full (it is GELU's formula).
+# The normalisation, logit and initialisation options (issue 26) and the z-loss ride
+# on them as well.
 EXTRAS = [
     {},
-    {'model.share_embeddings': False, 'model.embedding_norm': True},
-    {'model.use_bias': False, 'model.scale_embeddings': False, 'model.token_types': 2},
-    {'model.dtype': 'bfloat16', 'model.head_transform': True, 'model.output_bias': True},
-    {'model.remat': 'full', 'model.activation': 'gelu_tanh', 'model.pooler': True},
-    {'model.remat': 'dots'},
-    {'model.attention_dropout_rate': 0.1},
+    {'model.share_embeddings': False, 'model.embedding_norm': True, 'model.norm_type': 'rmsnorm'},
+    {'model.use_bias': False, 'model.scale_embeddings': False, 'model.token_types': 2,
+     'model.qk_norm': True},
+    {'model.dtype': 'bfloat16', 'model.head_transform': True, 'model.output_bias': True,
+     'model.final_logit_softcap': 2.0, 'z_loss': 1e-4},
+    {'model.remat': 'full', 'model.activation': 'gelu_tanh', 'model.pooler': True,
+     'model.init': 'gpt2', 'model.norm_type': 'rmsnorm', 'model.qk_norm': True},
+    {'model.remat': 'dots', 'model.attn_logit_softcap': 1.0},
+    {'model.attention_dropout_rate': 0.1, 'model.attn_logit_softcap': 1.0},
     {'model.num_encoder_layers': 2, 'model.num_decoder_layers': 1},
 ]
 ENUMERATED_ACTIVATIONS = tuple(a for a in config_lib.ACTIVATIONS if a != 'gelu_tanh')
@@ -86,6 +93,8 @@ def _combinations():
       values = {'model.variant': variant, 'model.position': position, 'model.norm': norm,
                 'model.activation': activation, **head,
                 'data.task': TASK_OF[variant, head.get('model.encoder_head')]}
+      if variant == 'seq2seq':
+        values['data.name'] = 'cmudict'  # a dataset of source-target pairs.
       combos.append(values)
   for position, pooling, norm in itertools.product(config_lib.POSITIONS, IMAGE_POOLINGS,
                                                    config_lib.NORMS):
@@ -99,7 +108,8 @@ def _combinations():
       extras = {k: v for k, v in extras.items() if k not in TEXT_ONLY}
     c = dict(c, **extras)
     kind = config_lib.ATTENTIONS[i % len(config_lib.ATTENTIONS)]
-    if kind == 'linear' and c.get('model.attention_dropout_rate'):
+    if kind == 'linear' and (c.get('model.attention_dropout_rate') or
+                             c.get('model.attn_logit_softcap')):
       kind = 'local'
     c['model.attention'] = kind
     if (i // len(config_lib.ATTENTIONS)) % 2:

@@ -105,6 +105,35 @@ def test_seq2seq_step_logits_equal_full_forward(seq2seq):
   np.testing.assert_allclose(cached, full_logits(model, params, targets, SOURCES), atol=1e-5)
 
 
+# The normalisation and logit options (issue 26), each small enough to bite (caps of
+# 0.5 and 1 on scores and logits of order 1); local attention's window shorter than
+# the row, so the ring cache is exercised.
+NEW_OPTIONS = [{'norm_type': 'rmsnorm'}, {'qk_norm': True},
+               {'qk_norm': True, 'norm_type': 'rmsnorm', 'position': 'rotary'},
+               {'attn_logit_softcap': 0.5},
+               {'attn_logit_softcap': 0.5, 'attention': 'local', 'attention_window': 3},
+               {'final_logit_softcap': 1.0}, {'init': 'gpt2', 'norm': 'pre'}]
+
+
+@pytest.mark.parametrize('options', NEW_OPTIONS, ids=lambda o: '-'.join(map(str, o.values())))
+def test_decoder_step_logits_equal_full_forward_with_each_new_option(options):
+  model = tiny_model('decoder', num_layers=2, **options)
+  params = init(model, 2, jnp.ones((2, 8), jnp.int32))
+  tokens = jnp.asarray(np.random.RandomState(2).randint(1, VOCAB, (3, LENGTH)))
+  cached = decode.step_logits(model, params, tokens, prefill=4)
+  np.testing.assert_allclose(cached, full_logits(model, params, tokens), atol=1e-5)
+
+
+def test_seq2seq_step_logits_equal_full_forward_with_the_new_options():
+  model = tiny_model('seq2seq', norm_type='rmsnorm', qk_norm=True, attn_logit_softcap=0.5,
+                     final_logit_softcap=1.0)
+  params = init(model, 3, jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32))
+  targets = jnp.asarray(np.random.RandomState(3).randint(1, VOCAB, (4, DECODE_LEN)))
+  decoder_inputs = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  cached = decode.step_logits(model, params, decoder_inputs, SOURCES)
+  np.testing.assert_allclose(cached, full_logits(model, params, targets, SOURCES), atol=1e-5)
+
+
 def test_decoder_cached_greedy_equals_uncached(lm):
   model, params = lm
   cached = decode.sample(model, params, PROMPTS, LENGTH)

@@ -15,6 +15,7 @@ import pytest
 import torch  # the test extra; CI installs the CPU build (torch==2.13.0).
 
 from transformer_jax import config as config_lib
+from transformer_jax.models import layers
 from transformer_jax.models.transformer import build_model
 
 D_MODEL, HEADS, LAYERS, VOCAB = 32, 4, 2, 23
@@ -187,3 +188,16 @@ def test_seq2seq_matches_torch_transformer():
     theirs = (hidden @ t(e).T).numpy()
   assert_close_at_real_positions(ours, theirs, target)
   assert jnp.isfinite(ours).all()
+
+
+def test_rmsnorm_equals_torchs():
+  """layers.RMSNorm against torch.nn.RMSNorm with the same scale and epsilon."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(1.0, 2.0, (3, 7, D_MODEL)).astype(np.float32)
+  scale = rng.normal(1.0, 0.3, D_MODEL).astype(np.float32)
+  theirs = torch.nn.RMSNorm(D_MODEL, eps=EPS)
+  with torch.no_grad():
+    theirs.weight.copy_(torch.from_numpy(scale))
+    expected = theirs(torch.from_numpy(x)).numpy()
+  ours = layers.RMSNorm(EPS).apply({'params': {'scale': jnp.asarray(scale)}}, jnp.asarray(x))
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)

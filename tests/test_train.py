@@ -44,8 +44,10 @@ def test_cosine_and_constant_schedules(char_config):
                                   'warmup_steps': 10, 'total_steps': 110,
                                   'optimizer.end_learning_rate': 1e-4})
   lr = train.learning_rate_schedule(config)
-  np.testing.assert_allclose([lr(4), lr(9), lr(59), lr(109)], [5e-4, 1e-3, 5.5e-4, 1e-4],
+  # Half way after update 60; the end rate after the last update (109), not at it.
+  np.testing.assert_allclose([lr(4), lr(9), lr(60), lr(110)], [5e-4, 1e-3, 5.5e-4, 1e-4],
                              rtol=1e-5)
+  assert lr(109) > 1e-4
   lr = train.learning_rate_schedule(override(config, {'optimizer.schedule': 'constant'}))
   np.testing.assert_allclose([lr(4), lr(9), lr(500)], [5e-4, 1e-3, 1e-3], rtol=1e-6)
 
@@ -181,11 +183,11 @@ def test_config_typo_fails_in_one_line_before_compiling(tmp_path):
 
 
 def test_bad_value_fails_in_one_line(tmp_path):
-  done = _main(f'--workdir={tmp_path}/w', '--config.optimizer.schedule=linear')
+  done = _main(f'--workdir={tmp_path}/w', '--config.optimizer.schedule=exponential')
   assert done.returncode != 0 and 'Traceback' not in done.stderr
   assert done.stderr.strip().splitlines() == [
-      "Config error: config.optimizer.schedule='linear' is unknown; use one of "
-      "('rsqrt', 'cosine', 'constant')."]
+      "Config error: config.optimizer.schedule='exponential' is unknown; use one of "
+      "('rsqrt', 'cosine', 'constant', 'linear', 'wsd')."]
   assert not os.path.exists(tmp_path / 'w')
 
 

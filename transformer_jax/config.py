@@ -39,6 +39,8 @@ VARIANTS = ('encoder', 'decoder', 'seq2seq')
 POSITIONS = ('sinusoidal', 'learned', 'rotary', 'none', 'sinusoidal_2d')
 IMAGE_POSITIONS = ('sinusoidal_2d',)  # for image patches only (config.model.patch_size > 0).
 NORMS = ('post', 'pre')
+NORM_TYPES = ('layernorm', 'rmsnorm')
+INITS = ('paper', 'gpt2')
 ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'swiglu')
 ENCODER_HEADS = ('mlm', 'classify')
 POOLINGS = ('mean', 'first', 'cls')
@@ -48,7 +50,8 @@ ATTENTIONS = ('full', 'local', 'linear')
 REMATS = ('none', 'full', 'dots')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
 OPTIMIZERS = ('adam', 'adamw')
-SCHEDULES = ('rsqrt', 'cosine', 'constant')
+SCHEDULES = ('rsqrt', 'cosine', 'constant', 'linear', 'wsd')
+DECAY_MASKS = ('matrices', 'all')
 PARALLELISMS = ('pmap', 'mesh')
 # task -> (model variant, encoder head) it feeds.
 TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
@@ -137,7 +140,22 @@ def model_config() -> config_dict.ConfigDict:
       position='sinusoidal',
       max_len=512,  # size of the positional table / longest sequence (text; images: see below).
       norm='post',  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
-      layer_norm_epsilon=1e-6,
+      # every norm of the model: layernorm (paper) | rmsnorm (Zhang & Sennrich 2019: no
+      # centring, no bias).
+      norm_type='layernorm',
+      layer_norm_epsilon=1e-6,  # epsilon of every norm, layernorm or rmsnorm.
+      # normalise each head's queries and keys (norm_type, over the head dim) before their dot
+      # product (QK-norm: Henry et al. 2020; Dehghani et al. 2023).
+      qk_norm=False,
+      # c * tanh(logits / c) on the attention scores (Gemma 2; MaxText's attn_logits_soft_cap);
+      # 0 = off. Not with attention=linear (it forms no scores).
+      attn_logit_softcap=0.0,
+      # the same on the output logits (Gemma 2; MaxText's final_logits_soft_cap); 0 = off.
+      final_logit_softcap=0.0,
+      # paper: Flax's defaults (LeCun-normal matrices, embeddings N(0, 1/d_model)) | gpt2: every
+      # matrix and embedding N(0, 0.02), the projections into the residual stream N(0, 0.02^2 /
+      # residual sublayers of the stack) (Radford et al. 2019, section 2.3).
+      init='paper',
       use_bias=True,
       encoder_head='mlm',  # encoder variant only: mlm | classify
       num_classes=2,  # classify head only.
@@ -204,11 +222,23 @@ def optimizer_config() -> config_dict.ConfigDict:
       b2=tunable(0.98),
       eps=tunable(1e-9),
       weight_decay=tunable(0.0),
-      schedule=tunable('rsqrt'),  # rsqrt (paper) | cosine | constant
+      # which parameters weight_decay shrinks: matrices (every parameter of 2 or more dims:
+      # kernels and embeddings; not biases or norm scales, as nanoGPT) | all.
+      decay=tunable('matrices'),
+      # rsqrt (paper) | cosine | constant | linear | wsd (warmup-stable-decay); all but rsqrt
+      # after a linear warmup of config.warmup_steps.
+      schedule=tunable('rsqrt'),
+      # updates over which cosine, linear and wsd decay: end_learning_rate is reached after the
+      # last of them, so the last update still learns; later updates stay at end_learning_rate.
+      # 0 = config.total_steps (the schedule follows the run's length).
+      schedule_steps=tunable(0),
+      # wsd only: the share of schedule_steps, at their end, over which the rate decays linearly
+      # from learning_rate to end_learning_rate (Hagele et al. 2024: 0.2).
+      wsd_decay_fraction=tunable(0.2),
       grad_clip_norm=tunable(0.0),  # 0 = off.
       grad_accum_steps=1,
       label_smoothing=tunable(0.1),
-      end_learning_rate=tunable(0.0),  # cosine only: the rate reached at total_steps.
+      end_learning_rate=tunable(0.0),  # cosine, linear, wsd: the rate after schedule_steps.
   ), 'optimizer.')
 
 
@@ -263,6 +293,10 @@ def base_config() -> config_dict.ConfigDict:
       total_steps=resumable(1000),
       learning_rate=tunable(1.0),  # multiplies the schedule (the paper's rsqrt is 1.0).
       warmup_steps=tunable(4000),
+      # z_loss * log(Z)^2 added to each target's loss, Z the softmax's normaliser (PaLM,
+      # Chowdhery et al. 2022, section 5; t5x's z_loss): keeps the output logits from drifting.
+      # 0 = off. Reported losses stay the plain negative log-likelihood.
+      z_loss=tunable(0.0),
       seed=0,
       # A new run's first parameters: another run's workdir, optionally :best (the
       # default), :latest or :STEP (init_from.py). Read at the first start only.
@@ -387,7 +421,12 @@ class ModelConfig:
   position: str
   max_len: int
   norm: str
+  norm_type: str
   layer_norm_epsilon: float
+  qk_norm: bool
+  attn_logit_softcap: float
+  final_logit_softcap: float
+  init: str
   use_bias: bool
   encoder_head: str
   num_classes: int
@@ -514,6 +553,7 @@ def validate_model(m):
   """Raises ConfigError for a model config (a ConfigDict or ModelConfig) that cannot work."""
   m = ModelConfig.of(m)
   for name, allowed in (('variant', VARIANTS), ('position', POSITIONS), ('norm', NORMS),
+                        ('norm_type', NORM_TYPES), ('init', INITS),
                         ('activation', ACTIVATIONS), ('dtype', DTYPES),
                         ('attention_impl', ATTENTION_IMPLS), ('remat', REMATS),
                         ('encoder_head', ENCODER_HEADS), ('pooling', POOLINGS),
@@ -544,6 +584,9 @@ def validate_model(m):
   _check(m.layer_norm_epsilon > 0,
          f'config.model.layer_norm_epsilon={m.layer_norm_epsilon} must be positive.')
   _check(m.token_types >= 0, f'config.model.token_types={m.token_types} must be >= 0 (0 = none).')
+  for name in ('attn_logit_softcap', 'final_logit_softcap'):
+    value = getattr(m, name)
+    _check(value >= 0, f'config.model.{name}={value} must be >= 0 (0 = off).')
   _check(not m.output_bias or m.share_embeddings,
          'config.model.output_bias=True adds a bias to the tied pre-softmax projection; with '
          'share_embeddings=False the projection has its own (use_bias); set output_bias=False.')
@@ -604,6 +647,9 @@ def _validate_attention(m):
   _check(m.attention != 'linear' or m.attention_dropout_rate == 0,
          f'config.model.attention_dropout_rate={m.attention_dropout_rate}: attention=linear never '
          'forms the attention weights to drop; set it to 0.')
+  _check(m.attention != 'linear' or m.attn_logit_softcap == 0,
+         f'config.model.attn_logit_softcap={m.attn_logit_softcap}: attention=linear never forms '
+         'the attention scores to cap; set it to 0.')
   _check(m.attention == 'full' or m.attention_impl == 'xla',
          f'config.model.attention_impl={m.attention_impl} runs full attention only; set it to xla '
          f'with attention={m.attention}.')
@@ -614,8 +660,28 @@ def validate_optimizer(c):
   o = c.optimizer
   _check_choice('optimizer.', o, 'name', OPTIMIZERS)
   _check_choice('optimizer.', o, 'schedule', SCHEDULES)
+  _check_choice('optimizer.', o, 'decay', DECAY_MASKS)
   _check(c.learning_rate > 0, f'config.learning_rate={c.learning_rate} must be positive.')
   _check(c.warmup_steps >= 0, f'config.warmup_steps={c.warmup_steps} must be >= 0.')
+  _check(c.z_loss >= 0, f'config.z_loss={c.z_loss} must be >= 0 (0 = off; PaLM: 1e-4).')
+  _check(o.schedule_steps >= 0, f'config.optimizer.schedule_steps={o.schedule_steps} must be '
+         '>= 0 (0 = config.total_steps).')
+  _check(0 < o.wsd_decay_fraction <= 1, f'config.optimizer.wsd_decay_fraction='
+         f'{o.wsd_decay_fraction} must be in (0, 1].')
+  _check(o.schedule_steps == 0 or o.schedule in ('cosine', 'linear', 'wsd'),
+         f'config.optimizer.schedule_steps={o.schedule_steps} is the length of a decay; '
+         f'schedule={o.schedule} has none, so set it to 0 (or schedule to cosine, linear or wsd).')
+  steps = schedule_steps(c)
+  if o.schedule in ('cosine', 'linear'):
+    _check(c.warmup_steps < steps,
+           f'config.warmup_steps={c.warmup_steps} leaves nothing of the {o.schedule} decay over '
+           f'{steps} schedule steps; lower it or raise config.optimizer.schedule_steps (0 = '
+           'total_steps).')
+  if o.schedule == 'wsd':
+    _check(c.warmup_steps <= steps - wsd_decay_steps(c),
+           f'config.warmup_steps={c.warmup_steps} runs into the wsd decay, which starts at step '
+           f'{steps - wsd_decay_steps(c)} of {steps}; lower warmup_steps or '
+           'config.optimizer.wsd_decay_fraction.')
   _check(o.schedule != 'rsqrt' or c.warmup_steps > 0,
          'config.optimizer.schedule=rsqrt needs config.warmup_steps > 0.')
   for name in ('b1', 'b2'):
@@ -633,6 +699,18 @@ def validate_optimizer(c):
   _check(o.grad_accum_steps > 0 and c.batch_size % o.grad_accum_steps == 0,
          f'config.optimizer.grad_accum_steps={o.grad_accum_steps} must be positive and divide '
          f'config.batch_size={c.batch_size}.')
+
+
+def schedule_steps(c) -> int:
+  """Updates over which the learning-rate schedule decays: config.optimizer.schedule_steps,
+  else (0) config.total_steps."""
+  return c.optimizer.schedule_steps or c.total_steps
+
+
+def wsd_decay_steps(c) -> int:
+  """The wsd schedule's decay: the last round(wsd_decay_fraction x schedule_steps) of
+  them, at least one."""
+  return max(1, round(c.optimizer.wsd_decay_fraction * schedule_steps(c)))
 
 
 def validate_run(c):

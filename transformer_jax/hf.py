@@ -548,7 +548,13 @@ def load(config, fresh: dict, tokenizer=None) -> tuple:
 # Export.
 
 
+# What neither GPT-2 nor BERT has: our ablation options must be off to export.
+_NO_ABLATION_OPTIONS = dict(norm_type='layernorm', qk_norm=False, attn_logit_softcap=0.0,
+                            final_logit_softcap=0.0)
+
+
 def _layout(m, needs: dict) -> list:
+  needs = {**needs, **_NO_ABLATION_OPTIONS}
   wrong = [f'{k}={getattr(m, k)!r}' for k, v in needs.items() if getattr(m, k) != v]
   if m.activation not in EXPORT_ACTIVATIONS:
     wrong.append(f'activation={m.activation!r}')

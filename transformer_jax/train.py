@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from transformer_jax import config as config_lib
 from transformer_jax.data import batch as batch_lib
 from transformer_jax.models.transformer import init_inputs
 
@@ -45,13 +46,23 @@ class TrainState(struct.PyTreeNode):
 def learning_rate_schedule(config) -> Callable:
   """Learning rate of update `count` (0-based; the paper's step is count + 1).
 
-  rsqrt (paper, eq. 3): learning_rate * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
-  cosine: linear warmup to learning_rate, then cosine decay to
-          optimizer.end_learning_rate at total_steps.
-  constant: linear warmup to learning_rate, then flat.
+  rsqrt (paper, eq. 3): learning_rate * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
+  The others warm up linearly to learning_rate over warmup_steps (update `count` at
+  (count + 1) / warmup_steps of it), then, with S = `config_lib.schedule_steps`
+  (optimizer.schedule_steps, else total_steps) and E = optimizer.end_learning_rate:
+  constant: flat.
+  cosine:   E + (learning_rate - E) (1 + cos(pi p)) / 2, p = (count - warmup) / (S - warmup)
+            (Loshchilov & Hutter 2017, SGDR, eq. 5, one cycle);
+  linear:   E + (learning_rate - E) (1 - p);
+  wsd:      warmup-stable-decay (Hu et al. 2024, MiniCPM, section 4; Hagele et al. 2024):
+            learning_rate until the last D = `config_lib.wsd_decay_steps` of the S, then
+            linear to E over those: p = (count - (S - D)) / D.
+  p is clipped to [0, 1], so E is reached after update S - 1, not at it: the last update
+  of a schedule as long as the run still learns, and updates past S train at E.
   """
-  peak, warmup, total = config.learning_rate, config.warmup_steps, config.total_steps
+  peak, warmup = config.learning_rate, config.warmup_steps
   schedule, end = config.optimizer.schedule, config.optimizer.end_learning_rate
+  steps = config_lib.schedule_steps(config)
   scale = peak * config.model.d_model**-0.5
 
   def learning_rate(count):
@@ -61,19 +72,30 @@ def learning_rate_schedule(config) -> Callable:
     warm = jnp.minimum(1.0, step / warmup) if warmup else 1.0
     if schedule == 'constant':
       return peak * warm
-    progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
-    return warm * (end + 0.5 * (peak - end) * (1.0 + jnp.cos(jnp.pi * progress)))
+    start = steps - config_lib.wsd_decay_steps(config) if schedule == 'wsd' else warmup
+    progress = jnp.clip((step - 1.0 - start) / max(steps - start, 1), 0.0, 1.0)
+    if schedule == 'cosine':
+      return warm * (end + 0.5 * (peak - end) * (1.0 + jnp.cos(jnp.pi * progress)))
+    return warm * (end + (peak - end) * (1.0 - progress))  # linear, and wsd's decay.
 
   return learning_rate
 
 
+def decay_mask(params, decay: str):
+  """Which parameters AdamW's weight decay shrinks (`config.optimizer.decay`): matrices,
+  every parameter of 2 or more dims (kernels and embeddings, not biases or norm scales,
+  as nanoGPT's configure_optimizers), or all. A tree of bools like `params`."""
+  return jax.tree.map(lambda p: decay == 'all' or p.ndim >= 2, params)
+
+
 def create_optimizer(config, learning_rate_fn: Callable) -> optax.GradientTransformation:
-  """Adam (paper: b1 0.9, b2 0.98, eps 1e-9) or AdamW, after global-norm clipping."""
+  """Adam (paper: b1 0.9, b2 0.98, eps 1e-9) or AdamW (Loshchilov & Hutter 2019)
+  decaying the parameters `decay_mask` picks, after global-norm clipping."""
   o = config.optimizer
   if o.name == 'adamw':
-    # Decay matrices only, not biases and LayerNorm scales.
+    # A mask in both cases, so the state has one shape and the mask may change on resume.
     tx = optax.adamw(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                     mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
+                     mask=functools.partial(decay_mask, decay=o.decay))
   else:
     tx = optax.adam(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps)
   # The same chain with clipping on or off, so the optimizer state has one shape
@@ -134,19 +156,23 @@ def eval_state(config, model, params, step: int = 0) -> TrainState:
 # Losses and the steps.
 
 
-def cross_entropy(logits, targets, weights, label_smoothing: float = 0.0):
+def cross_entropy(logits, targets, weights, label_smoothing: float = 0.0, z_loss: float = 0.0):
   """Weighted sums over targets: (objective, {'nll', 'correct', 'weight'}).
 
   logits [..., V] float32, targets [...] int, weights [...] (0 = ignore). The
   objective is the cross-entropy against the label-smoothed distribution
-  (1 - eps) one_hot + eps / V (paper 5.4); 'nll' is the unsmoothed negative
-  log-likelihood that loss and perplexity report.
+  (1 - eps) one_hot + eps / V (paper 5.4), plus z_loss * log(Z)^2, Z = sum(exp(logits))
+  the softmax's normaliser (PaLM, Chowdhery et al. 2022, section 5: 1e-4), which pulls
+  log Z towards 0; 'nll' is the unsmoothed negative log-likelihood without the z-loss
+  that loss and perplexity report.
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   loss = nll
   if label_smoothing > 0:
     loss = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+  if z_loss > 0:
+    loss = loss + z_loss * jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1))
   weights = weights.astype(jnp.float32)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   sums = {'nll': (nll * weights).sum(), 'correct': (correct * weights).sum(),
@@ -159,7 +185,7 @@ def _psum(x, axis_name):
 
 
 def train_step(state: TrainState, batch: dict, rng, *, learning_rate_fn: Callable,
-               label_smoothing: float = 0.0, grad_accum_steps: int = 1,
+               label_smoothing: float = 0.0, z_loss: float = 0.0, grad_accum_steps: int = 1,
                axis_name: Optional[str] = None):
   """One optimizer update. Returns (state, metrics) with metrics summed over the
   global batch: nll, correct, weight, plus grad_norm and learning_rate.
@@ -183,7 +209,7 @@ def train_step(state: TrainState, batch: dict, rng, *, learning_rate_fn: Callabl
     logits = state.apply_fn(params, micro_batch, deterministic=False,
                             rngs={'dropout': micro_rng})
     objective, sums = cross_entropy(logits, micro_batch['targets'], micro_batch['weights'],
-                                    label_smoothing)
+                                    label_smoothing, z_loss)
     return objective * scale, sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -222,5 +248,6 @@ def make_steps(config):
   """The pure steps with the config's static options bound."""
   step = functools.partial(train_step, learning_rate_fn=learning_rate_schedule(config),
                            label_smoothing=config.optimizer.label_smoothing,
+                           z_loss=config.z_loss,
                            grad_accum_steps=config.optimizer.grad_accum_steps)
   return step, eval_step

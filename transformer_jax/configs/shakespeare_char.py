@@ -11,6 +11,19 @@ corpus) and prints a few samples.
       --workdir=runs/char --config.model.num_heads=8
   python -m transformer_jax.main --config=shakespeare_char:quick \
       --workdir=/tmp/char_quick                               # 300 steps, a smoke run
+  python -m transformer_jax.main --config=shakespeare_char:nanogpt \
+      --workdir=runs/char_nanogpt                             # nanoGPT's own recipe
+
+`:nanogpt` is nanoGPT's CPU recipe (its README's command over
+config/train_shakespeare_char.py and train.py's defaults) on the same shape, as
+nanoGPT's GPT builds it: pre-LN with a final LayerNorm (epsilon 1e-5), learned
+positions, exact GELU, no biases in the dense layers (train.py: bias=False),
+unscaled tied embeddings, GPT-2's initialisation (N(0, 0.02), residual projections
+/ sqrt(2 x layers)); AdamW (0.9, 0.99, eps 1e-8) with weight decay 0.1 on matrices
+and embeddings, gradients clipped at 1.0, learning rate 1e-3 after 100 warmup steps
+cosine-decayed to 1e-4 at step 2000. What still differs (our LayerNorms keep their
+bias; our data is our corpus) and the side-by-side run with nanoGPT's own
+train.py: experiments/results/shakespeare_char_nanogpt/.
 
 Ablations (get_sweep below), e.g. the paper's Table 3 rows (A) and (C) in small:
 
@@ -22,7 +35,8 @@ from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax.models import accounting
 
-ARGS = {'quick': 'a 300-step smoke run'}
+ARGS = {'quick': 'a 300-step smoke run',
+        'nanogpt': "nanoGPT's own CPU recipe for this shape (its README), as nanoGPT's GPT"}
 
 
 def get_config(arg: str = ''):
@@ -55,6 +69,16 @@ def get_config(arg: str = ''):
     c.total_steps = 300
     c.eval_every = 300
     c.eval_steps = 100
+  if arg == 'nanogpt':
+    c.model.update(norm='pre', position='learned', max_len=64, activation='gelu',
+                   use_bias=False, scale_embeddings=False, layer_norm_epsilon=1e-5,
+                   init='gpt2')
+    c.optimizer.update(name='adamw', b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1,
+                       decay='matrices', grad_clip_norm=1.0, schedule='cosine',
+                       end_learning_rate=1e-4)
+    c.learning_rate = 1e-3
+    c.warmup_steps = 100
+    c.eval_every = 250  # nanoGPT's eval_interval.
   return c
 
 
@@ -70,6 +94,8 @@ def get_sweep(name: str = 'ffn_x_heads'):
     FAVOR+: 32 and 128 random features) and grouped-query heads (1 and 2
     key/value heads for 4 query heads), 2 seeds; the command and the reading are in
     experiments/results/efficient_attention/README.md.
+  norm_x_z_loss: LayerNorm against RMSNorm, without and with PaLM's z-loss (1e-4),
+    2 seeds (issue 26); experiments/results/norm_x_z_loss/.
   """
   if name == 'efficient_attention':
     settings = ([{'model.attention': 'full', 'model.num_kv_heads': kv} for kv in (4, 2, 1)] +
@@ -80,8 +106,10 @@ def get_sweep(name: str = 'ffn_x_heads'):
   if name == 'ffn_x_heads':
     return {'model.ffn_ratio': [1.0, 2.0, 4.0, 8.0], 'model.num_heads': [1, 2, 4, 8],
             'seed': [0, 1]}
+  if name == 'norm_x_z_loss':
+    return {'model.norm_type': ['layernorm', 'rmsnorm'], 'z_loss': [0.0, 1e-4], 'seed': [0, 1]}
   if name in ('fixed_params_depth', 'fixed_params_width'):
     scale = 'num_layers' if name == 'fixed_params_depth' else 'd_model'
     return accounting.fixed_params_grid(get_config(), [1.0, 2.0, 4.0, 8.0], scale, seeds=(0, 1))
   raise config_lib.ConfigError(f'Unknown sweep {name!r}; use ffn_x_heads, fixed_params_depth, '
-                               'fixed_params_width or efficient_attention.')
+                               'fixed_params_width, efficient_attention or norm_x_z_loss.')

@@ -41,13 +41,26 @@ LINEAR_CHUNK = 64  # c: queries per chunk of the causal prefix sums (a speed kno
 # Full (softmax) attention: the reference, and the kernel training runs.
 
 
-def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None):
-  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1).
+def soft_cap(logits, cap: float):
+  """cap * tanh(logits / cap): logits bounded to (-cap, cap), near-identity well inside
+  them (Gemma 2, Gemma Team 2024, section 2: 50 on attention scores, 30 on the final
+  logits; MaxText's attn_logits_soft_cap, final_logits_soft_cap). cap 0 = off."""
+  if not cap:
+    return logits
+  cap = jnp.asarray(cap, logits.dtype)
+  return cap * jnp.tanh(logits / cap)
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout: Optional[Callable] = None,
+                                 softcap: float = 0.0):
+  """softmax(Q K^T / sqrt(d_k)) V (paper eq. 1), the scores soft-capped first if
+  `softcap` (`soft_cap`).
 
   query [b, l, h, k], key/value [b, s, h, k], mask broadcastable to [b, h, l, s]
   (True = may attend). Returns (output [b, l, h, k], weights [b, h, l, s]).
   """
   logits = jnp.einsum('blhk,bshk->bhls', query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  logits = soft_cap(logits, softcap)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
@@ -123,18 +136,18 @@ def _segment_mask(segment_q, segment_kv):
   return (segment_q[..., :, None] == segment_kv[..., None, :]) & (segment_kv[..., None, :] > 0)
 
 
-def _softmax_attend(query, key, value, mask, dropout: Optional[Callable]):
+def _softmax_attend(query, key, value, mask, dropout: Optional[Callable], softcap: float = 0.0):
   """softmax(q k^T / sqrt(k)) v per block: query [b, n, c, h, k], key/value
-  [b, n, s, h, k], mask [b, 1, n, c, s]. Without dropout, the blocks go through
-  `attention` (its hand-written backward pass) as a batch of b * n rows."""
-  if dropout is None:
+  [b, n, s, h, k], mask [b, 1, n, c, s]. Without dropout or a soft cap, the blocks go
+  through `attention` (its hand-written backward pass) as a batch of b * n rows."""
+  if dropout is None and not softcap:
     b, n = query.shape[:2]
     rows = lambda x: x.reshape((b * n,) + x.shape[2:])
     mask = jnp.broadcast_to(mask, (b, 1, n) + mask.shape[3:]).transpose(0, 2, 1, 3, 4)
     out = attention(rows(query), rows(key), rows(value), rows(mask))
     return out.reshape(query.shape)
   scale = jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  logits = jnp.einsum('bnqhk,bnshk->bhnqs', query * scale, key)
+  logits = soft_cap(jnp.einsum('bnqhk,bnshk->bhnqs', query * scale, key), softcap)
   logits = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
   if dropout is not None:
@@ -158,7 +171,8 @@ def _with_neighbours(x, causal: bool):
 
 
 def sliding_window_attention(query, key, value, segment_ids, window: int, causal: bool,
-                             global_tokens: int = 0, dropout: Optional[Callable] = None):
+                             global_tokens: int = 0, dropout: Optional[Callable] = None,
+                             softcap: float = 0.0):
   """Longformer's sliding window, blocked: O(l w) time and memory.
 
   query/key/value [b, l, h, k] (self-attention: one sequence), segment_ids [b, l].
@@ -167,8 +181,9 @@ def sliding_window_attention(query, key, value, segment_ids, window: int, causal
   within w of a query is seen exactly once. `global_tokens` (non-causal only):
   those first tokens of the row are added as keys to every block, and their
   queries attend to the whole row; a row shorter than `global_tokens` (a short
-  length bucket, `count_params`' 2-token trace) is global throughout. Returns
-  [b, l, h, k]; equal to softmax attention under `local_mask` and the segment mask.
+  length bucket, `count_params`' 2-token trace) is global throughout. `softcap` caps
+  the scores (`soft_cap`). Returns [b, l, h, k]; equal to softmax attention under
+  `local_mask` and the segment mask.
   """
   b, l, h, k = query.shape
   global_tokens = min(global_tokens, l)
@@ -195,13 +210,13 @@ def sliding_window_attention(query, key, value, segment_ids, window: int, causal
                                axis=2)
     global_cols = _segment_mask(seg_q, jnp.broadcast_to(segment_ids[:, None, :g], (b, n, g)))
     mask = jnp.concatenate([global_cols, mask], axis=-1)
-  out = _softmax_attend(q_blocks, k_blocks, v_blocks, mask[:, None], dropout)
+  out = _softmax_attend(q_blocks, k_blocks, v_blocks, mask[:, None], dropout, softcap)
   out = out.reshape(b, n * c, h, k)[:, :l]
   if global_tokens and not causal:  # global queries attend to the whole row.
     g = global_tokens
     rows = _softmax_attend(query[:, None, :g], key[:, None], value[:, None],
                            _segment_mask(segment_ids[:, :g], segment_ids)[:, None, None],
-                           dropout)[:, 0]
+                           dropout, softcap)[:, 0]
     out = jnp.concatenate([rows, out[:, g:]], axis=1)
   return out
 

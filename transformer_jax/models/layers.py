@@ -25,11 +25,52 @@ from transformer_jax.models.attention import (NEG_INF, attention,
                                               causal_linear_attention, favor_logits,
                                               local_mask, orthogonal_random_features, repeat_kv,
                                               scaled_dot_product_attention,
-                                              sliding_window_attention)
+                                              sliding_window_attention, soft_cap)
+
+GPT2_STDDEV = 0.02  # GPT-2's initialiser range (its released code; nanoGPT's model.py).
 
 
 def compute_dtype(cfg):
   return jnp.bfloat16 if cfg.dtype == 'bfloat16' else jnp.float32
+
+
+def matrix_init(cfg, residuals: int = 0) -> dict:
+  """The `kernel_init` of a weight matrix under `cfg.init`, as keyword arguments.
+
+  paper: {} (Flax's LeCun-normal default). gpt2: N(0, 0.02^2), and for a projection
+  that writes into the residual stream N(0, 0.02^2 / N), N = `residuals`, the residual
+  sublayers of its stack (Radford et al. 2019, section 2.3: "scale the weights of
+  residual layers at initialization by a factor of 1/sqrt(N)"; 2 per layer in a GPT).
+  """
+  if cfg.init != 'gpt2':
+    return {}
+  stddev = GPT2_STDDEV / math.sqrt(residuals) if residuals else GPT2_STDDEV
+  return {'kernel_init': nn.initializers.normal(stddev)}
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm(x) = x / sqrt(mean(x^2) + epsilon) * g (Zhang & Sennrich 2019, "Root Mean
+  Square Layer Normalization", eq. 4): LayerNorm without re-centring and without a bias.
+
+  x [..., d] -> [..., d] in `dtype`; the statistics in float32; g [d] starts at 1.
+  """
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (x * scale).astype(self.dtype)
+
+
+def norm_layer(cfg, name: str) -> nn.Module:
+  """The model's normalisation, `cfg.norm_type`, over the last axis: LayerNorm (Ba et
+  al. 2016; the paper's) or `RMSNorm`, each with epsilon `cfg.layer_norm_epsilon`."""
+  if cfg.norm_type == 'rmsnorm':
+    return RMSNorm(cfg.layer_norm_epsilon, compute_dtype(cfg), name=name)
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg), name=name)
 
 
 class Dropout(nn.Module):
@@ -58,15 +99,17 @@ class TokenEmbedding(nn.Module):
   (`scale=False`, as GPT-2 and BERT).
 
   `attend` reuses the same matrix as the pre-softmax linear transformation when
-  embeddings are shared.
+  embeddings are shared. The table starts N(0, stddev^2), by default N(0, 1 / d_model).
   """
   vocab_size: int
   d_model: int
   dtype: jnp.dtype = jnp.float32
   scale: bool = True
+  stddev: Optional[float] = None
 
   def setup(self):
-    self.embedding = self.param('embedding', nn.initializers.normal(self.d_model**-0.5),
+    stddev = self.d_model**-0.5 if self.stddev is None else self.stddev
+    self.embedding = self.param('embedding', nn.initializers.normal(stddev),
                                 (self.vocab_size, self.d_model), jnp.float32)
 
   def __call__(self, ids):  # [b, l] -> [b, l, d]
@@ -85,17 +128,21 @@ class PatchEmbedding(nn.Module):
   images [b, H, W, C] -> [b, N, d], the patches in raster order (row by row, each row left
   to right). Computed as the ViT reference code does, as a convolution with a P x P kernel
   and stride P: `kernel` [P, P, C, d] reshaped to [P^2 C, d] is E, for patches flattened in
-  (row, column, channel) order; `bias` [d] is added to every patch.
+  (row, column, channel) order; `bias` [d] is added to every patch. E starts LeCun-normal,
+  or N(0, stddev^2) with `stddev`.
   """
   patch_size: int
   d_model: int
   dtype: jnp.dtype = jnp.float32
   use_bias: bool = True
+  stddev: Optional[float] = None
 
   @nn.compact
   def __call__(self, images):
     p, channels = self.patch_size, images.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+    init = (nn.initializers.lecun_normal() if self.stddev is None else
+            nn.initializers.normal(self.stddev))
+    kernel = self.param('kernel', init,
                         (p, p, channels, self.d_model), jnp.float32)
     x = jax.lax.conv_general_dilated(images.astype(self.dtype), kernel.astype(self.dtype),
                                      window_strides=(p, p), padding='VALID',
@@ -185,6 +232,8 @@ def _cudnn_unsupported(cfg, query, decode: bool) -> Optional[str]:
     return f'head dim {head_dim} (cuDNN needs a multiple of 8, at most 128)'
   if decode:
     return 'cached decoding'
+  if cfg.attn_logit_softcap:
+    return 'config.model.attn_logit_softcap (cuDNN does not cap the scores)'
   return None
 
 
@@ -212,10 +261,19 @@ class MultiHeadAttention(nn.Module):
   without keeping them, or cuDNN's flash attention with
   `cfg.attention_impl='cudnn'` on a GPU (falling back to XLA, with a logged
   reason, where cuDNN cannot run). `causal` marks a decoder's self-attention.
+
+  Options: `cfg.qk_norm` normalises each head's queries and keys over the head dim
+  (`norm_layer`, scales shared by the heads) before positions are rotated in and the
+  scores formed (QK normalisation: Dehghani et al. 2023, "Scaling Vision Transformers to
+  22 Billion Parameters", section 2); keys are cached normalised. `cfg.attn_logit_softcap`
+  caps the scores (`attention.soft_cap`), through autodiff's backward pass instead of the
+  hand-written one. `residuals` (the residual sublayers of the stack) scales W^O's
+  initialisation under `cfg.init='gpt2'` (`matrix_init`).
   """
   cfg: config_lib.ModelConfig
   causal: bool = False
   kind: str = 'full'
+  residuals: int = 0
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, *, segment_ids=None, positions_q=None,
@@ -223,10 +281,14 @@ class MultiHeadAttention(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     head_dim = cfg.d_model // cfg.num_heads
-    dense = functools.partial(nn.DenseGeneral, use_bias=cfg.use_bias, dtype=dtype)
+    dense = functools.partial(nn.DenseGeneral, use_bias=cfg.use_bias, dtype=dtype,
+                              **matrix_init(cfg))
     query = dense(features=(cfg.num_heads, head_dim), name='query')(inputs_q)  # [b, l, h, k]
     key = dense(features=(cfg.kv_heads, head_dim), name='key')(inputs_kv)  # [b, s, g, k]
     value = dense(features=(cfg.kv_heads, head_dim), name='value')(inputs_kv)
+    if cfg.qk_norm:
+      query = norm_layer(cfg, 'query_norm')(query)
+      key = norm_layer(cfg, 'key_norm')(key)
     if cfg.position == 'rotary' and positions_kv is not None:
       # Self-attention only: encoder-decoder attention has no shared positions.
       query = apply_rotary(query, positions_q)
@@ -246,12 +308,14 @@ class MultiHeadAttention(nn.Module):
         key, value, mask = self._update_cache(key, value, mask)
       key, value = repeat_kv(key, cfg.num_heads), repeat_kv(value, cfg.num_heads)
       if dropout is not None or self.is_mutable_collection('intermediates'):
-        out, weights = scaled_dot_product_attention(query, key, value, mask, dropout)
+        out, weights = scaled_dot_product_attention(query, key, value, mask, dropout,
+                                                    cfg.attn_logit_softcap)
         self.sow('intermediates', 'attention_weights', weights)
       else:
         out = self._attend(query, key, value, mask, decode)
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias,
-                           dtype=dtype, name='out')(out)  # [b, l, d]
+                           dtype=dtype, name='out',
+                           **matrix_init(cfg, self.residuals))(out)  # [b, l, d]
 
   def _local(self, query, key, value, segment_ids, dropout, decode: bool):
     """Sliding-window attention [b, l, h, k]: blocked in training, on a ring cache in decoding."""
@@ -261,7 +325,8 @@ class MultiHeadAttention(nn.Module):
     h = cfg.num_heads
     return sliding_window_attention(query, repeat_kv(key, h), repeat_kv(value, h), segment_ids,
                                     cfg.attention_window, self.causal,
-                                    0 if self.causal else cfg.global_tokens, dropout)
+                                    0 if self.causal else cfg.global_tokens, dropout,
+                                    cfg.attn_logit_softcap)
 
   def _window_cache_attention(self, query, key, value):
     """The new tokens' attention over the last `window` cached keys and themselves.
@@ -284,8 +349,8 @@ class MultiHeadAttention(nn.Module):
     values = jnp.concatenate([cached_value.value.transpose(0, 2, 1, 3), value], axis=1)
     positions = jnp.concatenate([slot_positions, new_positions])
     mask = local_mask(new_positions, positions, window, causal=True) & (positions >= 0)
-    out = attention(query, repeat_kv(keys, cfg.num_heads), repeat_kv(values, cfg.num_heads),
-                    mask[None, None])
+    out = self._softmax(query, repeat_kv(keys, cfg.num_heads), repeat_kv(values, cfg.num_heads),
+                        mask[None, None])
     if initialised:
       kept = min(new, window)  # static: the last `window` new tokens stay.
       write = jnp.mod(new_positions[new - kept:], window)
@@ -333,6 +398,14 @@ class MultiHeadAttention(nn.Module):
         except (ValueError, NotImplementedError, RuntimeError) as e:
           reason = f'{type(e).__name__}: {e}'
       _log_once(f'config.model.attention_impl=cudnn: {reason}; using XLA attention.')
+    return self._softmax(query, key, value, mask)
+
+  def _softmax(self, query, key, value, mask):
+    """Softmax attention [b, l, h, k] without the weights: the hand-written backward
+    pass (`attention`), or with capped scores the reference through autodiff."""
+    if self.cfg.attn_logit_softcap:
+      return scaled_dot_product_attention(query, key, value, mask,
+                                          softcap=self.cfg.attn_logit_softcap)[0]
     return attention(query, key, value, mask)
 
   def _update_cache(self, key, value, mask):
@@ -379,9 +452,11 @@ class FeedForward(nn.Module):
   """FFN(x) = max(0, x W1 + b1) W2 + b2, with d_ff = ffn_ratio * d_model (paper eq. 2).
 
   GELU (exact or tanh-approximated) swaps the activation; SwiGLU gates it:
-  (Swish(x W) * x V) W2.
+  (Swish(x W) * x V) W2. `residuals` scales W2's initialisation under
+  `cfg.init='gpt2'` (`matrix_init`).
   """
   cfg: config_lib.ModelConfig
+  residuals: int = 0
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):  # [b, l, d] -> [b, l, d]
@@ -389,13 +464,13 @@ class FeedForward(nn.Module):
     dtype = compute_dtype(cfg)
     d_ff = cfg.d_ff
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype)
-    h = dense(d_ff, name='expand')(x)  # [b, l, d_ff]
+    h = dense(d_ff, name='expand', **matrix_init(cfg))(x)  # [b, l, d_ff]
     if cfg.activation == 'swiglu':
-      h = nn.silu(h) * dense(d_ff, name='gate')(x)
+      h = nn.silu(h) * dense(d_ff, name='gate', **matrix_init(cfg))(x)
     else:
       h = activation_fn(cfg.activation)(h)
     h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return dense(cfg.d_model, name='compress')(h)
+    return dense(cfg.d_model, name='compress', **matrix_init(cfg, self.residuals))(h)
 
 
 class AddNorm(nn.Module):
@@ -403,13 +478,14 @@ class AddNorm(nn.Module):
 
   post (paper): LayerNorm(x + Dropout(Sublayer(x)))
   pre:          x + Dropout(Sublayer(LayerNorm(x)))
+  (RMSNorm in LayerNorm's place with `cfg.norm_type='rmsnorm'`: `norm_layer`.)
   """
   cfg: config_lib.ModelConfig
 
   @nn.compact
   def __call__(self, x, sublayer: Callable, deterministic: bool = True):
     cfg = self.cfg
-    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg), name='norm')
+    norm = norm_layer(cfg, 'norm')
     drop = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
     if cfg.norm == 'pre':
       return x + drop(sublayer(norm(x)))

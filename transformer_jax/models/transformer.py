@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax import config as config_lib
-from transformer_jax.models.layers import (AddNorm, Dropout, FeedForward,
+from transformer_jax.models.layers import (GPT2_STDDEV, AddNorm, Dropout, FeedForward,
                                            MultiHeadAttention, PatchEmbedding, PositionalEncoding,
                                            TokenEmbedding, activation_fn, attention_mask,
-                                           compute_dtype)
+                                           compute_dtype, matrix_init, norm_layer, soft_cap)
 
 
 def default_segments(tokens, pad_id, segment_ids=None, positions=None):
@@ -59,12 +59,14 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, segment_ids, positions, deterministic: bool = True):
-    attention = MultiHeadAttention(self.cfg, kind=self.cfg.attention, name='self_attention')
+    residuals = 2 * self.cfg.encoder_layers  # the stack's residual sublayers (cfg.init).
+    attention = MultiHeadAttention(self.cfg, kind=self.cfg.attention, residuals=residuals,
+                                   name='self_attention')
     x = AddNorm(self.cfg, name='self_attention_add_norm')(
         x, lambda h: attention(h, h, mask, segment_ids=segment_ids, positions_q=positions,
                                positions_kv=positions, deterministic=deterministic),
         deterministic)
-    ffn = FeedForward(self.cfg, name='feed_forward')
+    ffn = FeedForward(self.cfg, residuals, name='feed_forward')
     return AddNorm(self.cfg, name='feed_forward_add_norm')(
         x, lambda h: ffn(h, deterministic), deterministic)
 
@@ -82,27 +84,31 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, self_mask, segment_ids, positions, encoded=None, cross_mask=None,
                deterministic: bool = True, decode: bool = False):
     cfg = self.cfg
-    attention = MultiHeadAttention(cfg, causal=True, kind=cfg.attention, name='self_attention')
+    # the stack's residual sublayers, 2 or 3 per layer (cfg.init).
+    residuals = (3 if self.cross_attention else 2) * cfg.decoder_layers
+    attention = MultiHeadAttention(cfg, causal=True, kind=cfg.attention, residuals=residuals,
+                                   name='self_attention')
     x = AddNorm(cfg, name='self_attention_add_norm')(
         x, lambda h: attention(h, h, self_mask, segment_ids=segment_ids, positions_q=positions,
                                positions_kv=positions, deterministic=deterministic,
                                decode=decode), deterministic)
     if self.cross_attention:
       # Q from the decoder, K/V from the encoder; no positions are rotated here.
-      cross = MultiHeadAttention(cfg, name='cross_attention')
+      cross = MultiHeadAttention(cfg, residuals=residuals, name='cross_attention')
       x = AddNorm(cfg, name='cross_attention_add_norm')(
           x, lambda h: cross(h, encoded, cross_mask, positions_q=positions,
                              positions_kv=None, deterministic=deterministic), deterministic)
-    ffn = FeedForward(cfg, name='feed_forward')
+    ffn = FeedForward(cfg, residuals, name='feed_forward')
     return AddNorm(cfg, name='feed_forward_add_norm')(
         x, lambda h: ffn(h, deterministic), deterministic)
 
 
 def token_embedding(cfg, **kwargs) -> TokenEmbedding:
   """The model's token embedding (scaled by sqrt(d_model) unless
-  `cfg.scale_embeddings` is off)."""
+  `cfg.scale_embeddings` is off; N(0, 0.02^2) at the start with `cfg.init='gpt2'`)."""
   return TokenEmbedding(cfg.vocab_size, cfg.d_model, compute_dtype(cfg),
-                        scale=cfg.scale_embeddings, **kwargs)
+                        scale=cfg.scale_embeddings,
+                        stddev=GPT2_STDDEV if cfg.init == 'gpt2' else None, **kwargs)
 
 
 class Embedder(nn.Module):
@@ -127,8 +133,7 @@ class Embedder(nn.Module):
                          (cfg.token_types, cfg.d_model))
       x = x + types[0].astype(x.dtype)
     if cfg.embedding_norm:
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
-                       name='embedding_norm')(x)
+      x = norm_layer(cfg, 'embedding_norm')(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -149,6 +154,7 @@ class ImageEmbedder(nn.Module):
   def __call__(self, images, deterministic: bool = True):
     cfg = self.cfg
     x = PatchEmbedding(cfg.patch_size, cfg.d_model, compute_dtype(cfg), cfg.use_bias,
+                       GPT2_STDDEV if cfg.init == 'gpt2' else None,
                        name='patch_embedding')(images)  # [b, N, d]
     b = x.shape[0]
     if cfg.pooling == 'cls':
@@ -157,8 +163,7 @@ class ImageEmbedder(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
     x = PositionalEncoding(cfg, name='positional_encoding')(x, positions)
     if cfg.embedding_norm:
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
-                       name='embedding_norm')(x)
+      x = norm_layer(cfg, 'embedding_norm')(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return x, jnp.ones(x.shape[:2], jnp.int32), positions
 
@@ -189,8 +194,7 @@ class Encoder(nn.Module):
     for i in range(cfg.encoder_layers):
       x = layer(cfg, name=f'layer_{i}')(x, mask, segment_ids, positions, deterministic)
     if cfg.norm == 'pre':
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
-                       name='final_norm')(x)
+      x = norm_layer(cfg, 'final_norm')(x)
     return x  # [b, l, d]
 
 
@@ -225,8 +229,7 @@ class Decoder(nn.Module):
       x = layer(cfg, self.cross_attention, name=f'layer_{i}')(
           x, self_mask, segment_ids, positions, encoded, cross_mask, deterministic, decode)
     if cfg.norm == 'pre':
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
-                       name='final_norm')(x)
+      x = norm_layer(cfg, 'final_norm')(x)
     return x  # [b, l, d]
 
   def _decode_positions(self, tokens):
@@ -246,7 +249,8 @@ class OutputProjection(nn.Module):
   `cfg.head_transform` puts BERT's MLM head transform before it (Devlin et al.
   2019, section 3.1, as their released code: dense d -> d, the model's
   activation, LayerNorm); `cfg.output_bias` adds a bias per output to a tied
-  projection (BERT's decoder bias; GPT-2's tied head has none).
+  projection (BERT's decoder bias; GPT-2's tied head has none); the logits are
+  soft-capped last with `cfg.final_logit_softcap` (`soft_cap`).
   """
   cfg: config_lib.ModelConfig
   num_outputs: int
@@ -257,15 +261,17 @@ class OutputProjection(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     if cfg.head_transform:
-      x = activation_fn(cfg.activation)(nn.Dense(cfg.d_model, dtype=dtype, name='transform')(x))
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, name='transform_norm')(x)
+      x = activation_fn(cfg.activation)(nn.Dense(cfg.d_model, dtype=dtype, name='transform',
+                                                  **matrix_init(cfg))(x))
+      x = norm_layer(cfg, 'transform_norm')(x)
     if self.embedding is None:
-      return nn.Dense(self.num_outputs, use_bias=cfg.use_bias, dtype=dtype,
-                      name='logits')(x).astype(jnp.float32)
-    logits = self.embedding.attend(x).astype(jnp.float32)
-    if cfg.output_bias:
-      logits = logits + self.param('bias', nn.initializers.zeros, (self.num_outputs,))
-    return logits
+      logits = nn.Dense(self.num_outputs, use_bias=cfg.use_bias, dtype=dtype, name='logits',
+                        **matrix_init(cfg))(x).astype(jnp.float32)
+    else:
+      logits = self.embedding.attend(x).astype(jnp.float32)
+      if cfg.output_bias:
+        logits = logits + self.param('bias', nn.initializers.zeros, (self.num_outputs,))
+    return soft_cap(logits, cfg.final_logit_softcap)
 
 
 class DecoderOnly(nn.Module):
@@ -309,8 +315,10 @@ class EncoderOnly(nn.Module):
                                       self.embedding if cfg.share_embeddings else None)
     else:
       if cfg.pooler:
-        self.pooler = nn.Dense(cfg.d_model, dtype=compute_dtype(cfg), name='pooler')
-      self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier')
+        self.pooler = nn.Dense(cfg.d_model, dtype=compute_dtype(cfg), name='pooler',
+                               **matrix_init(cfg))
+      self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier',
+                              **matrix_init(cfg))
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
     if not self.cfg.patch_size:
@@ -327,7 +335,8 @@ class EncoderOnly(nn.Module):
       pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1)
     if self.cfg.pooler:
       pooled = jnp.tanh(self.pooler(pooled))
-    return self.project(pooled).astype(jnp.float32)  # [b, num_classes]
+    logits = self.project(pooled).astype(jnp.float32)  # [b, num_classes]
+    return soft_cap(logits, self.cfg.final_logit_softcap)
 
 
 class Transformer(nn.Module):
