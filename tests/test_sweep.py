@@ -14,6 +14,7 @@ import pytest
 from conftest import override
 from transformer_jax import config as config_lib
 from transformer_jax import run_log
+from transformer_jax import run_process
 from transformer_jax import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +98,7 @@ def test_an_outcome_says_what_happened():
 def test_a_run_that_cannot_be_launched_does_not_stop_the_grid(tmp_path):
   blocker = tmp_path / 'runs'
   blocker.write_text('a file where the run directory would go')
-  status = sweep.launch(['-c', 'pass'], str(blocker / 'seed=0'))
+  status = run_process.launch(['-c', 'pass'], str(blocker / 'seed=0'))
   assert status['returncode'] is None and status['last_line'].startswith(
       f'could not launch in {blocker}/seed=0: ')
   assert sweep.outcome(status).startswith('FAILED: could not launch')

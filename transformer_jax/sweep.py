@@ -42,11 +42,9 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -55,6 +53,7 @@ from ml_collections import config_flags
 from transformer_jax import config as config_lib
 from transformer_jax import configs
 from transformer_jax import run_log
+from transformer_jax import run_process
 from transformer_jax.models import accounting
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment config: a name in '
@@ -76,7 +75,7 @@ _MAX_RETRIES = flags.DEFINE_integer('max_retries', None, 'With --executor=ray: h
                                     'whose process or node died is launched again (it resumes '
                                     'from its checkpoint); default 2.')
 
-STATUS_FILE = 'sweep_status.json'
+STATUS_FILE = run_process.STATUS_FILE
 # Longest run directory name kept as written: NAME_MAX of Linux and macOS file
 # systems, so every directory an earlier sweep could create keeps its name.
 MAX_NAME_BYTES = 255
@@ -209,77 +208,10 @@ def check_runs(base, runs: Sequence[Run]):
     config_lib.validate(apply_overrides(base.copy_and_resolve_references(), run.overrides))
 
 
-def _last_line(path: str, start: int) -> str:
-  """The last non-empty line written to `path` after byte `start`."""
-  with open(path, encoding='utf-8', errors='replace') as f:
-    f.seek(start)
-    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-  return lines[-1] if lines else '(no output)'
-
-
 def command(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> List[str]:
   """The arguments after the interpreter that train `run` in `run_dir`."""
   return ['-m', 'transformer_jax.main', f'--config={config_path}', f'--workdir={run_dir}',
           *[f'--config.{k}={v}' for k, v in run.overrides.items()], *extra]
-
-
-def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
-           on_start: Optional[Callable[[subprocess.Popen], None]] = None,
-           preexec_fn: Optional[Callable[[], None]] = None) -> dict:
-  """Trains one run in its own process (this interpreter, `args`); returns its status.
-
-  The run's output is appended to its log.txt under a header naming the launch.
-  The status says where it ran (`hostname`, plus `where`), when it started
-  (`started`, Unix time), its exit code, wall time (`seconds`) and, when it
-  did not exit 0, the last line it wrote. A run that cannot
-  even be started (its directory cannot be made, say) gets a status with
-  returncode None and the reason as its last line, instead of an exception.
-  `on_start` sees the process (the local executor passes it the sweep's
-  signals). A KeyboardInterrupt while it trains (the Ray executor cancelling
-  the run's task) is passed on as SIGTERM: the run saves, then exits; the
-  status then has `signal` set.
-  """
-  cmd = [sys.executable, *args]
-  start = time.time()
-  status = {'hostname': socket.gethostname(), **(where or {}), 'command': cmd, 'signal': None,
-            'started': start}
-  log_path = os.path.join(run_dir, 'log.txt')
-  try:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(log_path, 'a') as log:
-      log.write(f'=== launched {time.strftime("%Y-%m-%d %H:%M:%S")} on {status["hostname"]}: '
-                f'{" ".join(cmd)}\n')
-      log.flush()
-      offset = log.tell()
-      process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=preexec_fn)
-  except OSError as e:
-    return {**status, 'returncode': None, 'seconds': time.time() - start,
-            'last_line': f'could not launch in {run_dir}: {e.strerror or e}'}
-  if on_start is not None:
-    on_start(process)
-  while True:
-    try:  # polled, not wait()ed: Ray's cancel raises between bytecodes only.
-      while process.poll() is None:
-        time.sleep(0.1)
-      break
-    except KeyboardInterrupt:
-      status['signal'] = signal.SIGTERM
-      process.send_signal(signal.SIGTERM)
-  status.update(returncode=process.returncode, seconds=time.time() - start)
-  if process.returncode != 0:
-    status['last_line'] = _last_line(log_path, offset)
-  return status
-
-
-def write_status(run_dir: str, status: dict) -> bool:
-  """Stores a launch's status in the run's directory; False when it cannot be
-  written (the run could not be launched there: the sweep keeps it in memory)."""
-  try:
-    run_log.write_atomically(os.path.join(run_dir, STATUS_FILE), json.dumps(status))
-    return True
-  except OSError:
-    return False
 
 
 def outcome(status: dict) -> str:
@@ -322,7 +254,7 @@ class LocalExecutor:
     for index, args, run_dir in launches:
       if self.stopping:
         return
-      status = launch(args, run_dir, on_start=self._started)
+      status = run_process.launch(args, run_dir, on_start=self._started)
       if self.stopping and status['returncode'] is not None:
         status['signal'] = self.stopping
       yield index, status
@@ -632,7 +564,7 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
         for i, status in executor.run(launches):
           run = runs[i]
           run_dir = os.path.join(runs_dir, run.name)
-          if not write_status(run_dir, status):
+          if not run_process.write_status(run_dir, status):
             statuses[run.name] = status
           row = {r['run']: r for r in report(runs, workdir, metric, statuses)}[run.name]
           value = row.get(f'eval_{metric}')

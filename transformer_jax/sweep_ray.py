@@ -14,7 +14,7 @@ worker or node died is retried by Ray as well. A retry launches the same command
 in the same directory, so it resumes from the run's last checkpoint (the
 training process dies with its task's worker, so no orphan holds the run's
 lock). A signal to the sweep cancels the tasks: one not started never starts,
-a running one gets a KeyboardInterrupt, which `sweep.launch` passes to its
+a running one gets a KeyboardInterrupt, which `run_process.launch` passes to its
 training run as SIGTERM (it saves and exits).
 """
 
@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import ray
 
 from transformer_jax import config as config_lib
+from transformer_jax import run_process
 
 _OPTIONS = {'CPU': 'num_cpus', 'GPU': 'num_gpus', 'memory': 'memory'}
 
@@ -92,9 +93,6 @@ def _die_with_parent():
 @ray.remote
 def _train(args: List[str], run_dir: str, workdir: str) -> dict:
   """One run on whichever node Ray chose; returns its launch status."""
-  # Here, not at the top: the sweep's driver runs sweep.py as __main__, and this
-  # module must not import it a second time (its flags); a worker imports it here.
-  from transformer_jax import sweep  # pylint: disable=g-import-not-at-top
   where = {'node_id': ray.get_runtime_context().get_node_id()}
   if not os.path.isdir(workdir):
     return {'hostname': socket.gethostname(), **where, 'returncode': None, 'seconds': 0.0,
@@ -102,8 +100,8 @@ def _train(args: List[str], run_dir: str, workdir: str) -> dict:
             'last_line': f'the sweep workdir {workdir} is not visible on {socket.gethostname()}; '
                          'put it on a filesystem every node mounts at that path (NFS, a '
                          'cluster filesystem).'}
-  status = sweep.launch(args, run_dir, where, preexec_fn=_die_with_parent)
-  sweep.write_status(run_dir, status)  # here too: a cancelled task's value may not arrive.
+  status = run_process.launch(args, run_dir, where, preexec_fn=_die_with_parent)
+  run_process.write_status(run_dir, status)  # here too: a cancelled task's value may not arrive.
   returncode = status['returncode']
   if returncode is not None and returncode < 0 and status['signal'] is None:
     raise RunKilled(f'the training process in {run_dir} was killed by '
