@@ -148,7 +148,7 @@ def test_main_takes_names_paths_and_overrides_and_errs_in_one_line(tmp_path):
   assert '"num_heads": 8' in by_name.stdout
   for args, message in [
       (['--config=shakespeare_char:big'], "Config error: shakespeare_char: unknown config "
-                                          "argument 'big'; use one of 'quick' or none."),
+                                          "argument 'big'; use one of 'quick', 'nanogpt' or none."),
       (['--config=no_such_config'], "Config error: no config named 'no_such_config'"),
       (['--config.model.num_head=4'], 'Config error: config.model.num_head is not a config '
                                       'field; did you mean config.model.num_heads? (in '),
