@@ -161,8 +161,6 @@ def test_the_options_add_no_flops():
     ({'optimizer.schedule': 'wsd', 'optimizer.wsd_decay_fraction': 0.0},
      'wsd_decay_fraction=0.0 must be in (0, 1]'),
     ({'optimizer.schedule': 'wsd', 'warmup_steps': 1900}, 'runs into the wsd decay'),
-    ({'optimizer.schedule': 'linear', 'optimizer.schedule_steps': 100},
-     'leaves nothing of the linear decay'),
     ({'optimizer.schedule_steps': 100}, 'schedule=rsqrt has none'),
 ])
 def test_bad_values_fail_in_one_line_naming_the_field(char_config, overrides, message):

@@ -48,7 +48,7 @@ def config_file(tmp_path):
           return {{'model.num_heads': [1, 2], 'seed': [0, 1]}}
         if name == 'seed':
           return {{'seed': [0]}}
-        return [{{'model.num_heads': 2}}, {{'data.name': 'no_such_dataset'}}]
+        return [{{'model.num_heads': 2}}, {{'data.name': 'text', 'data.train_files': 'no_such_corpus.txt'}}]
   '''))
   return str(path)
 
@@ -104,6 +104,10 @@ def test_a_run_that_cannot_be_launched_does_not_stop_the_grid(tmp_path):
   assert sweep.outcome(status).startswith('FAILED: could not launch')
 
 
+# The crash grid's run that fails once it starts: its training file is not there.
+CRASH = 'data.name=text,data.train_files=no_such_corpus.txt'
+
+
 def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
     config_file, tmp_path):
   workdir = str(tmp_path / 'sweep')
@@ -111,25 +115,26 @@ def test_a_crashing_run_does_not_stop_the_grid_and_finished_runs_are_skipped(
          '--sweep=crash', f'--workdir={workdir}']
   first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert first.returncode == 1, first.stderr[-2000:]  # a run failed: the sweep fails.
-  assert '1 of 2 runs failed: data.name=no_such_dataset' in first.stderr
+  assert f'1 of 2 runs failed: {CRASH}' in first.stderr
   assert '[1/2] model.num_heads=2: ok' in first.stdout
   # The failed run's own one-line error, where the sweep reports it.
-  assert "[2/2] data.name=no_such_dataset: FAILED: Config error: config.data.name='no_such_dataset'" in first.stdout
+  assert (f'[2/2] {CRASH}: FAILED: no_such_corpus.txt: no such file (config.data.train_files)'
+          in first.stdout)
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = {r['run']: r for r in csv.DictReader(f)}
   assert rows['model.num_heads=2']['status'] == 'ok'
   assert float(rows['model.num_heads=2']['eval_loss']) > 0
-  assert rows['data.name=no_such_dataset']['status'] == 'failed'
+  assert rows[CRASH]['status'] == 'failed'
 
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 1, again.stderr[-2000:]
   assert '1 of 2 runs finished earlier with this config: skipped.' in again.stdout
   assert '[1/2]' not in again.stdout  # skipped: not re-run.
-  assert '[2/2] data.name=no_such_dataset: FAILED' in again.stdout  # failed runs retry.
+  assert f'[2/2] {CRASH}: FAILED' in again.stdout  # failed runs retry.
   # Every launch's log is kept.
-  with open(os.path.join(workdir, 'runs', 'data.name=no_such_dataset', 'log.txt')) as f:
+  with open(os.path.join(workdir, 'runs', CRASH, 'log.txt')) as f:
     log = f.read()
-  assert log.count('=== launched') == 2 and log.count('no_such_dataset') >= 4
+  assert log.count('=== launched') == 2 and log.count('no_such_corpus.txt: no such file') == 2
 
 
 def test_report_only_before_any_run_says_the_runs_have_not_run(config_file, tmp_path):

@@ -672,11 +672,6 @@ def validate_optimizer(c):
          f'config.optimizer.schedule_steps={o.schedule_steps} is the length of a decay; '
          f'schedule={o.schedule} has none, so set it to 0 (or schedule to cosine, linear or wsd).')
   steps = schedule_steps(c)
-  if o.schedule in ('cosine', 'linear'):
-    _check(c.warmup_steps < steps,
-           f'config.warmup_steps={c.warmup_steps} leaves nothing of the {o.schedule} decay over '
-           f'{steps} schedule steps; lower it or raise config.optimizer.schedule_steps (0 = '
-           'total_steps).')
   if o.schedule == 'wsd':
     _check(c.warmup_steps <= steps - wsd_decay_steps(c),
            f'config.warmup_steps={c.warmup_steps} runs into the wsd decay, which starts at step '
