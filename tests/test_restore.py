@@ -98,8 +98,10 @@ def test_eval_builds_no_optimiser_state_and_measures_as_training_did(default_run
     monkeypatch.setattr(train_lib, name, _refuse(f'train.{name}'))
   final = run_log.read_jsonl(workdir, 'eval')[-1]
   result = evaluation.evaluate_checkpoint(config, workdir)
-  # The same eval step on the same parameters and batches as the training eval.
-  assert result['step'] == 6 and result['loss'] == final['loss']
+  # The same eval step on the same parameters and batches as the training eval, compiled
+  # for a state without optimiser slots: equal to rounding (a changed parameter, batch
+  # or split moves the loss by far more).
+  assert result['step'] == 6 and result['loss'] == pytest.approx(final['loss'], rel=1e-6)
   assert 'eval_overrides' not in result
 
 
@@ -108,7 +110,7 @@ def test_a_text_run_is_evaluated_and_decoded_after_its_training_files_are_delete
   config, workdir, _ = text_run
   own = run_log.read_jsonl(workdir, 'eval')[-1]
   result = evaluation.evaluate_checkpoint(config, workdir)
-  assert result['step'] == 6 and result['loss'] == own['loss']
+  assert result['step'] == 6 and result['loss'] == pytest.approx(own['loss'], rel=1e-6)
   outputs = evaluation.decode_checkpoint(override(config, {'sample_length': 5}), workdir,
                                          ['To be', ''])
   assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
