@@ -48,15 +48,16 @@ def make_tokenizer(config, directory: Optional[str], train_text_fn: Callable[[],
   SentencePiece model is trained into `directory` (the run's tokenizer
   directory), or without one cached in the temporary directory under `key`,
   which names the dataset so cached models are never mixed up. A Hugging Face
-  tokenizer (hf) is read, not built: from config.tokenizer_path(config).
+  tokenizer (hf) is read, not built: from config.tokenizer_path(config), a
+  directory or a Hub id in the Hugging Face cache.
   """
   d = config.data
   if d.tokenizer == 'hf':
     try:
       return tok_lib.HFTokenizer(config_lib.tokenizer_path(config))
-    except DataError as e:
+    except (DataError, ConfigError) as e:  # ConfigError: a Hub id it cannot have (hub.py).
       named = 'config.data.tokenizer_path' if d.tokenizer_path else 'config.init_from'
-      raise DataError(f'config.data.tokenizer=hf ({named}): {e}') from None
+      raise type(e)(f'config.data.tokenizer=hf ({named}): {e}') from None
   if d.tokenizer == 'char':
     chars = set()
     for piece in train_text_fn():

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from transformer_jax import hub
 from transformer_jax.data import DataError
 
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
@@ -276,8 +277,11 @@ class HFTokenizer(Tokenizer):
   as `cls_id` and `sep_id`). Selected by config.data.tokenizer=hf; saved with the run as
   the files save_pretrained writes (under tokenizer/hf/).
 
+  `path` is a directory, or a Hub id read from the Hugging Face cache (hub.py).
+
   Raises:
     DataError: `path` holds no tokenizer transformers can read.
+    ConfigError: `path` is a Hub id neither cached nor downloadable.
   """
   name = 'hf'
   SUBDIRECTORY = 'hf'  # under the run's tokenizer/ directory.
@@ -287,6 +291,7 @@ class HFTokenizer(Tokenizer):
            'sentencepiece.bpe.model')
 
   def __init__(self, path: str):
+    path = hub.local_dir(path)
     if not any(os.path.isfile(os.path.join(path, f)) for f in self.FILES):
       raise DataError(f'{path} holds no tokenizer files ({", ".join(self.FILES[:3])}); give a '
                       'directory that save_pretrained wrote.')
