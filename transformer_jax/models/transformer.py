@@ -8,9 +8,10 @@
 Batches carry `segment_ids` (0 = padding, 1.. = example number in a packed row)
 and `positions` (index of each token within its own example); a sentence pair's
 rows also carry `token_types` (0 = sentence A, 1 = sentence B: BERT's segments,
-read by the encoder's `Embedder`). When they are absent, positions are 0..l-1 and segments come from `tokens != pad_id`, except
-in `DecoderOnly`: its rows are right-padded and causal, so padding never reaches
-a real position and every token is read as real (GPT-2's padding id is its
+read by the encoder's `Embedder`). When they are absent, positions are 0..l-1,
+every token is of type 0 and segments come from `tokens != pad_id`, except in
+`DecoderOnly`: its rows are right-padded and causal, so padding never reaches a
+real position and every token is read as real (GPT-2's padding id is its
 <|endoftext|>, a real token where the text has one).
 """
 
