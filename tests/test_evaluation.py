@@ -103,9 +103,10 @@ def test_char_lm_reports_bits_per_character(tmp_path):
   assert metrics == {'bits_per_character': 1.5 / math.log(2)}
 
 
-def test_decode_mode_needs_a_generating_model(tmp_path):
-  c = configs.load('shakespeare_mlm')
-  with pytest.raises(config_lib.ConfigError, match='--mode=decode needs a decoder or seq2seq'):
+def test_decode_mode_needs_a_model_that_outputs_text(tmp_path):
+  c = configs.load('shakespeare_genre')  # a classifier; a masked LM fills masks (test_fill_mask).
+  with pytest.raises(config_lib.ConfigError, match='--mode=decode needs a decoder, seq2seq or '
+                     'masked-LM run'):
     evaluation.decode_checkpoint(c, str(tmp_path / 'nothing_restored'), ['x'])
   assert not os.path.exists(tmp_path / 'nothing_restored')  # refused before restoring.
 

@@ -529,3 +529,50 @@ def test_a_tokenizer_that_is_not_the_checkpoints_is_refused_in_one_line(checkpoi
   config.init_from = f'hf:{no_tokenizer}'
   with pytest.raises(tokenizers.DataError, match='config.init_from.*no tokenizer files'):
     datasets.create_datasets(config, None)
+
+
+@pytest.mark.parametrize('head', ['mlm', 'classify'])
+def test_bert_segments_in_and_out_are_transformers_token_types(head, tmp_path):
+  """A sentence pair's token types select BERT's token_type_embeddings: imported, our
+  logits for types 0 then 1 equal transformers' for those token_type_ids; exported,
+  transformers reads the same table back."""
+  theirs = _hf_model('bert', True, head)
+  run = {'num_classes': 3} if head == 'classify' else {}
+  config, model, params, _ = _import(_save(theirs, tmp_path / 'theirs'), 'encoder', head, **run)
+  assert config.model.token_types == 2
+  tokens = _tokens()
+  tokens[1, 7:] = 0
+  types = np.where(np.arange(tokens.shape[1]) >= 4, 1, 0) * (tokens != 0)
+
+  def their_logits(hf_model):
+    with torch.no_grad():
+      return hf_model(torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0),
+                      token_type_ids=torch.tensor(types)).logits.numpy()
+
+  ours = np.asarray(model.apply({'params': params}, jnp.asarray(tokens, jnp.int32),
+                                token_types=jnp.asarray(types, jnp.int32)))
+  real = tokens != 0 if head == 'mlm' else slice(None)
+  np.testing.assert_allclose(ours[real], their_logits(theirs)[real], atol=TOLERANCE,
+                             rtol=TOLERANCE)
+  assert not np.allclose(ours, model.apply({'params': params}, jnp.asarray(tokens, jnp.int32)))
+  out = str(tmp_path / 'export')
+  hf.export(config.model, params, out)
+  auto = (transformers.AutoModelForSequenceClassification if head == 'classify' else
+          transformers.AutoModelForMaskedLM)
+  back = auto.from_pretrained(out).eval()
+  np.testing.assert_allclose(their_logits(back)[real], ours[real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_bert_tokenizer_writes_pairs_and_masks_with_its_own_special_tokens(checkpoints):
+  from transformer_jax import generate  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import examples, tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.HFTokenizer(checkpoints['bert'])
+  theirs = transformers.AutoTokenizer.from_pretrained(checkpoints['bert'])
+  pair = theirs('to be or not', 'that is the question')  # [CLS] a [SEP] b [SEP], types.
+  example = examples.make_example(('to be or not', 'that is the question', 1), 'classify',
+                                  tokenizer, examples.Overflow('error', 64), 'pair')
+  assert example['inputs'].tolist() == pair['input_ids']
+  assert example['token_types'].tolist() == pair['token_type_ids']
+  assert tokenizer.mask_token == theirs.mask_token == '[MASK]'
+  ids = generate.masked_ids(tokenizer.encode, tokenizer, 'to be or [MASK] to be')
+  assert ids == theirs.encode('to be or [MASK] to be', add_special_tokens=False)

@@ -42,9 +42,9 @@ def nothing_of_training(monkeypatch):
     monkeypatch.setattr(sources, name, _refuse(f'sources.{name}'))
   read_text_files = sources.read_text_files
 
-  def eval_files_only(paths, tsv=False):
+  def eval_files_only(paths, *args, **kwargs):
     assert not any('train' in os.path.basename(p) for p in paths), paths
-    return read_text_files(paths, tsv)
+    return read_text_files(paths, *args, **kwargs)
   monkeypatch.setattr(sources, 'read_text_files', eval_files_only)
 
 

@@ -22,6 +22,7 @@ KINDS = {
     'translation': '(source, target): a sentence and its translation',
     'lm': 'a text',
     'classify': '(text, label)',
+    'pairs': '(text a, text b, label): a sentence pair and its class',
     'image': '(image uint8 [H, W, C], label)',
     'g2p': '(word, pronunciation): a word and its phonemes',
     'corpus': 'a corpus of works: one token stream (lm, mlm), passages labelled by genre',
@@ -98,6 +99,14 @@ class Dataset:
 
 _TRANSLATION = Dataset('translation', ('seq2seq',), 'test', eval_splits=None,
                        evaluators=('bleu',))
+
+
+def _glue_pairs(eval_split: str, num_classes: int, fields: tuple) -> Dataset:
+  """A GLUE sentence-pair classification task: fields (sentence A, sentence B, label)."""
+  return Dataset('pairs', ('classify',), eval_split, eval_splits=None, num_classes=num_classes,
+                 fields=fields)
+
+
 _TFDS_IMAGES = dict(num_classes=10, eval_splits=None, fields=('image', 'label'))
 
 DATASETS = {
@@ -120,6 +129,13 @@ DATASETS = {
                          evaluators=('bits_per_character',)),
     'tfds:glue/sst2': Dataset('classify', ('classify',), 'validation', eval_splits=None,
                               num_classes=2, fields=('sentence', 'label')),
+    # GLUE's sentence-pair tasks (Wang et al. 2019), read as [CLS] a [SEP] b [SEP] with
+    # token types (config.model.token_types=2). Their test splits hold no labels.
+    'tfds:glue/mrpc': _glue_pairs('validation', 2, ('sentence1', 'sentence2', 'label')),
+    'tfds:glue/qnli': _glue_pairs('validation', 2, ('question', 'sentence', 'label')),
+    'tfds:glue/rte': _glue_pairs('validation', 2, ('sentence1', 'sentence2', 'label')),
+    'tfds:glue/qqp': _glue_pairs('validation', 2, ('question1', 'question2', 'label')),
+    'tfds:glue/mnli': _glue_pairs('validation_matched', 3, ('premise', 'hypothesis', 'label')),
     # AG's news topics (Zhang et al. 2015): a news article's description, 4 classes.
     'tfds:ag_news_subset': Dataset('classify', ('classify',), 'test', eval_splits=None,
                                    num_classes=4, fields=('description', 'label')),

@@ -20,7 +20,7 @@ fields must (`MODEL_FIELDS`).
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
 derived sizes (`d_ff`, `head_dim`, layer counts) and the model's rules
-(`max_positions`, `max_beam`, `generates`, `classifies`) as properties, read by
+(`max_positions`, `max_beam`, `generates`, `fills_masks`, `classifies`) as properties, read by
 validation, decoding and generation alike. What a dataset is (its tasks, image
 shape, evaluators) is catalog.py's; validation reads it.
 """
@@ -128,8 +128,8 @@ def model_config() -> config_dict.ConfigDict:
       vocab_size=37000,  # shared source/target vocabulary, as the paper's.
       share_embeddings=True,  # source, target and pre-softmax weights tied.
       scale_embeddings=True,  # token embeddings times sqrt(d_model) (paper 3.4; GPT-2/BERT: no).
-      # token-type (segment A/B) embeddings added to the inputs (BERT: 2); 0 = none. Batches
-      # carry no type ids, so every token is of type 0.
+      # token-type (segment A/B) embeddings added to the inputs (BERT: 2); 0 = none. Sentence
+      # pairs need 2 (their batches carry token_types); other batches are all of type 0.
       token_types=0,
       embedding_norm=False,  # a LayerNorm on the embedding sum, before dropout (BERT).
       # before the pre-softmax projection: dense + activation + LayerNorm (BERT's MLM head).
@@ -512,6 +512,13 @@ class ModelConfig:
     return self.has_decoder
 
   @property
+  def fills_masks(self) -> bool:
+    """A masked LM (an encoder-only text model with the MLM head): it does not
+    generate, but scores every token for each masked position of its inputs
+    (decode.mask_fills; --mode=decode prints the likeliest)."""
+    return self.variant == 'encoder' and self.encoder_head == 'mlm' and not self.patch_size
+
+  @property
   def classifies(self) -> bool:
     """An encoder-only model with the classification head: logits [b, num_classes]
     over the pooled outputs instead of logits per token over the vocabulary."""
@@ -776,6 +783,9 @@ def validate_data(c):
                       ' change the task or the model.')
   _check(d.task in dataset.tasks, f'config.data.task={d.task} is not available for {d.name}; '
          f'use {_either(dataset.tasks)}.')
+  _check(dataset.kind != 'pairs' or m.token_types >= 2,
+         f'config.data.name={d.name} holds sentence pairs, read with segment embeddings; set '
+         'config.model.token_types=2.')
   for name, allowed in (('tokenizer', TOKENIZERS), ('overflow', OVERFLOWS),
                         ('uneven_batch', UNEVEN_BATCHES), ('format', FORMATS),
                         ('spm_model_type', SPM_MODEL_TYPES)):

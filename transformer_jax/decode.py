@@ -32,6 +32,11 @@ finishes a hypothesis only when it ranks among the step's `beam_size` best
 candidates, and a row stops once it has `beam_size` finished hypotheses; so beam
 1 is exactly greedy decoding, for any alpha.
 
+A masked LM does not generate: `mask_fills` scores every position of its inputs
+in one pass and keeps the `top_k` likeliest tokens of each (BERT's masked-LM
+prediction, Devlin et al. 2019, section 3.1, "Task #1"), what --mode=decode
+prints for the masked ones.
+
 Text in and out, and the rules on prompt, source and output lengths against
 the trained context, are in generate.py.
 """
@@ -443,3 +448,38 @@ def step_logits(model, params, tokens, inputs=None, *, prefill: int = 1, cached:
   inputs = None if inputs is None else jnp.asarray(inputs, jnp.int32)
   return _step_logits(model, params, jnp.asarray(tokens, jnp.int32), inputs, prefill=prefill,
                       cached=cached)
+
+
+# ---------------------------------------------------------------------------
+# Masked-LM fills.
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'top_k'))
+def _mask_fills(model, params, tokens, allowed, *, top_k):
+  logits = model.apply(_variables(params), tokens)  # [n, l, vocab]; padding: pad_id.
+  log_probs = jax.nn.log_softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+  log_probs, ids = jax.lax.top_k(log_probs, top_k)
+  return ids, jnp.exp(log_probs)
+
+
+def mask_fills(model, params, tokens, top_k: int, exclude=()) -> tuple:
+  """(ids [n, l, top_k] int32, probabilities [n, l, top_k] float32): for every
+  position of `tokens` [n, l] (right-padded with the model's pad_id), the top_k
+  likeliest tokens there, likeliest first, under the masked LM's softmax
+  renormalised over the ids not in `exclude` (a tokenizer's special ids, which
+  are never text). One jitted forward pass; read them at the masked positions.
+
+  Raises:
+    ValueError: the model is not a masked LM, or top_k is not in 1..the ids left.
+  """
+  if not model.cfg.fills_masks:
+    raise ValueError(f'config.model.variant={model.cfg.variant!r}, encoder_head='
+                     f'{model.cfg.encoder_head!r} is not a masked LM; fill masks with an encoder '
+                     'of encoder_head=mlm.')
+  allowed = np.ones(model.cfg.vocab_size, bool)
+  allowed[[i for i in exclude if 0 <= i < len(allowed)]] = False
+  if not 1 <= top_k <= allowed.sum():
+    raise ValueError(f'top_k={top_k} must be in 1..{int(allowed.sum())} (the ids a fill may be).')
+  ids, probs = _mask_fills(model, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(allowed),
+                           top_k=top_k)
+  return np.asarray(ids), np.asarray(probs)

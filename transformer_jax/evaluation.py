@@ -24,7 +24,9 @@ The eval split may be other held-out data than the run's own (another
 config.data.eval_split, config.data.eval_files): the record then names the
 fields it was measured with (`eval_overrides`), so it never stands in for the
 run's own evals.
-`--mode=decode` turns input lines into output lines with the same settings.
+`--mode=decode` turns input lines into output lines with the same settings; for a
+masked LM each line's `[MASK]` markers are filled (generate.fill_masks: the
+config.decode.top_k likeliest fills of each, 5 when it is 0).
 """
 
 import dataclasses
@@ -97,8 +99,15 @@ def _opened(finished: restore.FinishedRun, datasets=None) -> Opened:
 
 def _generate(run: Opened, lines: Sequence[str], max_new_tokens: int) -> list:
   """The output for each line (a continuation for decoders, an output for
-  seq2seq), decoded as config.decode says."""
+  seq2seq, the line with its masks' fills for a masked LM), decoded as
+  config.decode says."""
   config, d = run.config, run.config.decode
+  if config_lib.ModelConfig.of(config.model).fills_masks:
+    fills = generate.fill_masks(run.model, run.params, run.tokenizer, lines,
+                                encode=run.encode_input, context=config.seq_len,
+                                top_k=d.top_k or generate.FILL_TOP_K, batch_size=d.batch_size)
+    return [generate.fill_mask_text(line, f, run.tokenizer.mask_token)
+            for line, f in zip(lines, fills)]
   common = dict(encode=run.encode_input, context=config.seq_len, method=d.method,
                 beam_size=d.beam_size, alpha=d.alpha, temperature=d.temperature, top_k=d.top_k,
                 top_p=d.top_p, seed=config.seed)
@@ -165,16 +174,19 @@ def record_eval(config, workdir: str, result: dict):
 
 
 def check_decodable(config):
-  """Raises ConfigError before anything is restored when the model cannot generate."""
-  if not config_lib.ModelConfig.of(config.model).generates:
+  """Raises ConfigError before anything is restored when the model neither
+  generates nor fills masks (a classifier)."""
+  m = config_lib.ModelConfig.of(config.model)
+  if not (m.generates or m.fills_masks):
     raise config_lib.ConfigError(
-        'config.model.variant=encoder does not generate text; --mode=decode needs a decoder '
-        'or seq2seq run (--mode=eval scores an encoder).')
+        f'config.model.encoder_head={m.encoder_head} outputs classes, not text; --mode=decode '
+        'needs a decoder, seq2seq or masked-LM run (--mode=eval scores a classifier).')
 
 
 def decode_checkpoint(config, workdir: str, lines: Sequence[str]) -> list:
   """--mode=decode: the output of the checkpoint config.restore_checkpoint names
   for each input line, one per line, in order (an empty line is an empty prompt
-  or source). Reads the run's parameters and vocabulary, and no data."""
+  or source; a masked LM's line without [MASK] comes back as it is). Reads the
+  run's parameters and vocabulary, and no data."""
   check_decodable(config)
   return _generate(_opened(restore.open_run(config, workdir)), lines, config.sample_length)

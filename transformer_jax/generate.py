@@ -1,4 +1,5 @@
-"""Text in, text out: continuations of prompts (decoder) and outputs for sources (seq2seq).
+"""Text in, text out: continuations of prompts (decoder), outputs for sources (seq2seq),
+and the likeliest fills of masked positions (masked LM: `fill_masks`).
 
 Every function takes the text -> ids function `encode` explicitly: the ids of a
 text as a model input, exactly as a training example's inputs (the data
@@ -9,8 +10,13 @@ itself. The tokenizer turns output ids back into text and names `eos_id`.
 Lengths follow the trained context (`context`, config.seq_len), checked here
 where text enters (see "Length rules" below): a decoder never sees a position at
 or past the context, however long the prompt and continuation (longer texts are
-made in windows); a seq2seq source longer than the context is an error. Every
-input gets exactly one output, in order.
+made in windows); a seq2seq source, or a masked LM's input, longer than the
+context is an error. Every input gets exactly one output, in order.
+
+A masked LM's input marks each position to fill with the tokenizer's
+`mask_token` ('[MASK]'; a BERT checkpoint's tokenizer names its own): the text
+between markers is encoded as a model input and each marker becomes one mask
+id, so `th[MASK] cat` asks a character model for the one character after 'th'.
 """
 
 from typing import Callable, Optional, Sequence
@@ -231,6 +237,76 @@ def translate(model, params, tokenizer: Tokenizer, sources: Sequence[str], *, en
                     'there; a model that repeats itself needs more training.',
                     _which(cut, len(outputs), 'output'))
   return outputs
+
+
+# ---------------------------------------------------------------------------
+# Masked-LM fills.
+
+FILL_TOP_K = 5  # fills per mask when config.decode.top_k is 0 (off), as transformers' pipeline.
+
+
+def masked_ids(encode: Encode, tokenizer: Tokenizer, line: str) -> list[int]:
+  """The ids of a masked LM's input `line`: the text between its `tokenizer.mask_token`
+  markers encoded as a model input (`encode`), each marker one `tokenizer.mask_id`."""
+  first, *rest = line.split(tokenizer.mask_token)
+  ids = list(encode(first))
+  for piece in rest:
+    ids += [tokenizer.mask_id, *encode(piece)]
+  return ids
+
+
+def fill_masks(model, params, tokenizer: Tokenizer, lines: Sequence[str], *, encode: Encode,
+               context: int, top_k: int = FILL_TOP_K,
+               batch_size: int = 64) -> list[list[list[tuple[str, float]]]]:
+  """For each line, for each of its masks in order, the top_k likeliest fills
+  (text, probability), likeliest first, from an EncoderOnly masked LM
+  (`decode.mask_fills`: the probabilities are over the tokenizer's text ids, its
+  special ids left out). A line without a mask gets no fills, and one warning
+  names such lines. Lines are run in batches of `batch_size`, padded to a
+  power-of-two width within the context.
+
+  Raises:
+    DataError: a line has more tokens than the trained context (config.seq_len).
+  """
+  limit = _limit(model, context)
+  encoded = [masked_ids(encode, tokenizer, line) for line in lines]
+  for i, ids in enumerate(encoded):
+    if len(ids) > limit:
+      raise DataError(f'input {i} has {len(ids)} tokens, more than the {limit} the model was '
+                      'trained on (config.seq_len); shorten it.')
+  _check_unknown(tokenizer, encoded, None)
+  masked = [i for i, ids in enumerate(encoded) if tokenizer.mask_id in ids]
+  if len(masked) < len(lines):
+    unmasked = sorted(set(range(len(lines))) - set(masked))
+    logging.warning('%s hold no %s, so there is nothing to fill; they are printed as they are.',
+                    _which(unmasked, len(lines), 'input'), tokenizer.mask_token)
+  special = set(tokenizer.special_ids)
+  exclude = sorted(special | set(range(tokenizer.vocab_size, model.cfg.vocab_size)))
+  top_k = min(top_k, tokenizer.vocab_size - len(special))
+  fills = [[] for _ in lines]
+  for start in progress.bar(range(0, len(masked), batch_size), desc='filling', unit='batch',
+                            leave=False):
+    rows = masked[start:start + batch_size]
+    chunk = [encoded[i] for i in rows]
+    # Fill the batch with copies of its first row: one shape for every batch.
+    tokens = _padded(chunk + [chunk[0]] * (batch_size - len(chunk)), _source_width(chunk, limit),
+                     model.cfg.pad_id)
+    ids, probs = decode.mask_fills(model, params, tokens, top_k, exclude)
+    for row, line in enumerate(rows):
+      fills[line] = [[(tokenizer.decode([int(t)]), float(p)) for t, p in zip(ids[row, at],
+                                                                            probs[row, at])]
+                     for at in np.flatnonzero(tokens[row] == tokenizer.mask_id)]
+  return fills
+
+
+def fill_mask_text(line: str, fills: list[list[tuple[str, float]]], mask_token: str) -> str:
+  """`line` with each `mask_token` replaced by its fills (`fill_masks`), likeliest
+  first, each its text, a space and its probability, between brackets:
+  'th[e 0.912|a 0.031|i 0.020] cat'."""
+  first, *rest = line.split(mask_token)
+  return first + ''.join(
+      '[' + '|'.join(f'{text} {p:.3f}' for text, p in candidates) + ']' + piece
+      for candidates, piece in zip(fills, rest))
 
 
 # ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@
                                  `save_pretrained` writes it (config.json + model.safetensors
                                  or pytorch_model.bin) of a GPT-2 (decoder LM) or a BERT
                                  (encoder: MLM head, or a classifier on the pooled output)
+  --config.init_from=hf:NAME     the same from a Hub id (gpt2, google-bert/bert-base-uncased):
+                                 its snapshot in huggingface_hub's cache (hub.py)
   --mode=export [--output=DIR]   a run's parameters as GPT2LMHeadModel, BertForMaskedLM or
                                  BertForSequenceClassification: a directory `transformers`
                                  loads, and that init_from=hf:DIR reads back
@@ -14,7 +16,8 @@ The architectures are the paper's blocks with other options (config.model):
   embeddings not scaled by sqrt(d_model), the LM head tied to the token embedding
   (or its own: tie_word_embeddings=false, share_embeddings=False).
 - BERT (Devlin et al. 2019, section 3): a post-LN encoder, learned positions,
-  token-type embeddings (token_types=2; every token here is of type 0), a LayerNorm
+  token-type (segment) embeddings (token_types=2: a sentence pair's batches carry
+  their types, other text is all of type 0), a LayerNorm
   on the embedding sum (embedding_norm), exact GELU; the MLM head's transform
   (head_transform: dense + GELU + LayerNorm) and decoder bias (output_bias, or the
   untied decoder's own); the classifier reads the pooler (pooler=True, pooling=first:
@@ -43,6 +46,7 @@ import numpy as np
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import hub
 from transformer_jax import params as params_lib
 from transformer_jax import restore
 from transformer_jax.data import tokenizers
@@ -64,14 +68,19 @@ def is_hf(spec: str) -> bool:
 
 
 def read_config(path: str) -> dict:
-  """PATH/config.json of a GPT-2 or BERT checkpoint.
+  """PATH/config.json of a GPT-2 or BERT checkpoint (PATH a directory, or a Hub id
+  read from the Hugging Face cache: `hub.local_dir`).
 
   Raises:
-    ConfigError: PATH is not a directory with config.json and weights,
-      config.json is not a JSON object with the shape fields, or the
-      model_type is not gpt2 or bert.
+    ConfigError: PATH is not a directory with config.json and weights (nor a Hub id
+      in the cache or to download), config.json is not a JSON object with the
+      shape fields, or the model_type is not gpt2 or bert.
   """
   where = f'config.init_from={PREFIX}{path}'
+  try:
+    path = hub.local_dir(path)
+  except ConfigError as e:
+    raise ConfigError(f'{where}: {e}') from None
   if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, 'config.json')):
     raise ConfigError(f'{where}: {path} is not a model directory (no config.json); give a '
                       'directory that save_pretrained wrote.')
@@ -157,7 +166,8 @@ def model_fields(hf: dict, head: str = 'mlm') -> tuple:
 
 def _saved_vocabulary(directory: str, hf: dict) -> Optional[str]:
   """The vocabulary this project's export wrote beside its weights (tokenizer/),
-  when the directory has no Hugging Face tokenizer files of its own."""
+  when the directory (or Hub id) has no Hugging Face tokenizer files of its own."""
+  directory = hub.local_dir(directory)
   saved = os.path.join(directory, tokenizers.RUN_DIRECTORY)
   if 'transformer_jax' in hf and tokenizers.is_saved(saved):
     if not any(os.path.isfile(os.path.join(directory, f)) for f in tokenizers.HFTokenizer.FILES):
@@ -270,11 +280,13 @@ def _require(module: str):
 
 
 def read_weights(path: str) -> dict:
-  """Every tensor of the checkpoint in PATH as float32 numpy, by its name there.
+  """Every tensor of the checkpoint in PATH (a directory or a Hub id: `read_config`)
+  as float32 numpy, by its name there.
 
   Raises:
     ConfigError: a weights file is truncated or not of its format.
   """
+  spec, path = path, hub.local_dir(path)
   single = os.path.join(path, 'model.safetensors')
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.isfile(single) or os.path.isfile(index):
@@ -294,7 +306,7 @@ def read_weights(path: str) -> dict:
     try:
       out.update(read(file))
     except Exception as e:  # pylint: disable=broad-except  # safetensors', torch's, pickle's.
-      raise ConfigError(f'config.init_from={PREFIX}{path}: {file} cannot be read '
+      raise ConfigError(f'config.init_from={PREFIX}{spec}: {file} cannot be read '
                         f'({type(e).__name__}: {" ".join(str(e).split())[:120]}); is it '
                         'complete? Save or download it again.') from None
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
@@ -473,8 +485,9 @@ def check_weights(hf: dict, w: dict, path: str):
   if wrong:
     found = '; '.join(f'{f}={g!r} but {why}' for f, g, _, why in wrong)
     edit = ', '.join(f'"{f}": {json.dumps(v)}' for f, _, v, _ in wrong)
+    config_json = os.path.join(hub.local_dir(path), 'config.json')
     raise ConfigError(f'config.init_from={PREFIX}{path}: config.json contradicts its weights '
-                      f'({found}); set {edit} in {os.path.join(path, "config.json")}.')
+                      f'({found}); set {edit} in {config_json}.')
 
 
 def to_params(hf: dict, weights: dict, m, head: str, spec: str) -> tuple:

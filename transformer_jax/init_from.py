@@ -3,7 +3,8 @@
   --config.init_from=runs/mlm          the best checkpoint of runs/mlm (lowest eval loss),
                                        else its latest
   --config.init_from=runs/mlm:latest   its latest;  runs/mlm:1500  its step 1500
-  --config.init_from=hf:PATH           a Hugging Face GPT-2 or BERT directory (hf.py)
+  --config.init_from=hf:PATH           a Hugging Face GPT-2 or BERT directory (hf.py), or a Hub
+                                       id read from the Hugging Face cache (hub.py)
 
 Read once, at the run's first start: a run that has a checkpoint of its own
 resumes from that. Every parameter of the new model whose name and shape match
@@ -22,6 +23,7 @@ import shutil
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import hf
+from transformer_jax import hub
 from transformer_jax import params as params_lib
 from transformer_jax.data import tokenizers
 
@@ -42,11 +44,18 @@ def copy_vocabulary(config, workdir: str):
   """Gives a new run the source run's vocabulary (before its data is built): a run
   directory's tokenizer/, or the one this project's export wrote beside a Hugging
   Face checkpoint (`hf.export`; a checkpoint of others has its own tokenizer files,
-  which tokenizer=hf reads in place)."""
+  which tokenizer=hf reads in place).
+
+  Raises:
+    ConfigError: config.init_from names a Hub id neither cached nor downloadable.
+  """
   if not config.init_from:
     return
   if hf.is_hf(config.init_from):
-    source = config.init_from[len(config_lib.HF_PREFIX):]
+    try:
+      source = hub.local_dir(config.init_from[len(config_lib.HF_PREFIX):])
+    except ConfigError as e:
+      raise ConfigError(f'config.init_from={config.init_from}: {e}') from None
   else:
     source, _ = parse(config.init_from)
   source_dir = os.path.join(source, tokenizers.RUN_DIRECTORY)

@@ -14,7 +14,8 @@ Modes:
             BLEU); other held-out data (--config.data.eval_files, eval_split) may
             be named, and the record says so.
   decode    turn each line of --input (default stdin) into a continuation
-            (decoder) or an output (seq2seq), as config.decode says.
+            (decoder) or an output (seq2seq), as config.decode says; a masked
+            LM prints each line with the likeliest fills of its [MASK]s.
   Eval, decode and export read the run's parameters and saved vocabulary only
   (restore.py): no optimiser state, and no training data.
   describe  print the model's shape, parameter count and FLOPs per token as one

@@ -18,6 +18,7 @@ rows), L = config.seq_len, and every sequence is zero-padded (pad id 0).
   classify  encoder         all           inputs                 int32    [b, L]
             (classify)                    targets (class)        int32    [b]
                                           weights                float32  [b]
+                            pairs         token_types            int32    [b, L]
   classify  encoder         images        inputs (in [0, 1])     float32  [b, H, W, C]
   (images)  (classify,                    targets (class)        int32    [b]
             patch_size>0)                 weights                float32  [b]
@@ -35,6 +36,10 @@ packed row 1, 2, ... (0 = padding) and positions restart at 0 per example;
 unpacked rows carry neither (encoders and the seq2seq model derive them from
 `inputs != pad_id`; a decoder-only model reads every token of its right-padded,
 causal rows as real: models/transformer.py).
+A sentence pair (a dataset of kind `pairs`, or text<TAB>text<TAB>label files) is
+one row, [CLS] a [SEP] b [SEP] (examples.pair_ids: the tokenizer's cls_id and
+sep_id), whose `token_types` are 0 up to the first [SEP], then 1 (BERT's
+segments A and B; 0 on padding), for an encoder with config.model.token_types=2.
 Eval batches are never packed or bucketed: one example per row, padded to L,
 and the last batch filled with all-zero rows of weight 0. Images (H = W =
 config.model.image_size, C = num_channels) are never padded; an image model
@@ -44,7 +49,7 @@ makes its own segment ids and positions (models/transformer.ImageEmbedder).
 # Batch keys each variant's model takes (the rest, targets and weights, feed the loss).
 MODEL_INPUTS = {
     'decoder': ('inputs', 'segment_ids', 'positions'),
-    'encoder': ('inputs', 'segment_ids', 'positions'),
+    'encoder': ('inputs', 'segment_ids', 'positions', 'token_types'),
     'seq2seq': ('inputs', 'targets', 'inputs_segment_ids', 'inputs_positions',
                 'targets_segment_ids', 'targets_positions'),
 }

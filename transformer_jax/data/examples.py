@@ -20,6 +20,17 @@ from transformer_jax.data import tokenizers as tok_lib
 from transformer_jax.data import DataError
 
 
+PAIR_SPECIALS = 3  # a sentence pair's [CLS] and two [SEP].
+
+
+def pair_ids(a: list, b: list, tokenizer) -> tuple:
+  """(ids, token types) of the sentence pair a, b: [CLS] a [SEP] b [SEP], types 0
+  through the first [SEP] and 1 after it (Devlin et al. 2019, section 3, figure 2:
+  segments A and B), with the tokenizer's `cls_id` and `sep_id` (<eos> for ours)."""
+  ids = [tokenizer.cls_id, *a, tokenizer.sep_id, *b, tokenizer.sep_id]
+  return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
 class Overflow:
   """Applies config.data.overflow to examples longer than the row, and counts."""
 
@@ -28,12 +39,31 @@ class Overflow:
     self.dropped = self.truncated = 0
 
   def fit(self, ids: list, where: str, reserve: int = 0) -> Optional[list]:
-    """ids cut to seq_len - reserve, None (drop), or a ValueError."""
+    """ids cut to seq_len - reserve, None (drop), or a DataError."""
     limit = self.seq_len - reserve
     if len(ids) <= limit:
       return ids
+    return ids[:limit] if self._over(len(ids) + reserve, where) else None
+
+  def fit_pair(self, a: list, b: list, where: str) -> Optional[tuple]:
+    """(a, b) cut so that [CLS] a [SEP] b [SEP] fits the row, None (drop), or a
+    DataError. Truncation takes the last token off the longer of the two until
+    the pair fits, as BERT's fine-tuning code does (`_truncate_seq_pair`)."""
+    limit = self.seq_len - PAIR_SPECIALS
+    if len(a) + len(b) <= limit:
+      return a, b
+    if not self._over(len(a) + len(b) + PAIR_SPECIALS, where):
+      return None
+    a, b = list(a), list(b)
+    while len(a) + len(b) > limit:
+      (a if len(a) > len(b) else b).pop()
+    return a, b
+
+  def _over(self, tokens: int, where: str) -> bool:
+    """Applies the policy to an example of `tokens` tokens, more than the row
+    holds: raises (error), or counts it and says whether to cut it (truncate)."""
     if self.policy == 'error':
-      raise DataError(f'{where}: example has {len(ids) + reserve} tokens, more than '
+      raise DataError(f'{where}: example has {tokens} tokens, more than '
                       f'config.seq_len={self.seq_len}; raise seq_len or set '
                       'config.data.overflow=truncate or drop.')
     if self.policy == 'truncate':
@@ -45,7 +75,7 @@ class Overflow:
           logging.WARNING, '%s: so far %d examples longer than seq_len=%d dropped, %d '
           'truncated (config.data.overflow=%s).', 60, where, self.dropped, self.seq_len,
           self.truncated, self.policy)
-    return ids[:limit] if self.policy == 'truncate' else None
+    return self.policy == 'truncate'
 
   def report(self, split: str) -> dict:
     if self.dropped or self.truncated:
@@ -62,7 +92,9 @@ def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> O
   lm:       text -> inputs [<eos>, t1..tn], targets [t1..tn, <eos>]: <eos> both
             starts and ends a line, so every token is predicted.
   mlm:      text -> inputs [t1..tn] (masked per batch).
-  classify: (text, label) -> inputs [t1..tn], targets label, weights 1.
+  classify: (text, label) -> inputs [t1..tn], targets label, weights 1; a
+            sentence pair (a, b, label) -> inputs [CLS] a [SEP] b [SEP] and
+            token_types (`pair_ids`), targets label, weights 1.
   seq2seq:  (source, target) -> inputs [s1..sm, <eos>], targets [t1..tn, <eos>]
             (the model shifts the targets right itself).
   <eos> is the tokenizer's (`tokenizer.eos_id`: GPT-2's <|endoftext|>).
@@ -77,6 +109,13 @@ def make_example(raw, task: str, tokenizer, overflow: Overflow, where: str) -> O
       return {'inputs': as_ids(ids)}
     return {'inputs': as_ids([eos] + ids), 'targets': as_ids(ids + [eos]),
             'weights': np.ones(len(ids) + 1, np.float32)}
+  if task == 'classify' and len(raw) == 3:
+    pair = overflow.fit_pair(tokenizer.encode(raw[0]), tokenizer.encode(raw[1]), where)
+    if pair is None:
+      return None
+    ids, types = pair_ids(*pair, tokenizer)
+    return {'inputs': as_ids(ids), 'token_types': as_ids(types), 'targets': np.int32(raw[2]),
+            'weights': np.float32(1.0)}
   if task == 'classify':
     ids = overflow.fit(tokenizer.encode(raw[0]), where)
     if ids is None:

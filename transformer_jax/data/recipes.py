@@ -48,15 +48,16 @@ def make_tokenizer(config, directory: Optional[str], train_text_fn: Callable[[],
   SentencePiece model is trained into `directory` (the run's tokenizer
   directory), or without one cached in the temporary directory under `key`,
   which names the dataset so cached models are never mixed up. A Hugging Face
-  tokenizer (hf) is read, not built: from config.tokenizer_path(config).
+  tokenizer (hf) is read, not built: from config.tokenizer_path(config), a
+  directory or a Hub id in the Hugging Face cache.
   """
   d = config.data
   if d.tokenizer == 'hf':
     try:
       return tok_lib.HFTokenizer(config_lib.tokenizer_path(config))
-    except DataError as e:
+    except (DataError, ConfigError) as e:  # ConfigError: a Hub id it cannot have (hub.py).
       named = 'config.data.tokenizer_path' if d.tokenizer_path else 'config.init_from'
-      raise DataError(f'config.data.tokenizer=hf ({named}): {e}') from None
+      raise type(e)(f'config.data.tokenizer=hf ({named}): {e}') from None
   if d.tokenizer == 'char':
     chars = set()
     for piece in train_text_fn():
@@ -361,7 +362,8 @@ class Cmudict(Recipe):
 class Tfds(Recipe):
   """A TFDS dataset: the train split streamed (StreamedExamples over
   tfds.data_source), the eval split read whole, the vocabulary built from
-  config.data.tokenizer_examples train examples spread over the split."""
+  config.data.tokenizer_examples train examples spread over the split (both
+  sides of a translation or a sentence pair)."""
   name = catalog.TFDS_PREFIX
 
   @classmethod
@@ -402,7 +404,7 @@ class Tfds(Recipe):
   def _text(self):
     for i in np.linspace(0, self.num_train - 1, self.num_text).astype(int):
       ex = self.convert(self.source[int(i)])
-      if self.kind == 'translation':
+      if self.kind in ('translation', 'pairs'):
         yield ex[0]
         yield ex[1]
       else:
@@ -416,7 +418,7 @@ class Tfds(Recipe):
 
   def batches(self, tokenizer, batch_size):
     d = self.config.data
-    if self.kind == 'classify':
+    if self.config.data.task == 'classify':
       _check_classes(self.config, self.entry.num_classes)
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     overflow = examples_lib.Overflow(d.overflow, self.config.seq_len, streamed=True)
@@ -429,8 +431,8 @@ class Tfds(Recipe):
     return train_ds, eval_ds, info
 
   def eval_batches(self, tokenizer, batch_size):
-    if self.kind == 'classify':
-      _check_classes(self.config, 2)
+    if self.config.data.task == 'classify':
+      _check_classes(self.config, self.entry.num_classes)
     encode = functools.partial(self.encode, tokenizer=tokenizer)
     return examples_lib.eval_dataset(self.config, encode, self.eval_raw, tokenizer, batch_size,
                                      self.config.data.name)[0]
@@ -442,7 +444,8 @@ class Tfds(Recipe):
 
 class TextFiles(Recipe):
   """The user's files: lines for lm/mlm, source<TAB>target for seq2seq, and
-  text<TAB>label for classify (labels numbered in sorted order)."""
+  text<TAB>label or, for sentence pairs, text<TAB>text<TAB>label for classify
+  (labels numbered in sorted order; every line of the files one kind or the other)."""
   name = 'text'
 
   def __init__(self, config):
@@ -462,7 +465,29 @@ class TextFiles(Recipe):
   def _read_train(self) -> tuple:
     """(examples, 'PATH:LINE' of each) of every file of config.data.train_files."""
     files = sources.expand_files(self.config.data.train_files, 'train_files')
-    return sources.read_text_files(files, self.tsv)
+    return self._checked(sources.read_text_files(files, self.tsv, self._labelled))
+
+  @property
+  def _labelled(self) -> bool:
+    return self.config.data.task == 'classify'
+
+  def _checked(self, read: tuple, pairs: Optional[bool] = None) -> tuple:
+    """classify: `read` (examples, locations) all sentences or all sentence pairs
+    (all pairs when `pairs`, all sentences when False; None: as the first), and
+    pairs only for a model with segment embeddings."""
+    examples, where = read
+    if not self._labelled or not examples:
+      return read
+    pairs = len(examples[0]) == 3 if pairs is None else pairs
+    other = next((i for i, ex in enumerate(examples) if (len(ex) == 3) != pairs), None)
+    if other is not None:
+      raise DataError(f'{where[other]}: a {"sentence" if pairs else "sentence pair"} among '
+                      f'{"sentence pairs" if pairs else "sentences"}; write every line of the '
+                      'files as text<TAB>label, or every line as text<TAB>text<TAB>label.')
+    if pairs and self.config.model.token_types < 2:
+      raise ConfigError(f'{where[0]}: the files hold sentence pairs (text<TAB>text<TAB>label), '
+                        'read with segment embeddings; set config.model.token_types=2.')
+    return read
 
   @functools.cached_property
   def _cut(self) -> int:
@@ -503,15 +528,16 @@ class TextFiles(Recipe):
     if both:
       raise DataError(f'{sorted(both)[0]} is in both config.data.train_files and eval_files, '
                       'so eval would score training examples; keep it in one of them.')
-    return sources.read_text_files(eval_files, self.tsv)
+    pairs = len(self._read_train[0][0]) == 3 if self._labelled and train_files else None
+    return self._checked(sources.read_text_files(eval_files, self.tsv, self._labelled), pairs)
 
   @functools.cached_property
   def _labels(self) -> list:
     """classify: the training examples' labels in sorted order (a label's id is
     its index), the eval split's checked against them."""
     d = self.config.data
-    labels = sorted({label for _, label in self._train_split[0]})
-    unknown = {label for _, label in self._eval_split[0]} - set(labels)
+    labels = sorted({ex[-1] for ex in self._train_split[0]})
+    unknown = {ex[-1] for ex in self._eval_split[0]} - set(labels)
     if unknown:
       shuffle = '' if d.eval_files else ' (or shuffle the lines: eval takes the last 10%)'
       raise DataError(f'{self.eval_split}: labels {sorted(unknown)} never occur in the '
@@ -521,10 +547,11 @@ class TextFiles(Recipe):
     return labels
 
   def _numbered(self, raw: list) -> list:
-    """classify: (text, label id) for each (text, label); other tasks: `raw`."""
-    if self.config.data.task != 'classify':
+    """classify: (text, label id) for each (text, label), (a, b, label id) for each
+    sentence pair (a, b, label); other tasks: `raw`."""
+    if not self._labelled:
       return raw
-    return [(t, self._labels.index(l)) for t, l in raw]
+    return [(*ex[:-1], self._labels.index(ex[-1])) for ex in raw]
 
   @functools.cached_property
   def train_raw(self) -> list:
@@ -552,7 +579,7 @@ class TextFiles(Recipe):
       if isinstance(ex, str):
         yield ex
       else:
-        yield from ex[:1] if self.config.data.task == 'classify' else ex
+        yield from ex[:-1] if self._labelled else ex
 
   def new_tokenizer(self, directory):
     """Cached by the training text itself: an edited file gets a new model."""

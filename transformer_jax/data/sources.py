@@ -10,8 +10,9 @@
   scikit-learn, so the default image experiment runs offline; split by class
   with a fixed seed (`digits_split`).
 - tfds: the TFDS datasets of catalog.DATASETS (WMT14/WMT17 de-en, lm1b,
-  glue/sst2, mnist, cifar10, ...) through tensorflow-datasets.
-- text: the user's files, one example per line or source<TAB>target.
+  glue/sst2, GLUE's sentence pairs, mnist, cifar10, ...) through tensorflow-datasets.
+- text: the user's files, one example per line, source<TAB>target, text<TAB>label
+  or text<TAB>text<TAB>label (a sentence pair).
 
 Every bad input raises a one-line ValueError naming the file (and line) and
 the fix.
@@ -237,18 +238,27 @@ def _check_online(name: str, data_dir: Optional[str]):
 def tfds_example(name: str, record: dict, source_language: str = 'en',
                  target_language: str = 'de'):
   """One TFDS record -> (source, target) for translation, text for lm, (text,
-  label) for classify, (image uint8 [H, W, C], label) for images: the record's
-  fields the catalog names (catalog.Dataset.fields; translation: the languages)."""
+  label) for classify, (text a, text b, label) for sentence pairs, (image uint8
+  [H, W, C], label) for images: the record's fields the catalog names
+  (catalog.Dataset.fields; translation: the languages).
+
+  Raises:
+    DataError: a label is negative (GLUE's test splits hold -1: no label).
+  """
   text = lambda x: x.decode('utf-8') if isinstance(x, bytes) else str(x)
   dataset = tfds_dataset(name)
   if dataset.kind == 'translation':
     return text(record[source_language]), text(record[target_language])
   if dataset.kind == 'lm':
     return text(record[dataset.fields[0]])
-  value, label = (record[field] for field in dataset.fields)
+  *values, label = (record[field] for field in dataset.fields)
+  if int(label) < 0:
+    raise DataError(f'tfds:{name} has an example labelled {int(label)}, i.e. without a label '
+                    "(GLUE's test splits have none); evaluate on a labelled split, e.g. "
+                    f'config.data.eval_split={dataset.eval_split}.')
   if dataset.kind == 'image':
-    return np.asarray(value, np.uint8), int(label)
-  return text(value), int(label)
+    return np.asarray(values[0], np.uint8), int(label)
+  return (*map(text, values), int(label))
 
 
 def tfds_examples(name: str, split: str, data_dir: Optional[str] = None,
@@ -280,14 +290,16 @@ def expand_files(patterns: str, field: str) -> list:
   return list(paths.values())
 
 
-def read_text_file(path: str, tsv: bool = False) -> list:
+def read_text_file(path: str, tsv: bool = False, labelled: bool = False) -> list:
   """Lines of `path` (without newline or a leading UTF-8 byte order mark; blank
   lines skipped), or (source, target) pairs split at the first tab when `tsv`,
-  neither side empty."""
-  return [example for _, example in _numbered_examples(path, tsv)]
+  neither side empty. `labelled` (tsv, classify): the label is after the last
+  tab, so a line is (text, label) or, with two tabs, a sentence pair (text a,
+  text b, label), no field empty."""
+  return [example for _, example in _numbered_examples(path, tsv, labelled)]
 
 
-def _numbered_examples(path: str, tsv: bool) -> list:
+def _numbered_examples(path: str, tsv: bool, labelled: bool = False) -> list:
   """read_text_file's examples as (line number, example) pairs."""
   try:
     with open(path, 'rb') as f:
@@ -310,7 +322,15 @@ def _numbered_examples(path: str, tsv: bool) -> list:
                       're-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).') from None
     if not line.strip():
       continue
-    if tsv:
+    if tsv and labelled:
+      fields = line.split('\t')
+      if not 2 <= len(fields) <= 3 or not all(fields):
+        raise DataError(f'{path}:{number}: {len(fields)} tab-separated fields'
+                        f'{", one empty" if 2 <= len(fields) <= 3 else ""}; write each example '
+                        'as text<TAB>label or, for a sentence pair, text<TAB>text<TAB>label, '
+                        'no field empty.')
+      examples.append((number, tuple(fields)))
+    elif tsv:
       if '\t' not in line:
         raise DataError(f'{path}:{number}: no tab in the line; write each example as '
                         'source<TAB>target (or set config.data.format=lines).')
@@ -324,12 +344,12 @@ def _numbered_examples(path: str, tsv: bool) -> list:
   return examples
 
 
-def read_text_files(paths: Sequence[str], tsv: bool = False) -> tuple:
+def read_text_files(paths: Sequence[str], tsv: bool = False, labelled: bool = False) -> tuple:
   """(examples, locations): read_text_file's examples of every path in turn, and
   where each is ('PATH:LINE'), for errors that point at the line to fix."""
   examples, locations = [], []
   for path in paths:
-    for number, example in _numbered_examples(path, tsv):
+    for number, example in _numbered_examples(path, tsv, labelled):
       examples.append(example)
       locations.append(f'{path}:{number}')
   return examples, locations

@@ -12,9 +12,14 @@ pipeline never need to ask which one they got:
 
 `encode(str) -> list[int]` and `decode(list[int]) -> str` never add or strip
 <eos>; the data recipes decide where examples end. `decode` drops <pad>, <eos>
-and <mask>. The one exception is `HFTokenizer`: a checkpoint's ids are its own,
-so it names them in the same attributes (`pad_id`, `eos_id`, `mask_id`,
-`special_ids`), which the pipeline reads instead of the constants.
+and <mask>. A sentence pair is written [CLS] a [SEP] b [SEP] (`cls_id`,
+`sep_id`); these tokenizers have no [CLS] or [SEP] of their own, so <eos>
+serves as both, as it starts and ends a line of an LM. In a --mode=decode line
+of a masked LM, `mask_token` ('[MASK]') marks a position to fill: it becomes
+one <mask> id, whatever the tokenizer (one character for `char`). The one
+exception is `HFTokenizer`: a checkpoint's ids are its own, so it names them in
+the same attributes (`pad_id`, `eos_id`, `mask_id`, `cls_id`, `sep_id`,
+`mask_token`, `special_ids`), which the pipeline reads instead of the constants.
 
 A run owns its vocabulary: `tokenizer.save(directory)` writes it (a small
 tokenizer.json, plus the .model file for SentencePiece) and `load(directory)`
@@ -32,6 +37,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from transformer_jax import hub
 from transformer_jax.data import DataError
 
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
@@ -45,6 +51,8 @@ class Tokenizer:
   """The interface the pipeline, decoding and notebooks rely on."""
   name = 'base'
   pad_id, unk_id, eos_id, mask_id = PAD_ID, UNK_ID, EOS_ID, MASK_ID
+  cls_id = sep_id = EOS_ID  # a sentence pair's [CLS] and [SEP].
+  mask_token = '[MASK]'  # the text that marks a masked position in a decode input.
 
   @property
   def vocab_size(self) -> int:
@@ -265,11 +273,15 @@ class HFTokenizer(Tokenizer):
   imported here only). Its special ids are the checkpoint's own ([PAD], [SEP],
   [MASK] for BERT; GPT-2 has only <|endoftext|>, which serves as <eos> and
   <pad>); `encode` adds no special tokens, as the other tokenizers ([CLS] and
-  [SEP] included). Selected by config.data.tokenizer=hf; saved with the run as
+  [SEP] included: a sentence pair's are put in by its example, examples.pair_ids,
+  as `cls_id` and `sep_id`). Selected by config.data.tokenizer=hf; saved with the run as
   the files save_pretrained writes (under tokenizer/hf/).
+
+  `path` is a directory, or a Hub id read from the Hugging Face cache (hub.py).
 
   Raises:
     DataError: `path` holds no tokenizer transformers can read.
+    ConfigError: `path` is a Hub id neither cached nor downloadable.
   """
   name = 'hf'
   SUBDIRECTORY = 'hf'  # under the run's tokenizer/ directory.
@@ -279,6 +291,7 @@ class HFTokenizer(Tokenizer):
            'sentencepiece.bpe.model')
 
   def __init__(self, path: str):
+    path = hub.local_dir(path)
     if not any(os.path.isfile(os.path.join(path, f)) for f in self.FILES):
       raise DataError(f'{path} holds no tokenizer files ({", ".join(self.FILES[:3])}); give a '
                       'directory that save_pretrained wrote.')
@@ -298,6 +311,11 @@ class HFTokenizer(Tokenizer):
     self.pad_id = t.pad_token_id if t.pad_token_id is not None else self.eos_id
     self.unk_id = UNK_ID if t.unk_token_id is None else t.unk_token_id
     self.mask_id = MASK_ID if t.mask_token_id is None else t.mask_token_id
+    self.mask_token = t.mask_token or Tokenizer.mask_token
+    # BERT's [CLS] and [SEP]; a tokenizer without them (GPT-2) starts with its bos, else eos.
+    starts = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
+    self.cls_id = self.eos_id if starts is None else starts
+    self.sep_id = self.eos_id if t.sep_token_id is None else t.sep_token_id
 
   @property
   def vocab_size(self) -> int:

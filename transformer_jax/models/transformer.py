@@ -6,10 +6,12 @@
 - `Transformer` (seq2seq, the paper's model): Encoder + Decoder + LM head.
 
 Batches carry `segment_ids` (0 = padding, 1.. = example number in a packed row)
-and `positions` (index of each token within its own example). When they are
-absent, positions are 0..l-1 and segments come from `tokens != pad_id`, except
-in `DecoderOnly`: its rows are right-padded and causal, so padding never reaches
-a real position and every token is read as real (GPT-2's padding id is its
+and `positions` (index of each token within its own example); a sentence pair's
+rows also carry `token_types` (0 = sentence A, 1 = sentence B: BERT's segments,
+read by the encoder's `Embedder`). When they are absent, positions are 0..l-1,
+every token is of type 0 and segments come from `tokens != pad_id`, except in
+`DecoderOnly`: its rows are right-padded and causal, so padding never reaches a
+real position and every token is read as real (GPT-2's padding id is its
 <|endoftext|>, a real token where the text has one).
 """
 
@@ -112,26 +114,33 @@ def token_embedding(cfg, **kwargs) -> TokenEmbedding:
 
 
 class Embedder(nn.Module):
-  """Token embedding + positional encoding (+ token type, LayerNorm) + dropout.
+  """Token embedding + positional encoding (+ segment, LayerNorm) + dropout.
 
   The paper: scaled token embedding + sinusoids + dropout. BERT (Devlin et al.
-  2019, section 3, "Input/Output Representations"): token + learned position +
-  segment (`cfg.token_types`; every token here is of type 0), then a LayerNorm
-  (`cfg.embedding_norm`). GPT-2 (Radford et al. 2019): token + learned position.
-  tokens, positions [b, l] -> [b, l, d].
+  2019, section 3, "Input/Output Representations", figure 2): "the sum of the
+  corresponding token, segment, and position embeddings", the segment embedding
+  E_A or E_B a learned vector per sentence of a pair (`cfg.token_types` of them,
+  the `token_type_embedding` table), then a LayerNorm (`cfg.embedding_norm`).
+  GPT-2 (Radford et al. 2019): token + learned position.
+  tokens, positions [b, l], token_types [b, l] (the segment of each token; None:
+  every token is of type 0, a single sentence) -> [b, l, d].
   """
   cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
-  def __call__(self, tokens, positions, deterministic: bool = True):
+  def __call__(self, tokens, positions, token_types=None, deterministic: bool = True):
     cfg = self.cfg
     embed = self.embedding or token_embedding(cfg, name='token_embedding')
     x = PositionalEncoding(cfg, name='positional_encoding')(embed(tokens), positions)
+    if token_types is not None and cfg.token_types < 2:
+      raise ValueError(f'token_types are given, but config.model.token_types={cfg.token_types} '
+                       'embeds fewer than two segments; set it to 2 for sentence pairs.')
     if cfg.token_types:
-      types = self.param('token_type_embedding', nn.initializers.normal(0.02),
-                         (cfg.token_types, cfg.d_model))
-      x = x + types[0].astype(x.dtype)
+      table = self.param('token_type_embedding', nn.initializers.normal(0.02),
+                         (cfg.token_types, cfg.d_model))  # E_A, E_B, ...
+      x = x + (table[0] if token_types is None else
+               jnp.take(table, token_types, axis=0)).astype(x.dtype)
     if cfg.embedding_norm:
       x = norm_layer(cfg, 'embedding_norm')(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -171,22 +180,24 @@ class ImageEmbedder(nn.Module):
 class Encoder(nn.Module):
   """An embedder, then N EncoderLayers (and a final LayerNorm for pre-LN).
 
-  The embedder is text's `Embedder` (tokens [b, l], with their segment ids and
-  positions) or, with `cfg.patch_size`, the ViT's `ImageEmbedder` (images
-  [b, H, W, C]; segments and positions made there); the stack after it is the
-  same for both. -> [b, l, d].
+  The embedder is text's `Embedder` (tokens [b, l], with their segment ids,
+  positions and, for sentence pairs, token types) or, with `cfg.patch_size`, the
+  ViT's `ImageEmbedder` (images [b, H, W, C]; segments and positions made there);
+  the stack after it is the same for both. -> [b, l, d].
   """
   cfg: config_lib.ModelConfig
   embedding: Optional[TokenEmbedding] = None
 
   @nn.compact
-  def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
+  def __call__(self, inputs, segment_ids=None, positions=None, token_types=None,
+               deterministic: bool = True):
     cfg = self.cfg
     if cfg.patch_size:
       x, segment_ids, positions = ImageEmbedder(cfg, name='embedder')(inputs, deterministic)
     else:
       segment_ids, positions = default_segments(inputs, cfg.pad_id, segment_ids, positions)
-      x = Embedder(cfg, self.embedding, name='embedder')(inputs, positions, deterministic)
+      x = Embedder(cfg, self.embedding, name='embedder')(inputs, positions, token_types,
+                                                         deterministic)
     # Full attention reads a [b, 1, l, l] mask; local and linear, the segment ids alone.
     mask = attention_mask(segment_ids, segment_ids, causal=False) if (
         cfg.attention == 'full') else None
@@ -223,7 +234,8 @@ class Decoder(nn.Module):
     cross_mask = None
     if self.cross_attention:
       cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
-    x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions, deterministic)
+    x = Embedder(cfg, self.embedding, name='embedder')(tokens, positions,
+                                                       deterministic=deterministic)
     layer = rematerialised(DecoderLayer, cfg, static_argnums=(7, 8))  # deterministic, decode
     for i in range(cfg.decoder_layers):
       x = layer(cfg, self.cross_attention, name=f'layer_{i}')(
@@ -303,7 +315,10 @@ class EncoderOnly(nn.Module):
   Vision Transformer (Dosovitskiy et al. 2020, section 3.1): the same Encoder
   over the patches (`ImageEmbedder`), pooled as the [CLS] vector's output
   (`pooling='cls'`, eq. 4: y = LN(z_L^0) with pre-LN's final norm) or the mean
-  of the patches' (`'mean'`), into the linear classifier."""
+  of the patches' (`'mean'`), into the linear classifier.
+
+  A sentence pair's rows carry `token_types` [b, l] (0 for sentence A, 1 for B:
+  BERT's segments, added by the `Embedder`); without them every token is of type 0."""
   cfg: config_lib.ModelConfig
 
   def setup(self):
@@ -320,10 +335,11 @@ class EncoderOnly(nn.Module):
       self.project = nn.Dense(cfg.num_classes, dtype=compute_dtype(cfg), name='classifier',
                               **matrix_init(cfg))
 
-  def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True):
+  def __call__(self, inputs, segment_ids=None, positions=None, token_types=None,
+               deterministic: bool = True):
     if not self.cfg.patch_size:
       segment_ids, positions = default_segments(inputs, self.cfg.pad_id, segment_ids, positions)
-    x = self.encoder(inputs, segment_ids, positions, deterministic)
+    x = self.encoder(inputs, segment_ids, positions, token_types, deterministic)
     if not self.cfg.classifies:
       return self.project(x)
     if self.cfg.pooling in ('first', 'cls'):
@@ -353,7 +369,8 @@ class Transformer(nn.Module):
 
   def encode(self, inputs, inputs_segment_ids=None, inputs_positions=None,
              deterministic: bool = True):
-    return self.encoder(inputs, inputs_segment_ids, inputs_positions, deterministic)
+    return self.encoder(inputs, inputs_segment_ids, inputs_positions,
+                        deterministic=deterministic)
 
   def decode(self, encoded, inputs_segment_ids, decoder_inputs, targets_segment_ids=None,
              targets_positions=None, deterministic: bool = True, decode: bool = False):
