@@ -23,11 +23,13 @@ import pytest
 from conftest import REPOSITORY, TINY, load_config, override, override_flags
 from transformer_jax import config as config_lib
 from transformer_jax import evaluation
+from transformer_jax import generate
 from transformer_jax import restore
 from transformer_jax import run_log
 from transformer_jax import sweep
 from transformer_jax import train as train_lib
 from transformer_jax import trainer
+from transformer_jax.data import datasets
 
 DECAY = 0.9
 DEVICES = 8
@@ -147,6 +149,22 @@ def test_eval_of_the_ema_is_recorded_as_the_ema(ema_run):
   assert in_process['loss'] == pytest.approx(printed['loss'], rel=1e-6)
   row = sweep.summarise(sweep.Run({}), workdir)
   assert row['eval_loss'] == own['loss']
+
+
+def test_decode_of_the_ema_generates_from_the_ema(ema_run):
+  config, workdir = ema_run
+  decode = override(config, {'sample_length': 8, 'decode.method': 'greedy',
+                             'restore_params': 'ema'})
+  run = restore.open_run(decode, workdir)
+  lines = ['ROMEO:', 'To be']
+  expected = generate.generate_text(
+      run.model, run.params, run.tokenizer, lines, max_new_tokens=8, method='greedy',
+      encode=datasets.input_encoder(config, run.tokenizer), context=config.seq_len)
+  assert evaluation.decode_checkpoint(decode, workdir, lines) == expected
+  params = restore.open_run(override(decode, {'restore_params': 'params'}), workdir).params
+  assert generate.generate_text(
+      run.model, params, run.tokenizer, lines, max_new_tokens=8, method='greedy',
+      encode=datasets.input_encoder(config, run.tokenizer), context=config.seq_len) != expected
 
 
 def test_ema_decay_out_of_range_is_refused_in_one_line(tiny_config):

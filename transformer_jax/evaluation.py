@@ -137,8 +137,9 @@ def eval_tags(config, datasets, overrides: Optional[dict] = None, weights: str =
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: the metrics of the checkpoint config.restore_checkpoint names
-  (with the weights config.restore_params names) on the eval split, with the task's decoding metrics and tags; `record_eval`
-  writes them. Builds the eval split and the eval step only."""
+  (the weights config.restore_params names) on the eval split, with the task's
+  decoding metrics and tags; `record_eval` writes them. Builds the eval split and
+  the eval step only."""
   finished = restore.open_run(config, workdir)
   datasets = datasets_lib.eval_datasets(config, finished.tokenizer)
   strategy = parallel.create(config, None, train_lib.eval_step)
