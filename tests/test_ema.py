@@ -9,6 +9,7 @@ as test_parallel.py does.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,23 @@ def test_eval_of_the_ema_is_recorded_as_the_ema(ema_run):
   assert in_process['loss'] == pytest.approx(printed['loss'], rel=1e-6)
   row = sweep.summarise(sweep.Run({}), workdir)
   assert row['eval_loss'] == own['loss']
+
+
+def test_an_ema_that_differs_from_its_checksums_is_skipped(ema_run, tmp_path, capsys):
+  config, straight = ema_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(straight, workdir)
+  path = os.path.join(workdir, 'checkpoints', '6', 'integrity', 'metadata')
+  with open(path) as f:
+    integrity = json.load(f)
+  name = next(k for k in integrity['state'] if k.startswith("['train_state'].ema.ema"))
+  integrity['state'][name] ^= 1
+  with open(path, 'w') as f:
+    json.dump(integrity, f)
+  assert restore.open_run(config, workdir).step == 6  # the parameters are intact.
+  run = restore.open_run(override(config, {'restore_params': 'ema'}), workdir)
+  assert run.step == 3 and run.weights == 'ema'
+  assert f'the checksum of state{name} differs' in capsys.readouterr().out
 
 
 def test_decode_of_the_ema_generates_from_the_ema(ema_run):

@@ -294,13 +294,14 @@ class Checkpointer:
     params = restored['state']['train_state'][part]
     if has_integrity:
       # A saved NamedTuple (the EMA's optax.EmaState) comes back as a dict: paths are
-      # compared by their names, ".count" and "['count']" alike.
+      # matched by their names, ".count" and "['count']" alike, and named as saved.
       plain = lambda path: re.sub(r"\['([^'\]]*)'\]", r'.\1', path)
       prefix = plain(f"['train_state'].{part}")
-      saved = {plain(path): value for path, value in restored['integrity']['state'].items()
+      saved = {path: value for path, value in restored['integrity']['state'].items()
                if plain(path).startswith(prefix + '.')}
-      now = {prefix + plain(path): value for path, value in
-             fingerprint(params)['state'].items()}
+      as_saved = {plain(path): path for path in saved}
+      now = {as_saved.get(prefix + plain(path), prefix + plain(path)): value
+             for path, value in fingerprint(params)['state'].items()}
       _check_sums(saved, now)
     return params
 
