@@ -234,29 +234,56 @@ class Checkpointer:
     without a model: what another run starts from (init_from.py)."""
     return jax.device_get(self._restore_params(step))
 
-  def restore_params(self, step: Optional[int] = None) -> tuple:
+  def restore_params(self, step: Optional[int] = None, part: str = 'params') -> tuple:
     """(step, params) of the newest checkpoint that restores intact (or of
     `step`): the parameters alone (a nested dict of arrays on the first local
     device), read without a model and without the optimiser state, and checked
     against the checksums saved with them. Damaged newer checkpoints are
-    skipped (or set aside) as `restore` does.
+    skipped (or set aside) as `restore` does. `part` 'ema' reads the train
+    state's parameter EMA instead (train.EmaTrainState: {'count', 'ema'}).
 
     Raises:
       NoIntactCheckpoint: no checkpoint (or not `step`) restores.
     """
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
-    return self._newest_intact(steps, self._restore_params)
+    return self._newest_intact(steps, lambda candidate: self._restore_params(candidate, part))
 
-  def _restore_params(self, step: int) -> dict:
-    """The parameters subtree of `step`'s state item (Orbax's partial restore),
-    checked against the saved checksums of the parameters."""
+  def last_steps(self, n: int) -> list:
+    """The steps of the last `n` checkpoints, oldest first (what
+    config.restore_checkpoint=average:N averages): among the latest
+    keep_checkpoints the run kept, not an older one kept as the best.
+
+    Raises:
+      ConfigError: fewer than `n` are there; names how many, and the field that
+        keeps more.
+    """
+    saved = self.saved_config() or self.config
+    keep = int(saved.get('keep_checkpoints', n))
+    latest = sorted(self.all_steps())[-keep:]
+    if len(latest) >= n:
+      return latest[-n:]
+    listed = ', '.join(map(str, latest)) or 'none'
+    why = (f'the run keeps only its latest config.keep_checkpoints={keep}; train with '
+           f'--config.keep_checkpoints={n} or more to average {n}' if len(latest) == keep else
+           f'the run has saved no more (every config.checkpoint_every='
+           f'{saved.get("checkpoint_every")} steps and at each eval)')
+    raise config_lib.ConfigError(
+        f'config.restore_checkpoint=average:{n} averages the last {n} checkpoints, and '
+        f'{self.directory} holds {len(latest)} (steps {listed}): {why}; or average '
+        f'{len(latest)} or fewer.')
+
+  def _restore_params(self, step: int, part: str = 'params') -> dict:
+    """The `part` subtree ('params', 'ema') of `step`'s train state (Orbax's
+    partial restore), checked against the saved checksums of its arrays."""
     step_dir = os.path.join(self.directory, str(step))
     with ocp.StandardCheckpointer() as reader:
       tree = reader.metadata(os.path.join(step_dir, 'state')).item_metadata.tree
+    if part not in tree['train_state']:
+      raise ValueError(f'step {step} holds no {part}')
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          tree['train_state']['params'])
-    item = {'train_state': {'params': target}}
+                          tree['train_state'][part])
+    item = {'train_state': {part: target}}
     items = {'state': ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)}
@@ -264,13 +291,17 @@ class Checkpointer:
     if has_integrity:
       items['integrity'] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    params = restored['state']['train_state']['params']
+    params = restored['state']['train_state'][part]
     if has_integrity:
-      prefix = "['train_state'].params"
+      # A saved NamedTuple (the EMA's optax.EmaState) comes back as a dict: paths are
+      # matched by their names, ".count" and "['count']" alike, and named as saved.
+      plain = lambda path: re.sub(r"\['([^'\]]*)'\]", r'.\1', path)
+      prefix = plain(f"['train_state'].{part}")
       saved = {path: value for path, value in restored['integrity']['state'].items()
-               if path.startswith(prefix)}
-      now = {prefix + path: value for path, value in
-             fingerprint(params)['state'].items()}
+               if plain(path).startswith(prefix + '.')}
+      as_saved = {plain(path): path for path in saved}
+      now = {as_saved.get(prefix + plain(path), prefix + plain(path)): value
+             for path, value in fingerprint(params)['state'].items()}
       _check_sums(saved, now)
     return params
 

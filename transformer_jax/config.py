@@ -53,6 +53,7 @@ OPTIMIZERS = ('adam', 'adamw')
 SCHEDULES = ('rsqrt', 'cosine', 'constant', 'linear', 'wsd')
 DECAY_MASKS = ('matrices', 'all')
 PARALLELISMS = ('pmap', 'mesh')
+RESTORE_PARAMS = ('params', 'ema')  # the weights eval, decode and export read.
 # task -> (model variant, encoder head) it feeds.
 TASKS = {'lm': ('decoder', None), 'mlm': ('encoder', 'mlm'),
          'classify': ('encoder', 'classify'), 'seq2seq': ('seq2seq', None)}
@@ -301,8 +302,16 @@ def base_config() -> config_dict.ConfigDict:
       # A new run's first parameters: another run's workdir, optionally :best (the
       # default), :latest or :STEP (init_from.py). Read at the first start only.
       init_from=resumable(''),
-      # --mode=eval / decode: the checkpoint read: latest | best (lowest eval loss) | a step.
+      # An exponential moving average of the parameters, updated after every step with this
+      # decay and kept in the checkpoints (train.py: ema = decay ema + (1 - decay) params,
+      # read back debiased); 0 = none. Changes what a run computes, so it may not change on
+      # resume. Typical: 0.999 to 0.9999.
+      ema_decay=0.0,
+      # --mode=eval / decode / export: the checkpoint read: latest | best (lowest eval loss) |
+      # a step | average:N (the mean of the last N checkpoints, Vaswani et al. 2017, 6.1).
       restore_checkpoint=resumable('latest'),
+      # --mode=eval / decode / export: the weights read: params | ema (config.ema_decay's).
+      restore_params=resumable('params'),
       eval_every=resumable(500),
       checkpoint_every=resumable(500),
       parallelism=resumable('pmap'),  # pmap | mesh; one device runs as mesh (plain jit).
@@ -733,9 +742,20 @@ def validate_run(c):
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
   validate_distributed(c.distributed)
-  _check(c.restore_checkpoint in ('latest', 'best') or str(c.restore_checkpoint).isdigit(),
-         f'config.restore_checkpoint={c.restore_checkpoint!r} must be latest, best or a step '
-         'number.')
+  which = str(c.restore_checkpoint)
+  _check(which in ('latest', 'best') or which.isdigit() or averaged_checkpoints(which) > 0,
+         f'config.restore_checkpoint={c.restore_checkpoint!r} must be latest, best, a step '
+         'number or average:N (N >= 1).')
+  _check_choice('', c, 'restore_params', RESTORE_PARAMS)
+  _check(0.0 <= c.ema_decay < 1.0, f'config.ema_decay={c.ema_decay} must be in [0, 1) '
+         '(0 = no EMA; typical: 0.999 to 0.9999).')
+
+
+def averaged_checkpoints(which) -> int:
+  """N of a config.restore_checkpoint `which` of average:N (the last N checkpoints
+  are averaged); 0 when it names one checkpoint (or is malformed: validation says so)."""
+  kind, _, count = str(which).partition(':')
+  return int(count) if kind == 'average' and count.isdigit() else 0
 
 
 def validate_distributed(d):

@@ -62,12 +62,14 @@ def evaluate(strategy, state, batches, max_batches: int = 0) -> dict:
   return strategy.fetch(total)
 
 
-def eval_measure(config, datasets, overrides: Optional[dict] = None) -> dict:
+def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: str = '') -> dict:
   """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
   evals measured differently are never compared as one series: the eval split,
   where the dataset has a choice of them, config.eval_steps where it caps the
-  batches (a partial eval), and the `overrides` of a finished run's config it
-  was measured with (restore.FinishedRun.overrides: e.g. other eval files).
+  batches (a partial eval), the `overrides` of a finished run's config it
+  was measured with (restore.FinishedRun.overrides: e.g. other eval files), and
+  the `weights` when they are not the parameters of the step recorded
+  (restore.FinishedRun.weights: the EMA, an average of checkpoints).
   Keys: run_log.MEASURE_KEYS."""
   measure = {}
   if datasets.recipe.selects_eval_split:
@@ -76,6 +78,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None) -> dict:
     measure['eval_steps'] = config.eval_steps
   if overrides:
     measure['eval_overrides'] = overrides
+  if weights:
+    measure['weights'] = weights
   return measure
 
 
@@ -127,11 +131,11 @@ def task_metrics(run: Opened, loss: float) -> dict:
   return evaluators.evaluate(config_lib.evaluators(config), inputs)
 
 
-def eval_tags(config, datasets, overrides: Optional[dict] = None) -> dict:
+def eval_tags(config, datasets, overrides: Optional[dict] = None, weights: str = '') -> dict:
   """How --mode=eval measured: eval_measure (the eval split, the batches, the
-  overrides) and, where the task decodes, the decoding method (recorded with
-  the numbers in metrics.jsonl)."""
-  tags = eval_measure(config, datasets, overrides)
+  overrides, the weights) and, where the task decodes, the decoding method
+  (recorded with the numbers in metrics.jsonl)."""
+  tags = eval_measure(config, datasets, overrides, weights)
   if config.data.task == 'seq2seq':
     m = config.decode
     tags['decode'] = {'beam': f'beam {m.beam_size}, alpha {m.alpha}', 'greedy': 'greedy',
@@ -142,8 +146,9 @@ def eval_tags(config, datasets, overrides: Optional[dict] = None) -> dict:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: the metrics of the checkpoint config.restore_checkpoint names
-  on the eval split, with the task's decoding metrics and tags; `record_eval`
-  writes them. Builds the eval split and the eval step only."""
+  (the weights config.restore_params names) on the eval split, with the task's
+  decoding metrics and tags; `record_eval` writes them. Builds the eval split and
+  the eval step only."""
   finished = restore.open_run(config, workdir)
   datasets = datasets_lib.eval_datasets(config, finished.tokenizer)
   strategy = parallel.create(config, None, train_lib.eval_step)
@@ -152,7 +157,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   sums = evaluate(strategy, state, datasets.eval(), config.eval_steps)
   values = metrics_lib.summarize(sums, config.data.task)
   values.update(task_metrics(_opened(finished, datasets), values['loss']))
-  tags = eval_tags(config, datasets, finished.overrides())
+  tags = eval_tags(config, datasets, finished.overrides(), finished.weights)
   return dict(values, step=finished.step, **tags)
 
 

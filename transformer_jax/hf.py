@@ -702,10 +702,11 @@ def export(model, params: dict, directory: str, step: Optional[int] = None,
 
 
 def export_checkpoint(config, workdir: str, directory: str) -> str:
-  """--mode=export: the checkpoint config.restore_checkpoint names (latest, best
-  or a step) of `workdir` written to `directory` by `export`, with the model
-  config the run saved with it (so no model overrides are needed); returns one
-  line saying what was written.
+  """--mode=export: the checkpoint config.restore_checkpoint names (latest, best,
+  a step or average:N; config.restore_params: its parameters or their EMA) of
+  `workdir` written to `directory` by `export`, with the model config the run
+  saved with it (so no model overrides are needed); returns one line saying
+  what was written.
 
   Raises:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
@@ -717,5 +718,6 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
   how = f'transformers.{hf_config(model)["architectures"][0]}.from_pretrained loads it'
   if tokenizer is not None and tokenizer.name == 'hf':
     how += ', and AutoTokenizer.from_pretrained its tokenizer'
-  return (f'Exported {workdir} step {run.step} to {directory} ({kind}: {how}; '
+  what = f'step {run.step}' + (f' ({run.weights})' if run.weights else '')
+  return (f'Exported {workdir} {what} to {directory} ({kind}: {how}; '
           'config.init_from=hf:DIR reads it back).')

@@ -11,12 +11,14 @@ micro-batches.
 """
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 from flax import struct
 from flax.core import meta
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from transformer_jax import config as config_lib
@@ -37,6 +39,21 @@ class TrainState(struct.PyTreeNode):
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state)
+
+
+class EmaTrainState(TrainState):
+  """A TrainState that also averages the parameters after every update
+  (config.ema_decay > 0, `parameter_ema`). A subclass, not a field that is None
+  without an EMA: a run without one saves and restores the very state (and
+  checkpoint layout) it did before the EMA existed."""
+  # optax.EmaState of the parameters: count (updates averaged) and ema (not debiased:
+  # `ema_params` reads it).
+  ema: Any
+  ema_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  def apply_gradients(self, grads):
+    state = super().apply_gradients(grads)
+    return state.replace(ema=self.ema_tx.update(state.params, self.ema)[1])
 
 
 # ----------------------------------------------------------------------------
@@ -105,6 +122,39 @@ def create_optimizer(config, learning_rate_fn: Callable) -> optax.GradientTransf
 
 
 # ----------------------------------------------------------------------------
+# The parameters' exponential moving average.
+
+
+def parameter_ema(decay: float) -> Optional[optax.GradientTransformation]:
+  """The EMA of the parameters that config.ema_decay asks for (None for 0): optax.ema
+  fed the parameters after each update t, so its state holds
+  ema_t = decay ema_(t-1) + (1 - decay) p_t, ema_0 = 0, and the number of updates t
+  (Polyak & Juditsky 1992 average the iterates; the exponential weighting as in
+  TensorFlow's ExponentialMovingAverage). Not debiased here: `ema_params` does that
+  once, when the weights are read."""
+  return optax.ema(decay, debias=False) if decay > 0 else None
+
+
+def ema_params(ema, decay: float):
+  """The debiased EMA of an optax.EmaState `ema` (`parameter_ema`'s, after t =
+  ema.count updates): ema_t / (1 - decay^t) = sum_i (1 - decay) decay^(t - i) p_i /
+  (1 - decay^t), a weighted mean of the parameters p_1..p_t after every update whose
+  weights sum to 1, so early on it is not pulled towards ema_0 = 0 (Adam's bias
+  correction, Kingma & Ba 2015, section 3). On the host, in float64 (1 - decay^t via
+  expm1, no cancellation for decay near 1), cast back to each array's dtype; a tree of
+  numpy arrays like the parameters.
+
+  Raises:
+    ValueError: ema.count is 0 (no update averaged yet).
+  """
+  count = int(np.asarray(ema.count))
+  if count < 1:
+    raise ValueError('the EMA has averaged no update yet (count 0).')
+  scale = -1.0 / math.expm1(count * math.log(decay))  # 1 / (1 - decay^count)
+  return jax.tree.map(lambda x: (np.asarray(x, np.float64) * scale).astype(x.dtype), ema.ema)
+
+
+# ----------------------------------------------------------------------------
 # State.
 
 
@@ -123,18 +173,22 @@ def init_fn(config, model, tx) -> Callable:
   """rng -> a fresh TrainState (pure, so a strategy can jit it into its shards)."""
   args = init_inputs(config.model, config.seq_len)
   apply_fn = make_apply_fn(model, config.model.variant)
+  ema_tx = parameter_ema(config.ema_decay)
 
   def init(rng):
     params = meta.unbox(model.init(rng, *args)['params'])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      apply_fn=apply_fn, tx=tx)
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                  apply_fn=apply_fn, tx=tx)
+    if ema_tx is None:
+      return TrainState(**fields)
+    return EmaTrainState(**fields, ema=ema_tx.init(params), ema_tx=ema_tx)
 
   return init
 
 
 def create_state(config, model, strategy=None) -> tuple:
   """(state, rng): a fresh TrainState (the schedule, the optimiser, the
-  parameters' init from config.seed and the optimiser state) placed by
+  parameters' init from config.seed, the optimiser state and the EMA's) placed by
   `strategy` (parallel.py; without one, jitted on the default device), and the
   dropout key split off the same seed. What every training start builds
   (trainer.py, the benchmarks) before it restores or loads anything."""
