@@ -17,6 +17,9 @@ from typing import Callable, Optional, Sequence
 from transformer_jax import run_log
 
 STATUS_FILE = 'sweep_status.json'
+# A request to stop the run early (early_stopping.Stopper writes it, with why):
+# the launch passes it on to the training process as SIGTERM.
+STOP_FILE = 'stop_request.json'
 
 
 def _last_line(path: str, start: int) -> str:
@@ -25,6 +28,14 @@ def _last_line(path: str, start: int) -> str:
     f.seek(start)
     lines = [line.strip() for line in f.read().splitlines() if line.strip()]
   return lines[-1] if lines else '(no output)'
+
+
+def _stop_reason(path: str) -> str:
+  try:
+    with open(path) as f:
+      return str(json.load(f).get('why', 'stopped early'))
+  except (OSError, ValueError, AttributeError):
+    return 'stopped early'
 
 
 def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
@@ -41,15 +52,19 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   `on_start` sees the process (the local executor passes it the sweep's
   signals). A KeyboardInterrupt while it trains (the Ray executor cancelling
   the run's task) is passed on as SIGTERM: the run saves, then exits; the
-  status then has `signal` set.
+  status then has `signal` set. So is a stop request (STOP_FILE) appearing in
+  `run_dir`; the status then also has `early_stopped`, the request's reason.
   """
   cmd = [sys.executable, *args]
   start = time.time()
   status = {'hostname': socket.gethostname(), **(where or {}), 'command': cmd, 'signal': None,
             'started': start}
   log_path = os.path.join(run_dir, 'log.txt')
+  stop_path = os.path.join(run_dir, STOP_FILE)
   try:
     os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(stop_path):  # a request to an earlier launch, not to this one.
+      os.remove(stop_path)
     with open(log_path, 'a') as log:
       log.write(f'=== launched {time.strftime("%Y-%m-%d %H:%M:%S")} on {status["hostname"]}: '
                 f'{" ".join(cmd)}\n')
@@ -65,6 +80,9 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   while True:
     try:  # polled, not wait()ed: Ray's cancel raises between bytecodes only.
       while process.poll() is None:
+        if 'early_stopped' not in status and os.path.exists(stop_path):
+          status.update(early_stopped=_stop_reason(stop_path), signal=signal.SIGTERM)
+          process.send_signal(signal.SIGTERM)
         time.sleep(0.1)
       break
     except KeyboardInterrupt:

@@ -2,8 +2,9 @@
 
 A sweep is declared next to its config: `get_sweep(name)` returns a grid, a dict
 {config key: [values]} whose product is run (`seed` is an axis like any other),
-an explicit list of override dicts, or a `Search` (Ray Tune search spaces and a
-sample count: sampled points, run like grid points).
+an explicit list of override dicts, or a `search.Search` (Ray Tune search spaces
+and a sample count: sampled points, run like grid points, optionally stopped
+early by ASHA).
 
   python -m transformer_jax.sweep --config=shakespeare_char \
       --sweep=ffn_x_heads --workdir=runs/ffn_x_heads [--config.total_steps=300 ...] \
@@ -34,6 +35,7 @@ effects) and PNG plots, for any grid shape (a seed-only grid included),
 rewritten as runs finish.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -52,8 +54,11 @@ from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
 from transformer_jax import configs
+from transformer_jax import progress
 from transformer_jax import run_log
 from transformer_jax import run_process
+from transformer_jax import search
+from transformer_jax.search import ASHA, Search  # what get_sweep() may return, as sweep.*.
 from transformer_jax.models import accounting
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment config: a name in '
@@ -101,52 +106,11 @@ class Run:
     return f"{prefix.decode(errors='ignore')}~{digest}"
 
 
-@dataclasses.dataclass
-class Search:
-  """Sampled points for get_sweep() to return: a search beyond grids.
-
-  `space` maps config keys to Ray Tune search spaces (`tune.loguniform(1e-4,
-  1e-2)`, `tune.choice([...])`, ...) or to lists, which are grid axes (every
-  value is run). Each grid point gets `num_samples` draws of the sampled keys,
-  drawn by Ray Tune's own sampler from `seed`, so a relaunch draws the same
-  points and finds their runs. The points are then run and reported like grid
-  points. Sampling needs Ray (the ray extra); running them does not.
-  """
-  space: Dict[str, Any]
-  num_samples: int = 1
-  seed: int = 0
-
-
-def _sample(search: Search) -> List[Dict[str, Any]]:
-  """The concrete overrides of a Search (Ray Tune's variant generator)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  try:
-    from ray import tune  # pylint: disable=g-import-not-at-top
-    from ray.tune.search import variant_generator  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise config_lib.ConfigError('get_sweep() returned a Search, which Ray Tune samples; install '
-                                 "it with pip install 'transformer_jax[ray]'.") from None
-  if not isinstance(search.num_samples, int) or search.num_samples < 1:
-    raise config_lib.ConfigError(f'Search.num_samples={search.num_samples!r}; give a count >= 1.')
-  spec = {k: tune.grid_search(v) if isinstance(v, (list, tuple)) else v
-          for k, v in search.space.items()}
-  rng = np.random.default_rng(search.seed)
-  points = []
-  for _ in range(search.num_samples):
-    for _, variant in variant_generator.generate_variants(spec, random_state=rng):
-      points.append({k: variant[k] for k in search.space})
-  unique = list({json.dumps(p, sort_keys=True, default=str): p for p in points}.values())
-  if len(unique) < len(points):
-    print(f'The search drew {len(points) - len(unique)} point(s) twice; each distinct point runs '
-          f'once ({len(unique)} runs).', flush=True)
-  return unique
-
-
 def expand(spec) -> List[Run]:
   """A grid dict {key: [values]} -> its product; a list of dicts -> those runs;
   a Search -> its sampled points."""
   if isinstance(spec, Search):
-    spec = _sample(spec)
+    spec = search.sample(spec)
   if isinstance(spec, dict):
     keys = list(spec)
     return [Run(dict(zip(keys, values))) for values in itertools.product(*spec.values())]
@@ -214,8 +178,17 @@ def command(config_path: str, run: Run, run_dir: str, extra: Sequence[str]) -> L
           *[f'--config.{k}={v}' for k, v in run.overrides.items()], *extra]
 
 
+def stopped_early(status: dict) -> bool:
+  """Whether the launch ended because early stopping asked it to (and it did
+  not finish first)."""
+  return bool(status.get('early_stopped')) and status.get('returncode') not in (0, None)
+
+
 def outcome(status: dict) -> str:
-  """What a launch came to, in words: 'ok', 'stopped by SIGINT, ...' or 'FAILED: ...'."""
+  """What a launch came to, in words: 'ok', 'stopped early by ASHA at step N
+  (...)', 'stopped by SIGINT, ...' or 'FAILED: ...'."""
+  if stopped_early(status):
+    return status['early_stopped']
   if status.get('returncode') == 0:
     return 'ok' if status.get('signal') is None else 'ok (it finished before the stop reached it)'
   if status.get('signal') is not None:
@@ -302,9 +275,12 @@ def _read_status(run_dir: str) -> dict:
 
 
 def finished(run_dir: str, requested) -> bool:
-  """Whether the run in `run_dir` finished (exit 0) with exactly the `requested` config."""
+  """Whether the run in `run_dir` finished (exit 0, or stopped early by the
+  search's early stopping) with exactly the `requested` config."""
   config_path = os.path.join(run_dir, 'config.json')
-  if _read_status(run_dir).get('returncode') != 0 or not os.path.exists(config_path):
+  status = _read_status(run_dir)
+  if not (status.get('returncode') == 0 or stopped_early(status)) or not os.path.exists(
+      config_path):
     return False
   with open(config_path) as f:
     return json.load(f) == json.loads(requested.to_json_best_effort(sort_keys=True))
@@ -348,7 +324,8 @@ def summarise(run: Run, run_dir: str, status: Optional[dict] = None) -> dict:
         if k != 'split' and k not in run_log.MEASURE_KEYS and isinstance(v, (int, float)):
           row[f'{split}_{k}'] = v
   status = status or _read_status(run_dir)
-  row['status'] = ('not run' if not status else 'ok' if status.get('returncode') == 0 else
+  row['status'] = ('not run' if not status else 'stopped early' if stopped_early(status) else
+                   'ok' if status.get('returncode') == 0 else
                    'stopped' if status.get('signal') is not None else 'failed')
   row['seconds'] = round(status.get('seconds', float('nan')), 1)
   row['host'] = status.get('hostname', '')
@@ -371,7 +348,8 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def markdown_table(rows: List[dict], axes: List[str], metric: str) -> str:
-  """Mean +/- std over seeds for each setting of the other axes."""
+  """Mean +/- std over seeds for each setting of the other axes (finished runs;
+  a setting whose runs were all stopped early says so)."""
   group_axes = [a for a in axes if a != 'seed']
   groups: Dict[tuple, List[dict]] = {}
   for row in rows:
@@ -382,11 +360,13 @@ def markdown_table(rows: List[dict], axes: List[str], metric: str) -> str:
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for key, members in sorted(groups.items(), key=lambda kv: [_order(k) for k in kv[0]]):
     ok = [r for r in members if r['status'] == 'ok']
+    early = sum(r['status'] == 'stopped early' for r in members)
     cells = [str(k) for k in key] + [
         f"{members[0].get('params', float('nan')):,}",
         f"{members[0].get('flops_per_token', float('nan')):.3g}",
-        mean_std([r.get(column) for r in ok]), mean_std([r.get('train_loss') for r in ok]),
-        f'{len(ok)}/{len(members)}'
+        mean_std([r.get(column) for r in ok]) if ok or not early else 'stopped early',
+        mean_std([r.get('train_loss') for r in ok]),
+        f'{len(ok)}/{len(members)}' + (f' ({early} stopped early)' if early else '')
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
@@ -531,14 +511,17 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
     SweepStopped: a signal stopped the sweep while runs remain (the running
       runs saved; the report of what finished is written).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   module = configs.load_module(config_path)
   if not hasattr(module, 'get_sweep'):
     raise config_lib.ConfigError(f'{config_path} has no get_sweep(); declare the grid there.')
-  runs = expand(module.get_sweep(sweep) if sweep else module.get_sweep())
+  spec = module.get_sweep(sweep) if sweep else module.get_sweep()
+  runs = expand(spec)
   check_runs(configs.load(config_path), runs)
   requested = {run.name: requested_config(config_path, run, extra_args) for run in runs}
   runs_dir = os.path.join(workdir, 'runs')
+  asha = spec.early_stopping if isinstance(spec, Search) else None
+  if asha:
+    asha.check(max(requested[run.name].total_steps for run in runs))
   os.makedirs(runs_dir, exist_ok=True)
   statuses: Dict[str, dict] = {}
   stopped = None
@@ -549,18 +532,22 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
       print(f'{len(runs) - len(todo)} of {len(runs)} runs finished earlier with this config: '
             'skipped.', flush=True)
     executor = executor or LocalExecutor()
+    stopper = search.Stopper(
+        asha, {run.name: os.path.join(runs_dir, run.name) for run in runs},
+        max(requested[run.name].total_steps for run in runs),
+        active=[run.name for _, run in todo]) if asha else contextlib.nullcontext()
     # Paths every node reads alike: a config file given relative to here, and the workdir.
     spec, colon, arg = config_path.partition(':')
     where_config = os.path.abspath(spec) + colon + arg if os.path.isfile(spec) else config_path
     launches = [(i, command(where_config, run, os.path.abspath(os.path.join(runs_dir, run.name)),
                             extra_args), os.path.abspath(os.path.join(runs_dir, run.name)))
                 for i, run in todo]
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit='run', desc='runs finished',
-               file=sys.stderr, dynamic_ncols=True, disable=not todo)
+    bar = progress.bar(total=len(runs), initial=len(runs) - len(todo), unit='run',
+                       desc='runs finished', file=sys.stderr, dynamic_ncols=True)
     try:
       if todo:
         executor.start()
-      with _Signals(executor) as signals:
+      with _Signals(executor) as signals, stopper:
         for i, status in executor.run(launches):
           run = runs[i]
           run_dir = os.path.join(runs_dir, run.name)
@@ -573,7 +560,7 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
                     f'{status["seconds"]:.0f}s on {_where(status)}; log: '
                     f'{os.path.join(run_dir, "log.txt")})', file=sys.stdout)
           sys.stdout.flush()
-          if status['signal'] is None or status['returncode'] == 0:
+          if status['signal'] is None or status['returncode'] == 0 or stopped_early(status):
             bar.update(1)
       stopped = signals.signum
     finally:
@@ -581,7 +568,7 @@ def run_sweep(config_path: str, sweep: Optional[str], workdir: str, extra_args: 
       executor.close()
   rows = report(runs, workdir, metric, statuses)
   print(open(os.path.join(workdir, 'results.md')).read(), flush=True)
-  remaining = [r for r in rows if r['status'] != 'ok']
+  remaining = [r for r in rows if r['status'] not in ('ok', 'stopped early')]
   if stopped is not None and remaining:
     saved = [r['run'] for r in remaining if r['status'] == 'stopped']
     others = [r['run'] for r in remaining if r['status'] != 'stopped']
