@@ -62,6 +62,27 @@ def test_rmsnorm_replaces_every_layernorm_and_drops_its_bias():
       base.cfg.replace(norm_type='rmsnorm')) == 6 * 16
 
 
+def test_layernorm_without_bias_is_the_formula_without_beta():
+  rng = np.random.default_rng(3)
+  x = rng.normal(2.0, 3.0, (3, 5, 16))
+  scale = rng.normal(1.0, 0.5, 16)
+  cfg = _tiny_model(norm_bias=False, layer_norm_epsilon=1e-5).cfg
+  norm = layers.norm_layer(cfg, 'norm')
+  out = norm.apply({'params': {'scale': jnp.asarray(scale, jnp.float32)}},
+                   jnp.asarray(x, jnp.float32))
+  centred = x - x.mean(-1, keepdims=True)
+  expected = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5) * scale
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  # The model's every LayerNorm loses its bias and keeps its scale; nothing else changes.
+  params = _init(_tiny_model(norm_bias=False, embedding_norm=True, qk_norm=True))
+  flat = config_lib.flatten(params, '/')
+  assert len([k for k in flat if k.endswith('norm/scale')]) == 10  # 6 as above, 4 QK-norms.
+  assert not [k for k in flat if 'norm/bias' in k] and [k for k in flat if k.endswith('/bias')]
+  base = _tiny_model(embedding_norm=True, qk_norm=True).cfg
+  assert accounting.count_params(base) - accounting.count_params(
+      base.replace(norm_bias=False)) == 6 * 16 + 4 * 8
+
+
 def test_soft_cap_is_cap_tanh_of_logits_over_cap():
   x = np.linspace(-200.0, 200.0, 41)
   np.testing.assert_allclose(attention_lib.soft_cap(jnp.asarray(x, jnp.float32), 30.0),
@@ -142,16 +163,20 @@ def test_z_loss_and_its_gradient_are_the_formulas():
 
 def test_the_options_add_no_flops():
   base = _tiny_model().cfg
-  for change in (dict(norm_type='rmsnorm'), dict(qk_norm=True), dict(attn_logit_softcap=50.0),
-                 dict(final_logit_softcap=30.0), dict(init='gpt2')):
+  for change in (dict(norm_type='rmsnorm'), dict(norm_bias=False), dict(qk_norm=True),
+                 dict(attn_logit_softcap=50.0), dict(final_logit_softcap=30.0),
+                 dict(init='gpt2')):
     assert accounting.flops_per_token(base.replace(**change), 8) == accounting.flops_per_token(
         base, 8)
   described = accounting.describe(base.replace(qk_norm=True, norm_type='rmsnorm'), 8)
   assert described['qk_norm'] is True and described['norm_type'] == 'rmsnorm'
+  assert accounting.describe(base.replace(norm_bias=False), 8)['norm_bias'] is False
 
 
 @pytest.mark.parametrize('overrides,message', [
     ({'model.norm_type': 'batchnorm'}, 'config.model.norm_type'),
+    ({'model.norm_type': 'rmsnorm', 'model.norm_bias': False},
+     'norm_type=rmsnorm has none; leave norm_bias at True'),
     ({'model.init': 'xavier'}, 'config.model.init'),
     ({'model.attn_logit_softcap': -1.0}, 'config.model.attn_logit_softcap=-1.0 must be >= 0'),
     ({'model.attention': 'linear', 'model.attn_logit_softcap': 50.0},

@@ -39,8 +39,8 @@ VOCAB, LENGTH, BATCH = 16, 6, 2
 
 # The checkpoint-import options (GPT-2's and BERT's, hf.py) ride on these too; the
 # tanh GELU is the one activation not enumerated in full (it is GELU's formula).
-# The normalisation, logit and initialisation options (issue 26) and the z-loss ride
-# on them as well.
+# The normalisation (norm_bias among them), logit and initialisation options (issue 26)
+# and the z-loss ride on them as well.
 EXTRAS = [
     {},
     {'model.share_embeddings': False, 'model.embedding_norm': True, 'model.norm_type': 'rmsnorm'},
@@ -50,7 +50,7 @@ EXTRAS = [
      'model.final_logit_softcap': 2.0, 'z_loss': 1e-4},
     {'model.remat': 'full', 'model.activation': 'gelu_tanh', 'model.pooler': True,
      'model.init': 'gpt2', 'model.norm_type': 'rmsnorm', 'model.qk_norm': True},
-    {'model.remat': 'dots', 'model.attn_logit_softcap': 1.0},
+    {'model.remat': 'dots', 'model.attn_logit_softcap': 1.0, 'model.norm_bias': False},
     {'model.attention_dropout_rate': 0.1, 'model.attn_logit_softcap': 1.0},
     {'model.num_encoder_layers': 2, 'model.num_decoder_layers': 1},
 ]

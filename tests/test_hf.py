@@ -218,6 +218,24 @@ def test_refuses_a_mismatched_config_naming_the_overrides(gpt2_dir):
   assert '--config.model.d_model=16' in message and 'ffn_ratio' not in message
 
 
+def test_a_layernorm_without_bias_neither_imports_nor_exports_gpt2(gpt2_dir, tmp_path):
+  """GPT-2's LayerNorms have a bias: a run without (norm_bias=False, nanoGPT's bias=False)
+  is refused both ways in one line, as a run without dense biases is."""
+  path, _ = gpt2_dir
+  config = config_lib.base_config()
+  config.model.variant = 'decoder'
+  hf.configure(config, path)
+  config.model.norm_bias = False
+  with pytest.raises(config_lib.ConfigError) as e:
+    hf.load(config, {})
+  assert '--config.model.norm_bias=True' in _one_line(e)
+  params = build_model(config.model).init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))
+  with pytest.raises(config_lib.ConfigError) as e:
+    hf.export(config.model, params['params'], str(tmp_path / 'out'))
+  assert 'norm_bias=False' in _one_line(e)
+  assert not os.path.exists(tmp_path / 'out')
+
+
 def test_refuses_a_mismatched_shape(gpt2_dir):
   path, _ = gpt2_dir
   config, model, _, _ = _import(path, 'decoder')

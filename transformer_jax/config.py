@@ -144,6 +144,8 @@ def model_config() -> config_dict.ConfigDict:
       # every norm of the model: layernorm (paper) | rmsnorm (Zhang & Sennrich 2019: no
       # centring, no bias).
       norm_type='layernorm',
+      # layernorm only: each LayerNorm's bias beta; False = scale only (nanoGPT's bias=False).
+      norm_bias=True,
       layer_norm_epsilon=1e-6,  # epsilon of every norm, layernorm or rmsnorm.
       # normalise each head's queries and keys (norm_type, over the head dim) before their dot
       # product (QK-norm: Henry et al. 2020; Dehghani et al. 2023).
@@ -431,6 +433,7 @@ class ModelConfig:
   max_len: int
   norm: str
   norm_type: str
+  norm_bias: bool
   layer_norm_epsilon: float
   qk_norm: bool
   attn_logit_softcap: float
@@ -597,6 +600,9 @@ def validate_model(m):
   for name in ('dropout_rate', 'attention_dropout_rate'):
     value = getattr(m, name)
     _check(0.0 <= value < 1.0, f'config.model.{name}={value} must be in [0, 1).')
+  _check(m.norm_bias or m.norm_type == 'layernorm',
+         f'config.model.norm_bias=False removes LayerNorm\'s bias, and norm_type={m.norm_type} '
+         'has none; leave norm_bias at True.')
   _check(m.layer_norm_epsilon > 0,
          f'config.model.layer_norm_epsilon={m.layer_norm_epsilon} must be positive.')
   _check(m.token_types >= 0, f'config.model.token_types={m.token_types} must be >= 0 (0 = none).')

@@ -157,7 +157,8 @@ def model_fields(hf: dict, head: str = 'mlm') -> tuple:
                     token_types=hf.get('type_vocab_size', 2), embedding_norm=True)
     head_fields = (dict(share_embeddings=tied, head_transform=True, output_bias=tied)
                    if head == 'mlm' else dict(pooler=True, pooling='first'))
-  required.update(use_bias=True, scale_embeddings=False, attention='full', num_kv_heads=None)
+  required.update(use_bias=True, norm_bias=True, scale_embeddings=False, attention='full',
+                  num_kv_heads=None)
   if hf['model_type'] == 'gpt2':
     required.update(token_types=0, embedding_norm=False, head_transform=False,
                     output_bias=False)
@@ -561,9 +562,11 @@ def load(config, fresh: dict, tokenizer=None) -> tuple:
 # Export.
 
 
-# What neither GPT-2 nor BERT has: our ablation options must be off to export.
-_NO_ABLATION_OPTIONS = dict(norm_type='layernorm', qk_norm=False, attn_logit_softcap=0.0,
-                            final_logit_softcap=0.0)
+# What neither GPT-2 nor BERT has: our ablation options must be off to export. Their
+# LayerNorms have a bias, so a run without (norm_bias=False) is refused, as one without
+# dense biases is (use_bias=False), rather than written with zeros.
+_NO_ABLATION_OPTIONS = dict(norm_type='layernorm', norm_bias=True, qk_norm=False,
+                            attn_logit_softcap=0.0, final_logit_softcap=0.0)
 
 
 def _layout(m, needs: dict) -> list:

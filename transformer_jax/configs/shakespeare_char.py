@@ -17,12 +17,13 @@ corpus) and prints a few samples.
 `:nanogpt` is nanoGPT's CPU recipe (its README's command over
 config/train_shakespeare_char.py and train.py's defaults) on the same shape, as
 nanoGPT's GPT builds it: pre-LN with a final LayerNorm (epsilon 1e-5), learned
-positions, exact GELU, no biases in the dense layers (train.py: bias=False),
-unscaled tied embeddings, GPT-2's initialisation (N(0, 0.02), residual projections
-/ sqrt(2 x layers)); AdamW (0.9, 0.99, eps 1e-8) with weight decay 0.1 on matrices
-and embeddings, gradients clipped at 1.0, learning rate 1e-3 after 100 warmup steps
-cosine-decayed to 1e-4 at step 2000. What still differs (our LayerNorms keep their
-bias; our data is our corpus) and the side-by-side run with nanoGPT's own
+positions, exact GELU, no biases in the dense layers or the LayerNorms (train.py:
+bias=False), unscaled tied embeddings, GPT-2's initialisation (N(0, 0.02), residual
+projections / sqrt(2 x layers)); AdamW (0.9, 0.99, eps 1e-8) with weight decay 0.1 on
+matrices and embeddings, gradients clipped at 1.0, learning rate 1e-3 after 100 warmup
+steps cosine-decayed to 1e-4 at step 2000; a softmax over the tokenizer's 88 ids. What
+still differs (the 4 special ids in the softmax; the warmup's first 100 rates, 1%
+higher at most; our data is our corpus) and the side-by-side run with nanoGPT's own
 train.py: experiments/results/shakespeare_char_nanogpt/.
 
 Ablations (get_sweep below), e.g. the paper's Table 3 rows (A) and (C) in small:
@@ -70,9 +71,11 @@ def get_config(arg: str = ''):
     c.eval_every = 300
     c.eval_steps = 100
   if arg == 'nanogpt':
+    # vocab_size: the tokenizer's own ids (its 4 specials and the training split's 84
+    # characters, nanoGPT's 84), no spare ids in the softmax.
     c.model.update(norm='pre', position='learned', max_len=64, activation='gelu',
-                   use_bias=False, scale_embeddings=False, layer_norm_epsilon=1e-5,
-                   init='gpt2')
+                   use_bias=False, norm_bias=False, scale_embeddings=False,
+                   layer_norm_epsilon=1e-5, init='gpt2', vocab_size=88)
     c.optimizer.update(name='adamw', b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1,
                        decay='matrices', grad_clip_norm=1.0, schedule='cosine',
                        end_learning_rate=1e-4)

@@ -16,10 +16,11 @@ and BERT's MLM head transform (`head_transform`) its d x d dense.
 For seq2seq the count is per target token, with a source as long as the target.
 An image model (ViT) adds the patch projection E per token, and its rows are its
 image_length tokens (patches, plus [CLS]).
-The normalisation and logit options (`norm_type`, `qk_norm`, the soft-caps, and the
-z-loss) multiply no weight matrix, so, like the LayerNorms, softmaxes and activations
-here and in PaLM's count, they add no FLOPs: a capped run's MFU is comparable with an
-uncapped one's. Their parameters (RMSNorm has no bias; QK-norm's scales) are counted.
+The normalisation and logit options (`norm_type`, `norm_bias`, `qk_norm`, the soft-caps,
+and the z-loss) multiply no weight matrix, so, like the LayerNorms, softmaxes and
+activations here and in PaLM's count, they add no FLOPs: a capped run's MFU is comparable
+with an uncapped one's. Their parameters (RMSNorm has no bias, nor a LayerNorm with
+norm_bias=False; QK-norm's scales) are counted.
 """
 
 from typing import Any, Dict, List, Sequence
@@ -123,6 +124,7 @@ def describe(cfg, seq_len: int) -> dict:
       'position': cfg.position,
       'norm': cfg.norm,
       'norm_type': cfg.norm_type,
+      'norm_bias': cfg.norm_bias,
       'qk_norm': cfg.qk_norm,
       'attn_logit_softcap': cfg.attn_logit_softcap,
       'final_logit_softcap': cfg.final_logit_softcap,

@@ -67,10 +67,15 @@ class RMSNorm(nn.Module):
 
 def norm_layer(cfg, name: str) -> nn.Module:
   """The model's normalisation, `cfg.norm_type`, over the last axis: LayerNorm (Ba et
-  al. 2016; the paper's) or `RMSNorm`, each with epsilon `cfg.layer_norm_epsilon`."""
+  al. 2016; the paper's) or `RMSNorm`, each with epsilon `cfg.layer_norm_epsilon`.
+
+  LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + epsilon) * g + b, g [d] starting at 1
+  and b [d] at 0; `cfg.norm_bias=False` leaves b out (nanoGPT's GPT with bias=False).
+  """
   if cfg.norm_type == 'rmsnorm':
     return RMSNorm(cfg.layer_norm_epsilon, compute_dtype(cfg), name=name)
-  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg), name=name)
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                      use_bias=cfg.norm_bias, name=name)
 
 
 class Dropout(nn.Module):
