@@ -319,6 +319,10 @@ def base_config() -> config_dict.ConfigDict:
       fsdp=resumable(1),
       log_every=resumable(50),  # steps per train record (stdout, TensorBoard, metrics.jsonl).
       eval_steps=resumable(0),  # batches per evaluation; 0 = the full eval split.
+      # Sliding-window eval of a token stream's causal LM: windows this many tokens apart,
+      # each scoring only the targets no earlier window scored, with up to seq_len - 1 tokens
+      # of context (data/batching.stream_eval_rows); 0 = non-overlapping windows (= seq_len).
+      eval_stride=resumable(0),
       keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
       keep_best_checkpoints=resumable(1),  # ... plus the N best by eval loss.
       async_checkpointing=resumable(True),  # write checkpoints in the background.
@@ -741,6 +745,14 @@ def validate_run(c):
   _check(limit is None or c.seq_len <= limit,
          f'config.seq_len={c.seq_len} is longer than the positional table '
          f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+  _check(0 <= c.eval_stride <= c.seq_len,
+         f'config.eval_stride={c.eval_stride} must be in [0, config.seq_len={c.seq_len}] '
+         '(0 = non-overlapping windows).')
+  _check(not c.eval_stride or (c.data.task == 'lm' and
+                               getattr(catalog.DATASETS.get(c.data.name), 'kind', '') == 'corpus'),
+         f'config.eval_stride={c.eval_stride} slides the windows of a token stream\'s causal LM '
+         f'(data.task=lm on a corpus such as shakespeare), not data.task={c.data.task} on '
+         f'{c.data.name}; set it to 0.')
   validate_distributed(c.distributed)
   which = str(c.restore_checkpoint)
   _check(which in ('latest', 'best') or which.isdigit() or averaged_checkpoints(which) > 0,

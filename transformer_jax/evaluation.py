@@ -66,7 +66,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: st
   """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
   evals measured differently are never compared as one series: the eval split,
   where the dataset has a choice of them, config.eval_steps where it caps the
-  batches (a partial eval), the `overrides` of a finished run's config it
+  batches (a partial eval), config.eval_stride where the windows overlap (a
+  sliding-window eval: more context per target, a lower loss), the `overrides` of a finished run's config it
   was measured with (restore.FinishedRun.overrides: e.g. other eval files), and
   the `weights` when they are not the parameters of the step recorded
   (restore.FinishedRun.weights: the EMA, an average of checkpoints).
@@ -76,6 +77,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: st
     measure['eval_split'] = datasets.eval_split
   if config.eval_steps:
     measure['eval_steps'] = config.eval_steps
+  if 0 < config.eval_stride < config.seq_len:
+    measure['eval_stride'] = config.eval_stride
   if overrides:
     measure['eval_overrides'] = overrides
   if weights:
