@@ -65,3 +65,23 @@ def test_smaller_strides_score_the_same_targets_lower(trained):
     assert result.get('eval_stride') == (stride if 0 < stride < 32 else None)
   assert losses[32] == losses[0]  # the same windows.
   assert losses[4] <= losses[16] <= losses[32]
+
+
+def test_eval_at_a_longer_context_than_training_is_recorded_with_it(tmp_path):
+  workdir = str(tmp_path / 'rotary')
+  config = override(load_config(), {**TINY, 'model.position': 'rotary', 'total_steps': 3,
+                                    'checkpoint_every': 3, 'eval_every': 3})
+  trainer.train(config, workdir)
+  longer = override(config, {'seq_len': 128})
+  result = evaluation.evaluate_checkpoint(longer, workdir)
+  assert np.isfinite(result['loss'])
+  assert result['eval_overrides'] == {'seq_len': 128}
+  assert result['loss'] != evaluation.evaluate_checkpoint(config, workdir)['loss']
+
+
+def test_eval_past_a_learned_positional_table_is_refused(tmp_path):
+  config = override(load_config(), {**TINY, 'model.position': 'learned', 'model.max_len': 32,
+                                    'seq_len': 64})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'learned positional table \(config.model.max_len=32 rows\)'):
+    evaluation.evaluate_checkpoint(config, str(tmp_path))

@@ -743,8 +743,10 @@ def validate_run(c):
          f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
   limit = ModelConfig.of(c.model).max_positions
   _check(limit is None or c.seq_len <= limit,
-         f'config.seq_len={c.seq_len} is longer than the positional table '
-         f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+         f'config.seq_len={c.seq_len} is longer than the {c.model.position} positional table '
+         f'(config.model.max_len={c.model.max_len} rows); lower seq_len, or raise max_len for a '
+         'new run (a trained run\'s table is fixed: --mode=eval may lengthen seq_len only for '
+         'positions without a table, rotary or none).')
   _check(0 <= c.eval_stride <= c.seq_len,
          f'config.eval_stride={c.eval_stride} must be in [0, config.seq_len={c.seq_len}] '
          '(0 = non-overlapping windows).')
