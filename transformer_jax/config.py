@@ -323,6 +323,10 @@ def base_config() -> config_dict.ConfigDict:
       # each scoring only the targets no earlier window scored, with up to seq_len - 1 tokens
       # of context (data/batching.stream_eval_rows); 0 = non-overlapping windows (= seq_len).
       eval_stride=resumable(0),
+      # 'START:STOP': a jax.profiler trace of training steps START to STOP (the step numbers
+      # of the log, both included) in <workdir>/profile/, for TensorBoard's Profile tab
+      # (README, "Profiling"); '' = off.
+      profile_steps=resumable(''),
       keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
       keep_best_checkpoints=resumable(1),  # ... plus the N best by eval loss.
       async_checkpointing=resumable(True),  # write checkpoints in the background.
@@ -755,6 +759,7 @@ def validate_run(c):
          f'config.eval_stride={c.eval_stride} slides the windows of a token stream\'s causal LM '
          f'(data.task=lm on a corpus such as shakespeare), not data.task={c.data.task} on '
          f'{c.data.name}; set it to 0.')
+  profile_range(c)
   validate_distributed(c.distributed)
   which = str(c.restore_checkpoint)
   _check(which in ('latest', 'best') or which.isdigit() or averaged_checkpoints(which) > 0,
@@ -763,6 +768,23 @@ def validate_run(c):
   _check_choice('', c, 'restore_params', RESTORE_PARAMS)
   _check(0.0 <= c.ema_decay < 1.0, f'config.ema_decay={c.ema_decay} must be in [0, 1) '
          '(0 = no EMA; typical: 0.999 to 0.9999).')
+
+
+def profile_range(c) -> Optional[tuple]:
+  """(START, STOP) of config.profile_steps 'START:STOP' (1 <= START <= STOP), or None when
+  it is ''.
+
+  Raises:
+    ConfigError: a value not of that form.
+  """
+  if not c.profile_steps:
+    return None
+  start, colon, stop = str(c.profile_steps).partition(':')
+  _check(colon and start.strip().isdigit() and stop.strip().isdigit()
+         and 1 <= int(start) <= int(stop),
+         f'config.profile_steps={c.profile_steps!r} must be START:STOP, the first and last '
+         'step traced (1 <= START <= STOP, e.g. 10:15), or empty (no trace).')
+  return int(start), int(stop)
 
 
 def averaged_checkpoints(which) -> int:
