@@ -37,7 +37,7 @@ def test_each_target_is_scored_once_after_the_context_of_its_window(stride):
 def test_eval_stride_is_checked():
   config = override(load_config(), TINY)
   config.eval_stride = 33
-  with pytest.raises(config_lib.ConfigError, match='eval_stride=33 must be in'):
+  with pytest.raises(config_lib.ConfigError, match='eval_stride=33 must be at most'):
     config_lib.validate(config)
   config.eval_stride = 8
   config.data.task = 'mlm'

@@ -339,6 +339,9 @@ def base_config() -> config_dict.ConfigDict:
       # --mode=eval: the evaluators run after the loss (catalog.EVALUATORS, evaluators.py),
       # comma-separated; '' = the dataset's (catalog.DATASETS), none = no evaluator.
       evals=resumable(''),
+      # Training evals (every eval_every) also run those evaluators on the first N examples of
+      # the eval split (decoding them as config.decode says); 0 = off: the loss only.
+      eval_decode_examples=resumable(0),
   ))
   c.model = model_config()
   c.data = data_config()
@@ -739,7 +742,7 @@ def validate_run(c):
                'checkpoint_every', 'keep_checkpoints', 'fsdp'):
     _check(c[name] > 0, f'config.{name}={c[name]} must be positive.')
   for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length',
-               'peak_flops'):
+               'peak_flops', 'eval_stride', 'eval_decode_examples'):
     _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
   _check(c.sample_temperature >= 0,
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
@@ -751,8 +754,8 @@ def validate_run(c):
          f'(config.model.max_len={c.model.max_len} rows); lower seq_len, or raise max_len for a '
          'new run (a trained run\'s table is fixed: --mode=eval may lengthen seq_len only for '
          'positions without a table, rotary or none).')
-  _check(0 <= c.eval_stride <= c.seq_len,
-         f'config.eval_stride={c.eval_stride} must be in [0, config.seq_len={c.seq_len}] '
+  _check(c.eval_stride <= c.seq_len,
+         f'config.eval_stride={c.eval_stride} must be at most config.seq_len={c.seq_len} '
          '(0 = non-overlapping windows).')
   _check(not c.eval_stride or (c.data.task == 'lm' and
                                getattr(catalog.DATASETS.get(c.data.name), 'kind', '') == 'corpus'),

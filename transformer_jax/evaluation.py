@@ -134,6 +134,32 @@ def task_metrics(run: Opened, loss: float) -> dict:
   return evaluators.evaluate(config_lib.evaluators(config), inputs)
 
 
+def training_task_metrics(config, model, params, datasets, loss: float) -> tuple:
+  """(metrics, texts) of a training eval: the evaluators of `task_metrics` on the first
+  config.eval_decode_examples examples of the eval split ({} and [] when it is 0), and
+  each decoded example as 'source / reference / hypothesis' text (TensorBoard's text
+  tab). `params`: one copy; `datasets`: the run's (datasets.Datasets)."""
+  names = config_lib.evaluators(config)
+  if not config.eval_decode_examples or not names:
+    return {}, []
+  run = Opened(config=config, model=model, params=params, tokenizer=datasets.tokenizer,
+               encode_input=datasets.encode_input, datasets=datasets)
+  decoded = []
+
+  def generate_lines(lines):
+    outputs = _generate(run, lines, 0)
+    decoded.extend(outputs)
+    return outputs
+
+  inputs = evaluators.Inputs(config=config, loss=loss, references=datasets.references,
+                             generate=generate_lines, max_examples=config.eval_decode_examples)
+  values = evaluators.evaluate(names, inputs)
+  pairs = inputs.reference_pairs() if datasets.references is not None else []
+  texts = [f'source: {source}\nreference: {reference}\nhypothesis: {output}'
+           for (source, reference), output in zip(pairs, decoded)]
+  return values, texts
+
+
 def eval_tags(config, datasets, overrides: Optional[dict] = None, weights: str = '') -> dict:
   """How --mode=eval measured: eval_measure (the eval split, the batches, the
   overrides, the weights) and, where the task decodes, the decoding method

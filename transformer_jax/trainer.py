@@ -258,8 +258,16 @@ def _loop(run: Run) -> dict:
   def run_eval(step, record=True):
     sums = evaluation.evaluate(strategy, state, datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, task)
+    texts = []
+    # Decoding runs on one process's devices.
+    if record and config.eval_decode_examples and jax.process_count() == 1:
+      decoded, texts = evaluation.training_task_metrics(
+          config, run.model, strategy.one_copy(state).params, datasets, values['loss'])
+      values.update(decoded)
     if record:
       writer.write(step, 'eval', values, evaluation.eval_measure(config, datasets))
+      if texts:
+        writer.write_texts(step, 'eval/decoded', texts)
     return values
 
   def save(step, eval_metrics=None):
