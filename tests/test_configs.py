@@ -202,8 +202,8 @@ def test_the_positional_limit_is_the_model_configs_and_validation_reads_it(model
   if max_positions is None:
     config_lib.validate_run(c)
   else:
-    with pytest.raises(config_lib.ConfigError, match=f'longer than the positional table '
-                       f'config.model.max_len={max_positions}; raise max_len or lower seq_len'):
+    with pytest.raises(config_lib.ConfigError, match=rf'positional table \(config.model.max_len='
+                       rf'{max_positions} rows\); lower seq_len, or raise max_len for a new run'):
       config_lib.validate_run(c)
 
 

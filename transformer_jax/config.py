@@ -321,6 +321,14 @@ def base_config() -> config_dict.ConfigDict:
       fsdp=resumable(1),
       log_every=resumable(50),  # steps per train record (stdout, TensorBoard, metrics.jsonl).
       eval_steps=resumable(0),  # batches per evaluation; 0 = the full eval split.
+      # Sliding-window eval of a token stream's causal LM: windows this many tokens apart,
+      # each scoring only the targets no earlier window scored, with up to seq_len - 1 tokens
+      # of context (data/batching.stream_eval_rows); 0 = non-overlapping windows (= seq_len).
+      eval_stride=resumable(0),
+      # 'START:STOP': a jax.profiler trace of training steps START to STOP (the step numbers
+      # of the log, both included) in <workdir>/profile/, for TensorBoard's Profile tab
+      # (README, "Profiling"); '' = off.
+      profile_steps=resumable(''),
       keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
       keep_best_checkpoints=resumable(1),  # ... plus the N best by eval loss.
       async_checkpointing=resumable(True),  # write checkpoints in the background.
@@ -333,6 +341,9 @@ def base_config() -> config_dict.ConfigDict:
       # --mode=eval: the evaluators run after the loss (catalog.EVALUATORS, evaluators.py),
       # comma-separated; '' = the dataset's (catalog.DATASETS), none = no evaluator.
       evals=resumable(''),
+      # Training evals (every eval_every) also run those evaluators on the first N examples of
+      # the eval split (decoding them as config.decode says); 0 = off: the loss only.
+      eval_decode_examples=resumable(0),
   ))
   c.model = model_config()
   c.data = data_config()
@@ -737,7 +748,7 @@ def validate_run(c):
                'checkpoint_every', 'keep_checkpoints', 'fsdp'):
     _check(c[name] > 0, f'config.{name}={c[name]} must be positive.')
   for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length',
-               'peak_flops'):
+               'peak_flops', 'eval_stride', 'eval_decode_examples'):
     _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
   _check(c.sample_temperature >= 0,
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
@@ -745,8 +756,19 @@ def validate_run(c):
          f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
   limit = ModelConfig.of(c.model).max_positions
   _check(limit is None or c.seq_len <= limit,
-         f'config.seq_len={c.seq_len} is longer than the positional table '
-         f'config.model.max_len={c.model.max_len}; raise max_len or lower seq_len.')
+         f'config.seq_len={c.seq_len} is longer than the {c.model.position} positional table '
+         f'(config.model.max_len={c.model.max_len} rows); lower seq_len, or raise max_len for a '
+         'new run (a trained run\'s table is fixed: --mode=eval may lengthen seq_len only for '
+         'positions without a table, rotary or none).')
+  _check(c.eval_stride <= c.seq_len,
+         f'config.eval_stride={c.eval_stride} must be at most config.seq_len={c.seq_len} '
+         '(0 = non-overlapping windows).')
+  _check(not c.eval_stride or (c.data.task == 'lm' and
+                               getattr(catalog.DATASETS.get(c.data.name), 'kind', '') == 'corpus'),
+         f'config.eval_stride={c.eval_stride} slides the windows of a token stream\'s causal LM '
+         f'(data.task=lm on a corpus such as shakespeare), not data.task={c.data.task} on '
+         f'{c.data.name}; set it to 0.')
+  profile_range(c)
   validate_distributed(c.distributed)
   which = str(c.restore_checkpoint)
   _check(which in ('latest', 'best') or which.isdigit() or averaged_checkpoints(which) > 0,
@@ -755,6 +777,23 @@ def validate_run(c):
   _check_choice('', c, 'restore_params', RESTORE_PARAMS)
   _check(0.0 <= c.ema_decay < 1.0, f'config.ema_decay={c.ema_decay} must be in [0, 1) '
          '(0 = no EMA; typical: 0.999 to 0.9999).')
+
+
+def profile_range(c) -> Optional[tuple]:
+  """(START, STOP) of config.profile_steps 'START:STOP' (1 <= START <= STOP), or None when
+  it is ''.
+
+  Raises:
+    ConfigError: a value not of that form.
+  """
+  if not c.profile_steps:
+    return None
+  start, colon, stop = str(c.profile_steps).partition(':')
+  _check(colon and start.strip().isdigit() and stop.strip().isdigit()
+         and 1 <= int(start) <= int(stop),
+         f'config.profile_steps={c.profile_steps!r} must be START:STOP, the first and last '
+         'step traced (1 <= START <= STOP, e.g. 10:15), or empty (no trace).')
+  return int(start), int(stop)
 
 
 def averaged_checkpoints(which) -> int:

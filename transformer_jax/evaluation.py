@@ -66,7 +66,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: st
   """How an evaluation measured, recorded with its numbers (metrics.jsonl) so that
   evals measured differently are never compared as one series: the eval split,
   where the dataset has a choice of them, config.eval_steps where it caps the
-  batches (a partial eval), the `overrides` of a finished run's config it
+  batches (a partial eval), config.eval_stride where the windows overlap (a
+  sliding-window eval: more context per target, a lower loss), the `overrides` of a finished run's config it
   was measured with (restore.FinishedRun.overrides: e.g. other eval files), and
   the `weights` when they are not the parameters of the step recorded
   (restore.FinishedRun.weights: the EMA, an average of checkpoints).
@@ -76,6 +77,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: st
     measure['eval_split'] = datasets.eval_split
   if config.eval_steps:
     measure['eval_steps'] = config.eval_steps
+  if 0 < config.eval_stride < config.seq_len:
+    measure['eval_stride'] = config.eval_stride
   if overrides:
     measure['eval_overrides'] = overrides
   if weights:
@@ -129,6 +132,32 @@ def task_metrics(run: Opened, loss: float) -> dict:
   inputs = evaluators.Inputs(config=config, loss=loss, references=run.datasets.references,
                              generate=lambda lines: _generate(run, lines, 0))
   return evaluators.evaluate(config_lib.evaluators(config), inputs)
+
+
+def training_task_metrics(config, model, params, datasets, loss: float) -> tuple:
+  """(metrics, texts) of a training eval: the evaluators of `task_metrics` on the first
+  config.eval_decode_examples examples of the eval split ({} and [] when it is 0), and
+  each decoded example as 'source / reference / hypothesis' text (TensorBoard's text
+  tab). `params`: one copy; `datasets`: the run's (datasets.Datasets)."""
+  names = config_lib.evaluators(config)
+  if not config.eval_decode_examples or not names:
+    return {}, []
+  run = Opened(config=config, model=model, params=params, tokenizer=datasets.tokenizer,
+               encode_input=datasets.encode_input, datasets=datasets)
+  decoded = []
+
+  def generate_lines(lines):
+    outputs = _generate(run, lines, 0)
+    decoded.extend(outputs)
+    return outputs
+
+  inputs = evaluators.Inputs(config=config, loss=loss, references=datasets.references,
+                             generate=generate_lines, max_examples=config.eval_decode_examples)
+  values = evaluators.evaluate(names, inputs)
+  pairs = inputs.reference_pairs() if datasets.references is not None else []
+  texts = [f'source: {source}\nreference: {reference}\nhypothesis: {output}'
+           for (source, reference), output in zip(pairs, decoded)]
+  return values, texts
 
 
 def eval_tags(config, datasets, overrides: Optional[dict] = None, weights: str = '') -> dict:

@@ -2,7 +2,8 @@
 
 After the eval loss, `--mode=eval` runs the evaluators config.evals names (by
 default its dataset's: catalog.DATASETS), in order, and records what each
-returns with the loss (metrics.jsonl). An evaluator is a function of `Inputs`
+returns with the loss (metrics.jsonl); training evals do too on the first
+config.eval_decode_examples examples where that is set (evaluation.training_task_metrics). An evaluator is a function of `Inputs`
 returning {metric: value}; `EVALUATORS` maps each name of catalog.EVALUATORS
 (which says what it fits, for config.validate) to its function, so adding a
 metric is one function here and one entry there, not a branch in evaluation.
@@ -24,11 +25,14 @@ class Inputs:
   references: Optional[list]  # the eval split's references (Datasets.references), or None.
   # input texts -> one output text each, decoded as config.decode says.
   generate: Callable[[Sequence[str]], list]
+  # How many pairs are decoded: None = config.decode.max_examples (--mode=eval); a
+  # training eval's config.eval_decode_examples.
+  max_examples: Optional[int] = None
 
   def reference_pairs(self) -> list:
-    """The (input, reference) pairs decoded: the first config.decode.max_examples
-    (0 = all) of the eval split's."""
-    limit = self.config.decode.max_examples
+    """The (input, reference) pairs decoded: the first `max_examples`, else
+    config.decode.max_examples (0 = all) of the eval split's."""
+    limit = self.config.decode.max_examples if self.max_examples is None else self.max_examples
     return self.references[:limit] if limit else list(self.references)
 
 

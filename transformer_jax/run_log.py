@@ -44,7 +44,7 @@ from transformer_jax import config as config_lib
 
 # The tags of an eval record that say how it measured (evaluation.eval_measure): evals
 # that differ in any of them are never one series (sweep.summarise).
-MEASURE_KEYS = ('eval_split', 'eval_steps', 'eval_overrides', 'weights')
+MEASURE_KEYS = ('eval_split', 'eval_steps', 'eval_stride', 'eval_overrides', 'weights')
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'ml-collections',
             'numpy', 'tensorflow-datasets', 'sentencepiece')

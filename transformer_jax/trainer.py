@@ -258,8 +258,16 @@ def _loop(run: Run) -> dict:
   def run_eval(step, record=True):
     sums = evaluation.evaluate(strategy, state, datasets.eval(), config.eval_steps)
     values = metrics_lib.summarize(sums, task)
+    texts = []
+    # Decoding runs on one process's devices.
+    if record and config.eval_decode_examples and jax.process_count() == 1:
+      decoded, texts = evaluation.training_task_metrics(
+          config, run.model, strategy.one_copy(state).params, datasets, values['loss'])
+      values.update(decoded)
     if record:
       writer.write(step, 'eval', values, evaluation.eval_measure(config, datasets))
+      if texts:
+        writer.write_texts(step, 'eval/decoded', texts)
     return values
 
   def save(step, eval_metrics=None):
@@ -267,12 +275,14 @@ def _loop(run: Run) -> dict:
                       train_iter, eval_metrics)
 
   interval = _Interval()
+  profile = _Profile(config, workdir)
   eval_metrics = None
   step = start_step
   try:
     with checkpoint_lib.StopSignal(sync=jax.process_count() > 1) as stop:
       stopping = False
       while step < config.total_steps and not stopping:
+        profile.before(step + 1)
         wait_start = time.perf_counter()
         batch = next(train_iter)
         interval.data_wait += time.perf_counter() - wait_start
@@ -282,6 +292,7 @@ def _loop(run: Run) -> dict:
         interval.metrics.append(step_metrics)
         interval.tokens += _tokens(batch, config.model)
         stopping = stop.should_stop(step)
+        profile.after(step, state)
         if step == start_step + 1:  # the first step compiles: time the rest.
           jax.block_until_ready(step_metrics)
           interval.restart_clock()
@@ -323,8 +334,38 @@ def _loop(run: Run) -> dict:
         '--config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser settings may '
         'change on resume).') from None
   finally:
+    profile.close()
     writer.close()
   return dict(eval_metrics, step=step)
+
+
+class _Profile:
+  """A jax.profiler trace of the steps config.profile_steps names, in
+  <workdir>/profile/ (TensorBoard's Profile tab reads it: plugins/profile/<run>/)."""
+
+  def __init__(self, config, workdir: str):
+    self.range = config_lib.profile_range(config)
+    self.directory = os.path.join(workdir, 'profile')
+    self.tracing = False
+
+  def before(self, step: int):
+    """Starts the trace before the step numbered `step` runs, when it is in the range."""
+    if self.range and not self.tracing and self.range[0] <= step <= self.range[1]:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def after(self, step: int, state):
+    """Ends the trace once the range's last step has run (its arrays computed)."""
+    if self.tracing and step >= self.range[1]:
+      jax.block_until_ready(state)
+      self.close()
+      print(f'Traced steps {self.range[0]} to {step} in {self.directory}; open it with '
+            f'tensorboard --logdir={self.directory} (Profile tab).', flush=True)
+
+  def close(self):
+    if self.tracing:
+      self.tracing = False
+      jax.profiler.stop_trace()
 
 
 def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:

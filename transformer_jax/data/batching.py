@@ -130,23 +130,35 @@ def stream_train(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
   return ds.to_iter_dataset(read_options)
 
 
-def stream_eval_rows(tokens: np.ndarray, seq_len: int, shift: bool = True) -> dict:
-  """Non-overlapping windows covering the stream: arrays [N, L].
+def stream_eval_rows(tokens: np.ndarray, seq_len: int, shift: bool = True,
+                     stride: int = 0) -> dict:
+  """Windows of seq_len covering the stream, `stride` tokens apart: arrays [N, L].
 
-  Causal LM: window i predicts tokens[i*L+1 : i*L+L+1], so every token but
-  the first is a target exactly once. The last window is padded (weights 0).
+  stride 0 (or seq_len): non-overlapping windows; causal LM window i predicts
+  tokens[i*L+1 : i*L+L+1], so every token but the first is a target exactly
+  once. A smaller stride (causal LM only) slides the window: window i starts at
+  i*stride and weighs only the targets no earlier window scored (its last
+  `stride`; the first window all L), so each target is still scored exactly
+  once, but with up to L-1 tokens of context instead of as few as none
+  (Hugging Face, "Perplexity of fixed-length models"). The last window is
+  padded (weights 0).
   """
-  num = len(tokens) - shift
-  num_windows = math.ceil(num / seq_len)
-  padded = np.zeros(num_windows * seq_len + shift, np.int32)
-  padded[:len(tokens)] = tokens
-  if not shift:
+  stride = stride or seq_len
+  if not shift:  # MLM: non-overlapping windows (config.validate allows no stride).
+    num_windows = math.ceil(len(tokens) / seq_len)
+    padded = np.zeros(num_windows * seq_len, np.int32)
+    padded[:len(tokens)] = tokens
     return {'inputs': padded.reshape(num_windows, seq_len)}
-  weights = np.zeros(num_windows * seq_len, np.float32)
-  weights[:num] = 1.0
-  return {'inputs': padded[:-1].reshape(num_windows, seq_len),
-          'targets': padded[1:].reshape(num_windows, seq_len),
-          'weights': weights.reshape(num_windows, seq_len)}
+  num = len(tokens) - 1  # targets: every token but the first.
+  num_windows = 1 + math.ceil(max(num - seq_len, 0) / stride)
+  offsets = np.arange(num_windows) * stride
+  padded = np.zeros(offsets[-1] + seq_len + 1, np.int32)
+  padded[:len(tokens)] = tokens
+  window = padded[offsets[:, None] + np.arange(seq_len + 1)]  # [N, L+1]
+  target = offsets[:, None] + np.arange(seq_len)  # the index into tokens[1:] of each target.
+  new = np.arange(seq_len)[None, :] >= np.where(offsets == 0, 0, seq_len - stride)[:, None]
+  weights = (new & (target < num)).astype(np.float32)
+  return {'inputs': window[:, :-1], 'targets': window[:, 1:], 'weights': weights}
 
 
 # ----------------------------------------------------------------------------

@@ -223,14 +223,16 @@ class ShakespeareStream(Recipe):
     return self._eval_rows(eval_tokens, tokenizer, batch_size)
 
   def _eval_rows(self, eval_tokens, tokenizer, batch_size: int):
-    """Consecutive windows of the eval stream (mlm: masked with seed + 1)."""
+    """Consecutive windows of the eval stream, config.eval_stride apart (mlm: masked
+    with seed + 1)."""
     config, task = self.config, self.config.data.task
     transform = None
     if task == 'mlm':
       transform = examples_lib.mlm_transform(config.seed + 1, tokenizer, config.data.mask_rate,
                                              batch_size)
     return batching.ArrayEval(batching.stream_eval_rows(eval_tokens, config.seq_len,
-                                                        task == 'lm'), batch_size, transform)
+                                                        task == 'lm', config.eval_stride),
+                              batch_size, transform)
 
 
 class ShakespeareGenres(Recipe):

@@ -1,0 +1,87 @@
+"""Sliding-window (strided) perplexity of a token stream's causal LM: config.eval_stride."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY, load_config, override
+from transformer_jax import config as config_lib
+from transformer_jax import evaluation
+from transformer_jax import trainer
+from transformer_jax.data import batching
+
+
+def test_a_stride_of_seq_len_is_the_non_overlapping_windows():
+  tokens = np.arange(1, 103, dtype=np.int32)  # 101 targets: 4 windows of 32, the last padded.
+  for stride in (0, 32):
+    rows = batching.stream_eval_rows(tokens, 32, stride=stride)
+    padded = np.zeros(4 * 32 + 1, np.int32)
+    padded[:len(tokens)] = tokens
+    np.testing.assert_array_equal(rows['inputs'], padded[:-1].reshape(4, 32))
+    np.testing.assert_array_equal(rows['targets'], padded[1:].reshape(4, 32))
+    np.testing.assert_array_equal(rows['weights'].reshape(-1), np.arange(128) < 101)
+
+
+@pytest.mark.parametrize('stride', [1, 5, 16, 31])
+def test_each_target_is_scored_once_after_the_context_of_its_window(stride):
+  tokens = np.arange(1, 103, dtype=np.int32)
+  rows = batching.stream_eval_rows(tokens, 32, stride=stride)
+  scored = rows['targets'][rows['weights'] > 0]
+  np.testing.assert_array_equal(scored, tokens[1:])  # each once, in order.
+  np.testing.assert_array_equal(rows['inputs'][:, 1:], rows['targets'][:, :-1])
+  # Past the first window, only the last `stride` positions score: each after 32 - stride
+  # tokens of context at least.
+  assert not rows['weights'][1:, :32 - stride].any()
+  assert rows['weights'][0].all()
+
+
+def test_eval_stride_is_checked():
+  config = override(load_config(), TINY)
+  config.eval_stride = 33
+  with pytest.raises(config_lib.ConfigError, match='eval_stride=33 must be at most'):
+    config_lib.validate(config)
+  config.eval_stride = 8
+  config.data.task = 'mlm'
+  config.model.variant = 'encoder'
+  with pytest.raises(config_lib.ConfigError, match='causal LM'):
+    config_lib.validate(config)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('stride'))
+  config = override(load_config(), {**TINY, 'total_steps': 150, 'log_every': 150, 'batch_size': 32,
+                                    'checkpoint_every': 150, 'eval_every': 150})
+  trainer.train(config, workdir)
+  return config, workdir
+
+
+def test_smaller_strides_score_the_same_targets_lower(trained):
+  config, workdir = trained
+  losses = {}
+  for stride in (0, 32, 16, 4):
+    c = override(config, {'eval_stride': stride, 'eval_steps': 0, 'batch_size': 512})
+    result = evaluation.evaluate_checkpoint(c, workdir)
+    losses[stride] = result['loss']
+    assert result.get('eval_stride') == (stride if 0 < stride < 32 else None)
+  assert losses[32] == losses[0]  # the same windows.
+  assert losses[4] <= losses[16] <= losses[32]
+
+
+def test_eval_at_a_longer_context_than_training_is_recorded_with_it(tmp_path):
+  workdir = str(tmp_path / 'rotary')
+  config = override(load_config(), {**TINY, 'model.position': 'rotary', 'total_steps': 3,
+                                    'checkpoint_every': 3, 'eval_every': 3})
+  trainer.train(config, workdir)
+  longer = override(config, {'seq_len': 128})
+  result = evaluation.evaluate_checkpoint(longer, workdir)
+  assert np.isfinite(result['loss'])
+  assert result['eval_overrides'] == {'seq_len': 128}
+  assert result['loss'] != evaluation.evaluate_checkpoint(config, workdir)['loss']
+
+
+def test_eval_past_a_learned_positional_table_is_refused(tmp_path):
+  config = override(load_config(), {**TINY, 'model.position': 'learned', 'model.max_len': 32,
+                                    'seq_len': 64})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'learned positional table \(config.model.max_len=32 rows\)'):
+    evaluation.evaluate_checkpoint(config, str(tmp_path))

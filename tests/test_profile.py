@@ -1,0 +1,33 @@
+"""config.profile_steps: a jax.profiler trace of the named training steps."""
+
+import glob
+import os
+
+import pytest
+
+from conftest import TINY, load_config, override
+from transformer_jax import config as config_lib
+from transformer_jax import trainer
+
+
+def test_a_trace_of_the_named_steps_is_written_for_tensorboard(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  config = override(load_config(), {**TINY, 'profile_steps': '2:3'})
+  trainer.train(config, workdir)
+  traces = glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*', '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  assert 'Traced steps 2 to 3' in capsys.readouterr().out
+
+
+def test_no_trace_without_profile_steps(tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train(override(load_config(), TINY), workdir)
+  assert not os.path.exists(os.path.join(workdir, 'profile'))
+
+
+@pytest.mark.parametrize('value', ['10', '10:', 'a:b', '0:3', '5:4', '1:2:3'])
+def test_a_malformed_profile_steps_is_one_line(value):
+  config = override(load_config(), {**TINY, 'profile_steps': value})
+  with pytest.raises(config_lib.ConfigError, match='must be START:STOP') as e:
+    config_lib.validate(config)
+  assert '\n' not in str(e.value)
