@@ -290,6 +290,7 @@ def _loop(run: Run) -> dict:
         is_save = is_eval or step % config.checkpoint_every == 0
         if step % config.log_every == 0 or is_last or is_save or stopping:
           _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+          checkpointer.check()  # a save that failed in the background stops the run here.
           if is_eval:
             eval_metrics = run_eval(step)
           if is_save:
@@ -297,7 +298,7 @@ def _loop(run: Run) -> dict:
           interval.restart_clock()  # eval and saving are not train time.
       if interval.metrics:
         _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
-      if stopping:
+      if stopping or stop.signum is not None:  # a signal in the last step's eval or save too.
         save(step)
         checkpointer.wait()
         print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
@@ -322,9 +323,21 @@ def _loop(run: Run) -> dict:
         f'Training diverged: {e}; stopped. {where}, run the same command with a lower '
         '--config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser settings may '
         'change on resume).') from None
+  except run_log.WriteFailed as e:
+    raise run_log.WriteFailed(f'{e} Stopped at step {step}: {_resume_from(checkpointer)}',
+                              e.errno, e.strerror, e.filename) from None
   finally:
     writer.close()
   return dict(eval_metrics, step=step)
+
+
+def _resume_from(checkpointer: checkpoint_lib.Checkpointer) -> str:
+  """Where the same command resumes after a failed write: the last checkpoint."""
+  good = checkpointer.last_saved()
+  if good is None:
+    return 'no checkpoint was saved; the same command starts again from step 0.'
+  return (f'the same command resumes from step {good}, the last checkpoint in '
+          f'{checkpointer.directory}.')
 
 
 def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:
