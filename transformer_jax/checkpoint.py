@@ -25,6 +25,14 @@ Multi-host: every process calls save and restore together; arrays are global
 processes agree on which checkpoint is intact before any of them uses it. A
 checkpoint is restored by as many processes as wrote it.
 
+A save that fails (a full disk, a read-only directory), in the foreground or
+in Orbax's background threads, raises run_log.WriteFailed, one line naming the
+directory, the cause and the fix, at the save, at `wait`, or at the next
+`check` (non-blocking, once per logged step) after it failed; the earlier
+checkpoints are intact. Orbax's own pages about the failure (logs from each of
+its threads, abandoned writes) are left out. A writable Checkpointer checks
+that it can write its directory when it opens.
+
 The latest `config.keep_checkpoints` are kept, plus the
 `config.keep_best_checkpoints` with the lowest eval loss.
 """
@@ -40,6 +48,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Optional
@@ -53,6 +62,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from transformer_jax import config as config_lib
+from transformer_jax import run_log
 
 DAMAGED_DIR = 'damaged_checkpoints'
 
@@ -69,6 +79,52 @@ class _WithoutExpectedWarnings(logging.Filter):
 
 
 logging.getLogger('absl').addFilter(_WithoutExpectedWarnings())
+
+_ORBAX = os.path.dirname(os.path.abspath(ocp.__file__))
+
+
+def _through_orbax(tb) -> bool:
+  """Whether a traceback passes through Orbax's code."""
+  while tb is not None:
+    if tb.tb_frame.f_code.co_filename.startswith(_ORBAX):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _WithoutFailedSaveNoise(logging.Filter):
+  """Orbax logs a failed save from each of its threads, a page of traceback
+  each, and asyncio logs the array writes it abandoned; `Checkpointer` reports
+  the failure once, in one line (run_log.WriteFailed)."""
+
+  def filter(self, record):
+    if record.levelno < logging.ERROR:
+      return True
+    return not (record.pathname.startswith(_ORBAX)
+                or record.exc_info and _through_orbax(record.exc_info[2]))
+
+
+for _name in ('absl', 'asyncio'):
+  logging.getLogger(_name).addFilter(_WithoutFailedSaveNoise())
+
+
+def _abandoned_write(unraisable) -> bool:
+  """Whether an unraisable exception is Orbax's abandoned work after a failed
+  save: an array write finalised after its loop closed (its traceback passes
+  through Orbax), or TensorStore completing such a write on that closed loop."""
+  error = unraisable.exc_value
+  return (_through_orbax(unraisable.exc_traceback)
+          or isinstance(error, RuntimeError) and str(error) == 'Event loop is closed')
+
+
+def _without_abandoned_writes(hook):
+  def quiet_hook(unraisable):
+    if not _abandoned_write(unraisable):
+      hook(unraisable)
+  return quiet_hook
+
+
+sys.unraisablehook = _without_abandoned_writes(sys.unraisablehook)
 
 
 class NoIntactCheckpoint(RuntimeError):
@@ -194,14 +250,23 @@ class Checkpointer:
         # only when it is told how to rank them.
         best_fn=lambda metrics: metrics['loss'], best_mode='min',
         enable_async_checkpointing=config.async_checkpointing,
+        # In the foreground: a step directory that cannot be made is an error at
+        # the save, where in the background Orbax's other threads wait for it.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
         cleanup_tmp_directories=writable, create=writable)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     if writable:
       # Orbax cleans up partial saves in a background thread; finish it here, so a
       # process that stops at once (a data error) does not exit under it.
       self.manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+      try:
+        with tempfile.TemporaryFile(dir=self.directory):
+          pass
+      except OSError as e:
+        raise run_log.write_failed(self.directory, e) from None
     self.config = config_json(config)
     self._last_step = self.manager.latest_step()
+    self._failure: Optional[run_log.WriteFailed] = None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -350,8 +415,22 @@ class Checkpointer:
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = {'loss': float(eval_metrics['loss'])} if eval_metrics else None
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._writing():
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     self._last_step = step
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """Turns a failed save (Orbax raises many kinds) into one run_log.WriteFailed,
+    raised again by every later save, wait and check."""
+    if self._failure is not None:
+      raise self._failure
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self._failure = run_log.write_failed(self.directory, e)
+      gc.collect()  # the failed save's abandoned writes, while the interpreter is whole.
+      raise self._failure from None
 
   def _restore_verified(self, step: int, target: dict, data_iterator):
     """The state item of `step`, after checking it (and the data position the
@@ -470,11 +549,44 @@ class Checkpointer:
             f'resuming from step {fallback}.', flush=True)
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for a save in flight.
+
+    Raises:
+      run_log.WriteFailed: a save failed.
+    """
+    with self._writing():
+      self.manager.wait_until_finished()
+
+  def last_saved(self) -> Optional[int]:
+    """The newest checkpoint written in full, after a save in flight ends (one
+    that failed is not one; nothing is raised)."""
+    try:
+      self.wait()
+    except run_log.WriteFailed:
+      pass
+    self.manager.reload()
+    return self.manager.latest_step()
+
+  def check(self):
+    """Raises run_log.WriteFailed if a save failed, without waiting for one in flight."""
+    if not self.manager.is_saving_in_progress():
+      self.wait()
 
   def close(self):
-    """Waits for a save in flight and stops Orbax's threads."""
-    self.manager.close()
+    """Waits for a save in flight and stops Orbax's threads.
+
+    Raises:
+      run_log.WriteFailed: a save failed and was not reported yet.
+    """
+    try:
+      if self.writable and self._failure is None:
+        self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if self._failure is None:
+          raise
 
   def __enter__(self):
     return self

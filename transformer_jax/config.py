@@ -271,6 +271,9 @@ def distributed_config() -> config_dict.ConfigDict:
       num_processes=resumable(0),  # 0 = auto-detect.
       process_id=resumable(-1),  # this process, 0 .. num_processes - 1; -1 = auto-detect.
       initialization_timeout=resumable(300),  # seconds to wait for every process to join.
+      # seconds without a sign of life from another process before this one stops, in one
+      # line (parallel.py); a process that stops ends the others within about this long.
+      peer_timeout=resumable(10),
   ), 'distributed.')
 
 
@@ -826,6 +829,8 @@ def validate_distributed(d):
            'be too (e.g. --config.distributed.num_processes=2 --config.distributed.process_id=0).')
   _check(d.initialization_timeout > 0, 'config.distributed.initialization_timeout='
          f'{d.initialization_timeout} must be positive (seconds).')
+  _check(d.peer_timeout > 0, f'config.distributed.peer_timeout={d.peer_timeout} must be '
+         'positive (seconds).')
 
 
 def validate_data(c):

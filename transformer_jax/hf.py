@@ -49,6 +49,7 @@ from transformer_jax import config as config_lib
 from transformer_jax import hub
 from transformer_jax import params as params_lib
 from transformer_jax import restore
+from transformer_jax import run_log
 from transformer_jax.data import tokenizers
 
 ConfigError = config_lib.ConfigError
@@ -687,20 +688,24 @@ def export(model, params: dict, directory: str, step: Optional[int] = None,
 
   Raises:
     ConfigError: the model has no transformers class (`to_transformers`).
+    run_log.WriteFailed: `directory` cannot be written (one line, with the fix).
   """
   tensors = to_transformers(params, model)
   save_file = _require('safetensors.numpy').save_file
   m = config_lib.ModelConfig.of(model)
   meta = hf_config(m, eos_id=2 if tokenizer is None else tokenizer.eos_id)
   meta['transformer_jax_step'] = step
-  os.makedirs(directory, exist_ok=True)
-  save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
-  with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(meta, f, indent=1)
-  if tokenizer is not None and tokenizer.name == 'hf':
-    tokenizer.save_pretrained(directory)
-  elif tokenizer is not None:
-    tokenizer.save(os.path.join(directory, tokenizers.RUN_DIRECTORY))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(meta, f, indent=1)
+    if tokenizer is not None and tokenizer.name == 'hf':
+      tokenizer.save_pretrained(directory)
+    elif tokenizer is not None:
+      tokenizer.save(os.path.join(directory, tokenizers.RUN_DIRECTORY))
+  except (OSError, _require('safetensors').SafetensorError) as e:
+    raise run_log.write_failed(directory, e, other='--output') from None
   return meta['model_type']
 
 

@@ -80,6 +80,9 @@ def _config_error(e: Exception) -> str:
 def _fail(message: str):
   """An expected failure: one line on stderr, exit status 2, no traceback."""
   print(' '.join(str(message).split()), file=sys.stderr, flush=True)
+  parallel = sys.modules.get('transformer_jax.parallel')  # imported once jax may run.
+  if parallel is not None:
+    parallel.exit_now(2)  # multi-host: without waiting for the others.
   sys.exit(2)
 
 
@@ -259,11 +262,7 @@ def main(argv):
       output = _OUTPUT.value or os.path.join(workdir, 'export')
       if os.path.exists(output) and not os.path.isdir(output):
         _fail(f'--output={output} is a file, not a directory; give a directory for the export.')
-      try:
-        print(hf.export_checkpoint(config, workdir, output), flush=True)
-      except (FileExistsError, PermissionError, NotADirectoryError) as e:
-        _fail(f'--output={output} cannot be written ({e.strerror}); give a directory you can '
-              'write to.')
+      print(hf.export_checkpoint(config, workdir, output), flush=True)
       return
     elif _MODE.value == 'decode':
       evaluation.check_decodable(config)
@@ -277,8 +276,10 @@ def main(argv):
   except config_lib.ConfigError as e:
     _fail(f'Config error: {e}')
   except (DataError, trainer.TrainingDiverged, FileNotFoundError, lock.WorkdirLocked,
-          checkpoint.NoIntactCheckpoint, run_log.RecordError, parallel.DistributedError) as e:
+          checkpoint.NoIntactCheckpoint, run_log.RecordError, parallel.DistributedError,
+          run_log.WriteFailed) as e:
     _fail(str(e))
+  parallel.finish_distributed()
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])
   print(json.dumps(result))

@@ -21,10 +21,17 @@ Multi-host (`config.distributed`, `initialize_distributed`): the same program
 runs in one process per host, each feeding its own rows of the global batch;
 pmap averages over every device of every host, the mesh spans them all, and
 checkpoints hold global arrays that all processes write and read together.
+A process that dies ends the others within config.distributed.peer_timeout
+seconds, each with one line (`_PeerWatch`), rather than leaving them blocked in
+a collective until JAX's runtime aborts them with pages of C++ output.
 """
 
 import functools
 import json
+import os
+import sys
+import threading
+import time
 from typing import Callable, Optional
 
 import jax
@@ -66,7 +73,9 @@ def initialize_distributed(d) -> None:
         + (f' as process {d.process_id} of {d.num_processes}' if explicit else '')
         + f'; waiting up to {d.initialization_timeout} s for every process.', flush=True)
   try:
-    jax.distributed.initialize(**explicit, initialization_timeout=d.initialization_timeout)
+    # JAX's own heartbeat is the backstop: our watch of the peers ends a process first.
+    jax.distributed.initialize(**explicit, initialization_timeout=d.initialization_timeout,
+                               heartbeat_timeout_seconds=max(100, 3 * d.peer_timeout))
   except (RuntimeError, ValueError) as e:
     where = d.coordinator_address or 'the auto-detected coordinator'
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -74,6 +83,93 @@ def initialize_distributed(d) -> None:
         f'Could not join the multi-host run at {where} ({first}); start the same command on '
         'every host with the same coordinator_address and num_processes and a distinct '
         'process_id, or set config.distributed.enabled=False.') from None
+  global _WATCH
+  _WATCH = _PeerWatch(d.peer_timeout)
+  _WATCH.start()
+
+
+class _PeerWatch(threading.Thread):
+  """Ends this process, in one line and within `timeout` seconds, when another
+  process of the run stops, instead of blocking in a collective until JAX's
+  runtime aborts it (after its heartbeat timeout, with pages of C++ output).
+
+  Every second each process adds one to its counter in the coordination
+  service's key-value store and reads the others'; a counter that has not moved
+  for `timeout` seconds, from a process that did not finish (`finish_distributed`),
+  means that process died, hangs or stopped on an error of its own. Process 0
+  runs the service: when it dies, JAX's runtime ends the others at once, on its
+  own (its C++ abort, which this cannot replace).
+  """
+
+  PREFIX = 'transformer_jax/alive/'
+  DONE = 'transformer_jax/done/'
+
+  def __init__(self, timeout: int):
+    super().__init__(name='peer_watch', daemon=True)
+    self.timeout = timeout
+    self._stop = threading.Event()
+
+  def run(self):
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top  # the runtime's client.
+    client = distributed.global_state.client
+    me, count = jax.process_index(), jax.process_count()
+    last = {i: (None, time.monotonic()) for i in range(count) if i != me}
+    while not self._stop.wait(1.0):
+      try:
+        client.key_value_increment(f'{self.PREFIX}{me}', 1)
+        counts = dict(client.key_value_dir_get(self.PREFIX))
+        done = {key for key, _ in client.key_value_dir_get(self.DONE)}
+      except Exception:  # pylint: disable=broad-except  # the service went with process 0.
+        if not self._stop.is_set():
+          self._lost('process 0, which runs the coordination service,')
+        return
+      now = time.monotonic()
+      for i, (seen, since) in list(last.items()):
+        if f'{self.DONE}{i}' in done:
+          del last[i]
+        elif counts.get(f'{self.PREFIX}{i}') != seen:
+          last[i] = (counts.get(f'{self.PREFIX}{i}'), now)
+        elif now - since > self.timeout and not self._stop.is_set():
+          self._lost(f'process {i} of {count}')
+
+  def _lost(self, who: str):
+    """One line, then this process ends at once (without JAX's shutdown barrier,
+    which would wait for the process that is gone)."""
+    sys.stdout.flush()
+    print(f'Lost {who}: no sign of life for {self.timeout} s (it died, hangs, or stopped on an '
+          'error of its own: see its output); this process stops too. Fix that, then run the '
+          'same command on every host to resume from the last checkpoint.', file=sys.stderr,
+          flush=True)
+    os._exit(2)
+
+  def finish(self):
+    """Stops watching; this process finished as the run did (the others may
+    end before they see it stop)."""
+    self._stop.set()
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.key_value_set(f'{self.DONE}{jax.process_index()}', '1')
+
+
+_WATCH: Optional[_PeerWatch] = None
+
+
+def finish_distributed():
+  """Multi-host: this process ran to its end with the others (finished, or
+  stopped with them at a checkpoint); the others no longer wait for its sign
+  of life. A no-op in one process."""
+  if _WATCH is not None:
+    _WATCH.finish()
+
+
+def exit_now(code: int):
+  """Ends the process with `code`. Multi-host, at once (os._exit): JAX's
+  shutdown at exit waits for every process, and after an error of this one's
+  the others are gone or stopping (they see this one stop: `_PeerWatch`)."""
+  if _WATCH is None:
+    sys.exit(code)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def _allgather_text(text: str, name: str, timeout_s: int) -> list:

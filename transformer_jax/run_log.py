@@ -22,15 +22,25 @@ by a crash mid-write), so each step appears once in metrics.jsonl, and the
 TensorBoard writer marks the restart so TensorBoard drops the old events past
 it. Readers name the file and line of a record that does not parse.
 
+Records never vanish: metrics.jsonl and the event files are written through
+`RecordFile`, which checks before each write (and at close) that its path
+still names the file it holds open; a file deleted or moved away during the
+run is written again at its path with every record it held (a file found in
+its place is moved aside, not written over), in one line. A write that fails
+(a full disk, a read-only directory) raises `WriteFailed`: one line naming the
+path, the cause and the fix, on which the run stops (main.py).
+
 A run also writes <workdir>/config.json (the resolved config) and
 <workdir>/environment.json, the provenance of every start of the run (package
 versions, git commit, devices, command, the step it started at and the config
 fields changed since the previous start), so any run can be reproduced.
 """
 
+import errno
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,14 +90,133 @@ class RecordError(ValueError):
   """A record file that does not parse; the message names the file and line."""
 
 
+class WriteFailed(OSError):
+  """A file of the run could not be written (a full disk, a read-only or
+  vanished directory); the message is one line naming the path, the cause and
+  the fix. An OSError (errno, strerror and filename set), so what catches a
+  failed write still does."""
+
+  def __init__(self, message: str, number: Optional[int], cause: str, path: str):
+    super().__init__(number, cause, path)
+    self.message = message
+
+  def __str__(self):
+    return self.message
+
+
+# What to do about a failed write, by its errno.
+_FIXES = {errno.ENOSPC: 'free space on its disk', errno.EDQUOT: 'free space within your quota',
+          errno.EROFS: 'make it writable', errno.EACCES: 'make it writable',
+          errno.EPERM: 'make it writable'}
+
+
+def _errno(error: BaseException) -> Optional[int]:
+  """The OS error number of `error`: an OSError's, or the one its message names
+  (TensorStore, Orbax's array writer: os_error_code='28'; Rust's: os error 28)."""
+  if isinstance(error, OSError) and error.errno:
+    return error.errno
+  found = re.search(r"os[ _]error(?:_code=')?\s*(\d+)", str(error))
+  return int(found.group(1)) if found else None
+
+
+def write_failed(path: str, error: BaseException, other: str = '') -> WriteFailed:
+  """The one-line WriteFailed for `error` raised writing `path`: the cause (the
+  OS's words for its errno, else the error's first line) and the fix (or giving
+  `other`, e.g. '--output', instead)."""
+  number = _errno(error)
+  if number is not None:
+    cause = os.strerror(number)
+  else:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__
+  fix = _FIXES.get(number, 'check that it can be written') + (f' or give another {other}'
+                                                             if other else '')
+  return WriteFailed(f'Could not write {path} ({cause}); {fix}.', number, cause, path)
+
+
 def write_atomically(path: str, text: str):
-  """Replaces `path` with `text` in one rename, so a crash leaves the old or the new."""
+  """Replaces `path` with `text` in one rename, so a crash leaves the old or the new.
+
+  Raises:
+    WriteFailed: `path` cannot be written (nothing is left behind).
+  """
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    raise write_failed(path, e) from None
+
+
+class RecordFile:
+  """An append-only file of a run's records (metrics.jsonl, an event file) that
+  does not vanish while the run writes it.
+
+  Before each write and at close, the path must still name the open file: one
+  deleted or moved away is written again at the path with every record it
+  held (read back through the open descriptor), and a file found in its place
+  is first moved aside to `<path>.found-<time>`; each in one line. A write
+  that fails raises WriteFailed.
+  """
+
+  def __init__(self, path: str, exclusive: bool = False):
+    """Opens `path` for appending (`exclusive`: a new file, an error if it exists)."""
+    self.path = path
+    try:
+      self._file = open(path, 'x+b' if exclusive else 'a+b')
+    except OSError as e:
+      raise write_failed(path, e) from None
+
+  def _identity(self, stat) -> tuple:
+    return stat.st_dev, stat.st_ino
+
+  def _keep(self):
+    """Makes `path` name the open file again, if it does not."""
+    try:
+      if self._identity(os.stat(self.path)) == self._identity(os.fstat(self._file.fileno())):
+        return
+      aside = f'{self.path}.found-{time.strftime("%Y%m%d-%H%M%S")}'
+    except FileNotFoundError:
+      aside = None
+    size = os.fstat(self._file.fileno()).st_size
+    try:
+      if aside:
+        os.replace(self.path, aside)
+      os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+      with open(self.path, 'xb') as f:
+        f.write(os.pread(self._file.fileno(), size, 0))
+        f.flush()
+      self._file.close()
+      self._file = open(self.path, 'a+b')
+    except OSError as e:
+      raise write_failed(self.path, e) from None
+    print(f'{self.path} ' + (f'was replaced during the run; moved the new file to {aside} and '
+                             if aside else 'was deleted during the run; ')
+          + f'wrote the run\'s {size} bytes of records there again.', flush=True)
+
+  def write(self, data: bytes):
+    self._keep()
+    try:
+      self._file.write(data)
+      self._file.flush()
+    except OSError as e:
+      raise write_failed(self.path, e) from None
+
+  def close(self):
+    try:
+      self._keep()
+    finally:
+      try:
+        self._file.close()
+      except OSError:
+        pass  # a failed flush of data already reported by write().
 
 
 def write_run_info(workdir: str, config, step: int = 0):
@@ -138,7 +267,7 @@ class TensorBoardWriter:
     # (train, then eval) must not share a file.
     name = (f'events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.'
             f'{next(_WRITERS):04d}')
-    self._file = open(os.path.join(logdir, name), 'xb')
+    self._file = RecordFile(os.path.join(logdir, name), exclusive=True)
     self._writer = record_writer.RecordWriter(self._file)
     self._write(event_pb2.Event(wall_time=now, file_version='brain.Event:2'))
     if resume_step:
@@ -147,8 +276,7 @@ class TensorBoardWriter:
                                       status=event_pb2.SessionLog.START)))
 
   def _write(self, event):
-    self._writer.write(event.SerializeToString())
-    self._file.flush()
+    self._writer.write(event.SerializeToString())  # one RecordFile.write per event.
 
   def _summary(self, step: int, summary):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
@@ -212,7 +340,7 @@ class MetricWriter:
     self._wandb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._jsonl = RecordFile(os.path.join(workdir, 'metrics.jsonl'))
       self._tensorboard = TensorBoardWriter(os.path.join(workdir, 'tensorboard'), resume_step)
       if config is not None:
         self._tensorboard.write_hparams(resume_step, hparams(config))
@@ -233,8 +361,7 @@ class MetricWriter:
       return
     record = {'step': int(step), 'split': split, **tags,
               **{k: float(v) for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    self._jsonl.write((json.dumps(record) + '\n').encode())
     self._tensorboard.write(step, split, values)
     if self._wandb:
       self._wandb.write(step, split, values)

@@ -301,6 +301,7 @@ def _loop(run: Run) -> dict:
         is_save = is_eval or step % config.checkpoint_every == 0
         if step % config.log_every == 0 or is_last or is_save or stopping:
           _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+          checkpointer.check()  # a save that failed in the background stops the run here.
           if is_eval:
             eval_metrics = run_eval(step)
           if is_save:
@@ -308,7 +309,7 @@ def _loop(run: Run) -> dict:
           interval.restart_clock()  # eval and saving are not train time.
       if interval.metrics:
         _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
-      if stopping:
+      if stopping or stop.signum is not None:  # a signal in the last step's eval or save too.
         save(step)
         checkpointer.wait()
         print(f'Saved a checkpoint at step {step} in {checkpointer.directory}; run the same '
@@ -333,6 +334,9 @@ def _loop(run: Run) -> dict:
         f'Training diverged: {e}; stopped. {where}, run the same command with a lower '
         '--config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser settings may '
         'change on resume).') from None
+  except run_log.WriteFailed as e:
+    raise run_log.WriteFailed(f'{e} Stopped at step {step}: {_resume_from(checkpointer)}',
+                              e.errno, e.strerror, e.filename) from None
   finally:
     profile.close()
     writer.close()
@@ -366,6 +370,15 @@ class _Profile:
     if self.tracing:
       self.tracing = False
       jax.profiler.stop_trace()
+
+
+def _resume_from(checkpointer: checkpoint_lib.Checkpointer) -> str:
+  """Where the same command resumes after a failed write: the last checkpoint."""
+  good = checkpointer.last_saved()
+  if good is None:
+    return 'no checkpoint was saved; the same command starts again from step 0.'
+  return (f'the same command resumes from step {good}, the last checkpoint in '
+          f'{checkpointer.directory}.')
 
 
 def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:

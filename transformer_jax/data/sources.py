@@ -181,12 +181,21 @@ def tfds_dataset(name: str) -> catalog.Dataset:
   return dataset
 
 
+class MissingPackage(DataError, ImportError):
+  """A source needs a package this install lacks; the message names the pip
+  command (a DataError, so the run stops in that one line)."""
+
+
 def _require_tfds():
-  """TFDS datasets need tensorflow-datasets and TensorFlow (the `tfds` extra)."""
+  """TFDS datasets need tensorflow-datasets and TensorFlow (the `tfds` extra).
+
+  Raises:
+    MissingPackage: either is not installed.
+  """
   missing = [module for module in ('tensorflow', 'tensorflow_datasets')
              if importlib.util.find_spec(module) is None]
   if missing:
-    raise ImportError(f'TFDS datasets need {" and ".join(missing)}; install them with '
+    raise MissingPackage(f'TFDS datasets need {" and ".join(missing)}; install them with '
                       "pip install 'transformer_jax[tfds]' (Colab has them already).")
 
 
