@@ -90,9 +90,9 @@ class Course:
 
   def update(self, step: int, nll: float, weight: float, grad_norm: float) -> Optional[Divergence]:
     """Puts step `step` (its summed nll and target weight, and its gradient
-    norm) to the rule; returns the Divergence if the loss has left its course
-    (the course is then left as it was), else None. A step without targets
-    (weight 0) counts only for finiteness."""
+    norm) to the rule; returns the Divergence if the loss has left its course,
+    else None (the run goes on). A step without targets (weight 0) counts only
+    for finiteness."""
     loss = float(nll) / max(float(weight), 1e-9)
     finite = bool(np.isfinite(loss) and np.isfinite(grad_norm))
     if finite and weight > 0:
