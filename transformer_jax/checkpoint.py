@@ -1,6 +1,6 @@
 """Checkpoints of a run with Orbax: periodic, keep-last-N plus keep-best, async, exact resume.
 
-<workdir>/checkpoints/<step>/ holds four items:
+<workdir>/checkpoints/<step>/ holds five items:
   state      params, optimizer state, step and the dropout key (StandardSave);
   data       the train iterator's position (grain CheckpointSave), so a resumed
              run sees exactly the batches the uninterrupted run would have seen;
@@ -8,7 +8,10 @@
              field that changes the run is refused, naming the fields;
   integrity  a checksum of every state array and of the data position, taken
              when the checkpoint was written and checked when it is restored,
-             and the global batch size the data position counts in.
+             and the global batch size the data position counts in;
+  course     the train loss's course up to the step (divergence.Course.state:
+             the median train loss it was saved at), so a resumed run judges
+             divergence as the uninterrupted one would.
 Orbax writes a checkpoint into a temporary directory and renames it once every
 item is complete, so a process killed mid-save leaves the previous checkpoints
 intact and the partial one is ignored (and cleaned up on the next start).
@@ -18,7 +21,10 @@ flipped bit, an empty step directory) fails to restore or to match its
 checksums. Resuming then falls back to the newest checkpoint that restores
 intact and moves each damaged newer one to <workdir>/damaged_checkpoints/,
 saying so in one line. When no checkpoint restores, nothing is moved (the cause
-may be the code, not the files) and the error is one line.
+may be the code, not the files) and the error is one line. After a divergence
+the trainer moves the checkpoints that hold the diverged state to
+<workdir>/diverged_checkpoints/ (`set_aside_after`), so the run resumes from
+the last good one.
 
 Multi-host: every process calls save and restore together; arrays are global
 (parallel.to_checkpoint), the data position is one file per process, and the
@@ -65,6 +71,7 @@ from transformer_jax import config as config_lib
 from transformer_jax import run_log
 
 DAMAGED_DIR = 'damaged_checkpoints'
+DIVERGED_DIR = 'diverged_checkpoints'
 
 
 class _WithoutExpectedWarnings(logging.Filter):
@@ -370,6 +377,14 @@ class Checkpointer:
       _check_sums(saved, now)
     return params
 
+  def course(self, step: int) -> Optional[dict]:
+    """The train loss's course checkpoint `step` recorded (divergence.Course.state;
+    None for a checkpoint written before checkpoints recorded it)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), 'course')):
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(course=ocp.args.JsonRestore()))
+    return restored['course']
+
   def _saved_config(self, step: int) -> dict:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored['config']
@@ -401,8 +416,10 @@ class Checkpointer:
           f'{self.workdir} holds a checkpoint of a different config: {fields}; '
           f'use another --workdir, or set those fields back {fix}.')
 
-  def save(self, step: int, state, rng, data_iterator=None, eval_metrics: Optional[dict] = None):
-    """Starts saving (asynchronously if configured); a step already saved is skipped."""
+  def save(self, step: int, state, rng, data_iterator=None, eval_metrics: Optional[dict] = None,
+           course: Optional[dict] = None):
+    """Starts saving (asynchronously if configured); a step already saved is
+    skipped. `course`: the train loss's course (divergence.Course.state)."""
     if step == self._last_step:
       return
     state_item = {'train_state': state, 'rng': rng}
@@ -414,6 +431,8 @@ class Checkpointer:
              'integrity': ocp.args.JsonSave(integrity)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    if course is not None:
+      items['course'] = ocp.args.JsonSave(course)
     metrics = {'loss': float(eval_metrics['loss'])} if eval_metrics else None
     with self._writing():
       self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -442,6 +461,8 @@ class Checkpointer:
     has_integrity = os.path.isdir(os.path.join(step_dir, 'integrity'))
     if has_integrity:
       items['integrity'] = ocp.args.JsonRestore()
+    if os.path.isdir(os.path.join(step_dir, 'course')):
+      items['course'] = ocp.args.JsonRestore()  # read, so that a damaged one is found here.
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if has_integrity:
       saved = restored['integrity']
@@ -531,22 +552,39 @@ class Checkpointer:
           f'{saved}, or use another --workdir.')
 
   def _set_aside(self, step: int, reason: str, fallback: int):
-    source = os.path.join(self.directory, str(step))
     if not self.writable:
       print(f'Checkpoint step {step} in {self.directory} is damaged ({reason}); using step '
             f'{fallback}.', flush=True)
       return
-    destination = os.path.join(self.workdir, DAMAGED_DIR, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    destination = self._move(step, DAMAGED_DIR)
+    if jax.process_index() == 0:
+        print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; '
+            f'resuming from step {fallback}.', flush=True)
+
+  def set_aside_after(self, step: Optional[int]) -> list:
+    """Moves every checkpoint after `step` (every one: None) to
+    <workdir>/diverged_checkpoints/, after a save in flight ends; returns the
+    steps moved. What a run that diverged does with the checkpoints that hold
+    the diverged state, so that it resumes from the last good one."""
+    self.wait()
+    steps = sorted(s for s in self.all_steps() if step is None or s > step)
+    for s in steps:
+      self._move(s, DIVERGED_DIR)
+    return steps
+
+  def _move(self, step: int, directory: str) -> str:
+    """Moves checkpoint `step` to <workdir>/<directory>/<step>-<time> (every
+    process calls it); returns where it went."""
+    source = os.path.join(self.directory, str(step))
+    destination = os.path.join(self.workdir, directory, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(destination), exist_ok=True)
       shutil.move(source, destination)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+      multihost_utils.sync_global_devices(f'move checkpoint {step} to {directory}')
     self.manager.reload()
     self._last_step = self.manager.latest_step()
-    if jax.process_index() == 0:
-        print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; '
-            f'resuming from step {fallback}.', flush=True)
+    return destination
 
   def wait(self):
     """Waits for a save in flight.

@@ -332,6 +332,11 @@ def base_config() -> config_dict.ConfigDict:
       # of the log, both included) in <workdir>/profile/, for TensorBoard's Profile tab
       # (README, "Profiling"); '' = off.
       profile_steps=resumable(''),
+      # A run stops when its train loss leaves its course (divergence.py): the median loss of
+      # its last 32 steps more than divergence_factor x ln K (a uniform guess over its K
+      # outputs) above the lowest such median so far; 0 = only when the loss or gradient norm
+      # is not finite.
+      divergence_factor=resumable(2.0),
       keep_checkpoints=resumable(3),  # the latest N checkpoints are kept ...
       keep_best_checkpoints=resumable(1),  # ... plus the N best by eval loss.
       async_checkpointing=resumable(True),  # write checkpoints in the background.
@@ -753,6 +758,8 @@ def validate_run(c):
   for name in ('eval_steps', 'keep_best_checkpoints', 'num_samples', 'sample_length',
                'peak_flops', 'eval_stride', 'eval_decode_examples'):
     _check(c[name] >= 0, f'config.{name}={c[name]} must be >= 0.')
+  _check(c.divergence_factor >= 0, f'config.divergence_factor={c.divergence_factor} must be '
+         '>= 0 (0 = stop on a non-finite loss only; the default 2.0).')
   _check(c.sample_temperature >= 0,
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
   _check(c.fsdp == 1 or c.parallelism == 'mesh',

@@ -6,9 +6,11 @@ workdir's latest checkpoint, the checkpointer, the workdir's lock) and returns
 it as one `Run`; `train` loops over it. Eval, decode and export read a
 finished run without any of this (restore.py, evaluation.py).
 
-The loop resumes from the latest checkpoint (state, dropout key and data
-position), logs metrics (run_log.py), evaluates, checkpoints (checkpoint.py),
-stops cleanly on SIGTERM / Ctrl-C and on a non-finite loss.
+The loop resumes from the latest checkpoint (state, dropout key, data
+position and the loss's course), logs metrics (run_log.py), evaluates,
+checkpoints (checkpoint.py), stops cleanly on SIGTERM / Ctrl-C, and stops when
+the loss leaves its course (divergence.py), setting aside the checkpoints that
+hold the diverged state so that the same command resumes from the last good one.
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ import numpy as np
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import divergence
 from transformer_jax import evaluation
 from transformer_jax import generate
 from transformer_jax import init_from as init_from_lib
@@ -38,7 +41,16 @@ from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite; the message names the step."""
+  """The loss left its course (divergence.py); the message names the step and
+  the last good checkpoint."""
+
+
+class _LeftCourse(Exception):
+  """Raised inside the loop at the step the loss left its course."""
+
+  def __init__(self, divergence_found: divergence.Divergence):
+    super().__init__(divergence_found.reason)
+    self.divergence = divergence_found
 
 
 @dataclasses.dataclass
@@ -211,13 +223,14 @@ class _Interval:
   def restart_clock(self):
     self.start, self.tokens, self.data_wait = time.perf_counter(), 0, 0.0
 
-  def check_finite(self, strategy):
-    """Host copies of the pending metrics; raises TrainingDiverged at the first bad step."""
+  def check_course(self, strategy, course: divergence.Course):
+    """Host copies of the pending metrics, each step put to `course`; raises
+    _LeftCourse at the first step off it."""
     fetched = [strategy.fetch(m) for m in self.metrics]
     for step, m in zip(self.steps, fetched):
-      if not (np.isfinite(m['nll']) and np.isfinite(m['grad_norm'])):
-        raise TrainingDiverged(f'loss is {m["nll"] / max(m["weight"], 1e-9)} (grad norm '
-                               f'{m["grad_norm"]}) at step {step}')
+      found = course.update(step, m['nll'], m['weight'], m['grad_norm'])
+      if found:
+        raise _LeftCourse(found)
     return fetched
 
 
@@ -225,10 +238,10 @@ def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
 
   Raises ConfigError for a config that cannot work or does not match the
-  workdir's checkpoint, TrainingDiverged for a non-finite loss (after which the
-  last checkpoint is the last good state), and returns early (with
-  `result['interrupted']` set to the signal number) after saving on SIGTERM or
-  Ctrl-C.
+  workdir's checkpoint, TrainingDiverged when the loss leaves its course (after
+  which the latest checkpoint is the last good one: `_stop_diverged`), and
+  returns early (with `result['interrupted']` set to the signal number) after
+  saving on SIGTERM or Ctrl-C.
   """
   with setup(config, workdir) as run:
     return _loop(run)
@@ -249,6 +262,7 @@ def _loop(run: Run) -> dict:
   flops_per_token = accounting.flops_per_token(config.model, config.seq_len)
   peak = metrics_lib.peak_flops(config)
   baseline = datasets.info.get('unigram_entropy')
+  course = divergence.Course(config, checkpointer.course(start_step) if start_step else None)
   print(f'{workdir}: {accounting.count_params(config.model):,} parameters, '
         f'{strategy.num_devices} {jax.devices()[0].platform} device(s) ({strategy.name}), '
         + (f'resuming at step {start_step}' if start_step else 'starting at step 0')
@@ -272,7 +286,7 @@ def _loop(run: Run) -> dict:
 
   def save(step, eval_metrics=None):
     checkpointer.save(step, strategy.to_checkpoint(state), parallel.replicated_everywhere(rng),
-                      train_iter, eval_metrics)
+                      train_iter, eval_metrics, course.state())
 
   interval = _Interval()
   profile = _Profile(config, workdir)
@@ -300,7 +314,7 @@ def _loop(run: Run) -> dict:
         is_eval = step % config.eval_every == 0 or is_last
         is_save = is_eval or step % config.checkpoint_every == 0
         if step % config.log_every == 0 or is_last or is_save or stopping:
-          _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+          _log_train(writer, interval, course, strategy, step, task, flops_per_token, peak)
           checkpointer.check()  # a save that failed in the background stops the run here.
           if is_eval:
             eval_metrics = run_eval(step)
@@ -308,7 +322,7 @@ def _loop(run: Run) -> dict:
             save(step, eval_metrics if is_eval else None)
           interval.restart_clock()  # eval and saving are not train time.
       if interval.metrics:
-        _log_train(writer, interval, strategy, step, task, flops_per_token, peak)
+        _log_train(writer, interval, course, strategy, step, task, flops_per_token, peak)
       if stopping or stop.signum is not None:  # a signal in the last step's eval or save too.
         save(step)
         checkpointer.wait()
@@ -324,16 +338,8 @@ def _loop(run: Run) -> dict:
     if config.num_samples and config.model.variant == 'decoder' and jax.process_count() == 1:
       writer.write_texts(step, 'samples', generate.print_samples(
           config, run.model, run.params, datasets.tokenizer, encode=datasets.encode_input))
-  except TrainingDiverged as e:
-    checkpointer.wait()
-    good = checkpointer.latest_step()
-    where = (f'The last good checkpoint is step {good} in {checkpointer.directory}; to continue '
-             'from it' if good is not None else
-             'No checkpoint was saved before it; to start again from step 0')
-    raise TrainingDiverged(
-        f'Training diverged: {e}; stopped. {where}, run the same command with a lower '
-        '--config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser settings may '
-        'change on resume).') from None
+  except _LeftCourse as e:
+    raise TrainingDiverged(_stop_diverged(e.divergence, checkpointer)) from None
   except run_log.WriteFailed as e:
     raise run_log.WriteFailed(f'{e} Stopped at step {step}: {_resume_from(checkpointer)}',
                               e.errno, e.strerror, e.filename) from None
@@ -381,6 +387,31 @@ def _resume_from(checkpointer: checkpoint_lib.Checkpointer) -> str:
           f'{checkpointer.directory}.')
 
 
+def _stop_diverged(found: divergence.Divergence, checkpointer: checkpoint_lib.Checkpointer) -> str:
+  """Sets aside the checkpoints that hold the diverged state (those after the
+  last good one, divergence.Divergence.last_good), so that the same command
+  resumes from the last good one; returns the one line that says so."""
+  checkpointer.wait()
+  good = found.last_good(checkpointer.all_steps())
+  moved = checkpointer.set_aside_after(good)
+  plural = 's' * (len(moved) > 1)
+  aside = (f'step{plural} {", ".join(map(str, moved))} held the diverged state and moved to '
+           f'{os.path.join(checkpointer.workdir, checkpoint_lib.DIVERGED_DIR)}/; ')
+  if good is not None:
+    recorded = checkpointer.course(good)
+    loss = (f' (train loss {recorded["loss"]:.4f})'
+            if recorded and recorded.get('loss') is not None else '')
+    where = (f'The last good checkpoint is step {good}{loss} in {checkpointer.directory}; '
+             f'{aside if moved else ""}to continue from it')
+  elif moved:
+    where = f'No checkpoint is good: {aside}to start again from step 0'
+  else:
+    where = 'No checkpoint was saved before it; to start again from step 0'
+  return (f'Training diverged: {found.reason}; stopped. {where}, run the same command with a '
+          'lower --config.learning_rate or a --config.optimizer.grad_clip_norm (optimiser '
+          'settings may change on resume).')
+
+
 def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:
   """Whether metrics.jsonl holds an eval record at `step` measured as `measure`
   says (evaluation.eval_measure)."""
@@ -393,10 +424,11 @@ def _has_eval_record(workdir: str, step: int, measure: dict) -> bool:
              for r in records)
 
 
-def _log_train(writer, interval: _Interval, strategy, step: int, task: str,
-               flops_per_token: float, peak: Optional[float]):
-  """Writes one train record for the steps since the last one (after checking them)."""
-  fetched = interval.check_finite(strategy)
+def _log_train(writer, interval: _Interval, course: divergence.Course, strategy, step: int,
+               task: str, flops_per_token: float, peak: Optional[float]):
+  """Writes one train record for the steps since the last one (after putting
+  them to the divergence rule)."""
+  fetched = interval.check_course(strategy, course)
   seconds = max(time.perf_counter() - interval.start, 1e-9)
   sums = {k: sum(float(m[k]) for m in fetched) for k in ('nll', 'correct', 'weight')}
   values = metrics_lib.summarize(sums, task)
