@@ -126,7 +126,7 @@ def test_a_failed_write_stops_the_run_in_one_line_export_to_a_read_only_director
   """Was: a 22-line `OSError: [Errno 30]` traceback."""
   workdir = str(tmp_path / 'gpt')
   trainer.train(override(load_config('shakespeare_char:nanogpt'),
-                         {**TINY, 'model.use_bias': True, 'total_steps': 1,
+                         {**TINY, 'model.use_bias': True, 'model.norm_bias': True, 'total_steps': 1,
                           'checkpoint_every': 1, 'warmup_steps': 1}), workdir)
   target = tmp_path / 'read_only'
   target.mkdir()
