@@ -179,18 +179,15 @@ def _wait_for_records(process, workdir, count: int):
 
 
 def _tensorboard_steps(workdir, tag='train/loss') -> list:
-  """The steps of `tag` in the TFRecord event files, read without TensorFlow."""
-  import struct  # pylint: disable=g-import-not-at-top
+  """The steps of `tag` in the event files, read by TensorBoard's own TFRecord reader."""
+  from tensorboard.backend.event_processing import (  # pylint: disable=g-import-not-at-top
+      event_file_loader)
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   steps = []
   for name in os.listdir(os.path.join(workdir, 'tensorboard')):
-    with open(os.path.join(workdir, 'tensorboard', name), 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
+    loader = event_file_loader.RawEventFileLoader(os.path.join(workdir, 'tensorboard', name))
+    for record in loader.Load():
+      event = event_pb2.Event.FromString(record)
       steps += [event.step for value in event.summary.value if value.tag == tag]
   return steps
 
