@@ -103,6 +103,7 @@ class _PeerWatch(threading.Thread):
 
   PREFIX = 'transformer_jax/alive/'
   DONE = 'transformer_jax/done/'
+  LEAVING = 'transformer_jax/leaving/'
 
   def __init__(self, timeout: int):
     super().__init__(name='peer_watch', daemon=True)
@@ -142,6 +143,33 @@ class _PeerWatch(threading.Thread):
           flush=True)
     os._exit(2)
 
+  def leave(self, wait_s: float = 10.0):
+    """This process stops on an error of its own. An error every process finds
+    (a config or device count that differs) stops them all at about the same
+    time; process 0 leaves last, for its end takes the coordination service
+    with it and JAX's runtime then aborts the others (SIGABRT, before their own
+    line). So each process says it is leaving, and process 0 waits up to
+    `wait_s` seconds for the others to say so (or to have finished)."""
+    self._stop.set()
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    client = distributed.global_state.client
+    me, count = jax.process_index(), jax.process_count()
+    try:
+      client.key_value_set(f'{self.LEAVING}{me}', '1', allow_overwrite=True)
+      if me != 0:
+        return
+      deadline = time.monotonic() + wait_s
+      while time.monotonic() < deadline:
+        said = {key for prefix in (self.LEAVING, self.DONE)
+                for key, _ in client.key_value_dir_get(prefix)}
+        if all(f'{self.LEAVING}{i}' in said or f'{self.DONE}{i}' in said
+               for i in range(1, count)):
+          time.sleep(0.5)  # for the last to say so to reach its own exit.
+          return
+        time.sleep(0.1)
+    except Exception:  # pylint: disable=broad-except  # the service is gone: nothing to wait for.
+      return
+
   def finish(self):
     """Stops watching; this process finished as the run did (the others may
     end before they see it stop)."""
@@ -162,13 +190,16 @@ def finish_distributed():
 
 
 def exit_now(code: int):
-  """Ends the process with `code`. Multi-host, at once (os._exit): JAX's
-  shutdown at exit waits for every process, and after an error of this one's
-  the others are gone or stopping (they see this one stop: `_PeerWatch`)."""
+  """Ends the process with `code`. Multi-host, without JAX's shutdown at exit
+  (os._exit), which waits for every process: after an error of this one's the
+  others are gone or stopping (they see this one stop: `_PeerWatch`). Process 0,
+  whose end ends the others' runtime, leaves after those stopping on the same
+  error (`_PeerWatch.leave`)."""
   if _WATCH is None:
     sys.exit(code)
   sys.stdout.flush()
   sys.stderr.flush()
+  _WATCH.leave()
   os._exit(code)
 
 
