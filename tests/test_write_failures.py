@@ -122,6 +122,15 @@ def test_a_failed_write_stops_the_run_in_one_line_checkpoints_on_a_full_disk(
   assert _steps(str(after)) == list(range(1, 13))  # each step once, none lost.
 
 
+def test_a_failed_write_stops_the_run_in_one_line_a_full_disk_at_the_start(tmp_path):
+  """One page of disk: the run's first files (lock, vocabulary) do not fit (was: a traceback)."""
+  workdir = str(tmp_path / 'run')
+  full = f'mount -t tmpfs -o size=4k tmpfs "{tmp_path}" && exec "$0" "$@"'
+  line = _one_line(_run(_main(workdir, prefix=_in_namespace(full))))
+  assert re.fullmatch(f'Could not write {workdir}\\S* \\(No space left on device\\); free space '
+                      'on its disk.', line), line
+
+
 def test_a_failed_write_stops_the_run_in_one_line_export_to_a_read_only_directory(tmp_path):
   """Was: a 22-line `OSError: [Errno 30]` traceback."""
   workdir = str(tmp_path / 'gpt')
@@ -234,7 +243,8 @@ def test_a_record_file_replaced_mid_run_is_moved_aside_not_written_over(tmp_path
 def test_sigterm_during_the_final_eval_saves_and_exits_143(tmp_path):
   """Was: "saving a checkpoint after this step", then exit 0, as if not signalled."""
   workdir = str(tmp_path)
-  process = _start(workdir, eval_steps=100000)  # an eval that takes a while.
+  # The whole eval split on a model 8x the tiny one's: seconds, time for the signal to land.
+  process = _start(workdir, eval_steps=100000, **{'model.d_model': 64, 'model.num_layers': 2})
   _wait_for_records(process, workdir, TINY['total_steps'])  # the last train record: in the eval.
   process.send_signal(signal.SIGTERM)
   out, err = process.communicate(timeout=HANG_GUARD)

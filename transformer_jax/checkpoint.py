@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Optional
 
 import grain
@@ -88,27 +89,29 @@ class _WithoutExpectedWarnings(logging.Filter):
 logging.getLogger('absl').addFilter(_WithoutExpectedWarnings())
 
 _ORBAX = os.path.dirname(os.path.abspath(ocp.__file__))
+_IN_PROGRESS = '.orbax-checkpoint-tmp'  # Orbax writes step N under N.orbax-checkpoint-tmp.
 
 
-def _through_orbax(tb) -> bool:
-  """Whether a traceback passes through Orbax's code."""
+def _from_failed_save(error: Optional[BaseException], tb) -> bool:
+  """Whether an error comes from a save: raised through Orbax's code, or about
+  a file of a checkpoint in progress (TensorStore's array writes)."""
   while tb is not None:
     if tb.tb_frame.f_code.co_filename.startswith(_ORBAX):
       return True
     tb = tb.tb_next
-  return False
+  return _IN_PROGRESS in str(error)
 
 
 class _WithoutFailedSaveNoise(logging.Filter):
   """Orbax logs a failed save from each of its threads, a page of traceback
-  each, and asyncio logs the array writes it abandoned; `Checkpointer` reports
-  the failure once, in one line (run_log.WriteFailed)."""
+  each, and asyncio logs the array writes it abandoned (as late as the exit);
+  `Checkpointer` reports the failure once, in one line (run_log.WriteFailed)."""
 
   def filter(self, record):
     if record.levelno < logging.ERROR:
       return True
-    return not (record.pathname.startswith(_ORBAX)
-                or record.exc_info and _through_orbax(record.exc_info[2]))
+    return not (record.pathname.startswith(_ORBAX) or _IN_PROGRESS in record.getMessage()
+                or record.exc_info and _from_failed_save(*record.exc_info[1:]))
 
 
 for _name in ('absl', 'asyncio'):
@@ -117,10 +120,10 @@ for _name in ('absl', 'asyncio'):
 
 def _abandoned_write(unraisable) -> bool:
   """Whether an unraisable exception is Orbax's abandoned work after a failed
-  save: an array write finalised after its loop closed (its traceback passes
-  through Orbax), or TensorStore completing such a write on that closed loop."""
+  save: an array write finalised after its loop closed, or TensorStore
+  completing such a write on that closed loop."""
   error = unraisable.exc_value
-  return (_through_orbax(unraisable.exc_traceback)
+  return (_from_failed_save(error, unraisable.exc_traceback)
           or isinstance(error, RuntimeError) and str(error) == 'Event loop is closed')
 
 
@@ -448,7 +451,10 @@ class Checkpointer:
       yield
     except Exception as e:  # pylint: disable=broad-except
       self._failure = run_log.write_failed(self.directory, e)
-      gc.collect()  # the failed save's abandoned writes, while the interpreter is whole.
+      # Its abandoned writes: collected now, while the interpreter is whole, and
+      # without Python's warning at exit about each one that was never awaited.
+      warnings.filterwarnings('ignore', r"coroutine '.*' was never awaited", RuntimeWarning)
+      gc.collect()
       raise self._failure from None
 
   def _restore_verified(self, step: int, target: dict, data_iterator):

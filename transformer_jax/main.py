@@ -279,6 +279,10 @@ def main(argv):
           checkpoint.NoIntactCheckpoint, run_log.RecordError, parallel.DistributedError,
           run_log.WriteFailed) as e:
     _fail(str(e))
+  except OSError as e:  # a write of a module without its own message (the vocabulary, the lock).
+    if e.errno not in run_log.WRITE_ONLY_ERRNOS:
+      raise
+    _fail(str(run_log.write_failed(e.filename or workdir, e)))
   parallel.finish_distributed()
   if result.get('interrupted'):
     sys.exit(128 + result['interrupted'])

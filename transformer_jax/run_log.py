@@ -110,6 +110,11 @@ _FIXES = {errno.ENOSPC: 'free space on its disk', errno.EDQUOT: 'free space with
           errno.EPERM: 'make it writable'}
 
 
+# Errors only a write raises: an OSError of these is a failed write wherever it
+# comes from (main.py turns one that no writer here caught into its one line).
+WRITE_ONLY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 def _errno(error: BaseException) -> Optional[int]:
   """The OS error number of `error`: an OSError's, or the one its message names
   (TensorStore, Orbax's array writer: os_error_code='28'; Rust's: os error 28)."""
