@@ -187,19 +187,21 @@ def test_a_number_that_is_not_finite_is_refused_in_one_line(field, value):
   assert str(e.value) == f'config.{field}={value} is not a finite number; give one.'
 
 
-@pytest.mark.parametrize('model, max_positions', [
-    ({}, 512),  # sinusoidal: the table's max_len rows.
-    ({'position': 'learned', 'max_len': 64}, 64),
-    ({'position': 'rotary'}, None),  # no table, no limit.
-    ({'position': 'none'}, None),
+@pytest.mark.parametrize('model, max_positions, trained_positions', [
+    ({}, 512, None),  # sinusoidal: max_len rows when decoding; a formula in a full pass.
+    ({'position': 'learned', 'max_len': 64}, 64, 64),
+    ({'position': 'rotary'}, None, None),  # no table, no limit.
+    ({'position': 'none'}, None, None),
     ({'variant': 'encoder', 'encoder_head': 'classify', 'patch_size': 4, 'image_size': 8,
-      'position': 'learned', 'pooling': 'cls'}, None),  # a row per patch, whatever seq_len.
+      'position': 'learned', 'pooling': 'cls'}, None, None),  # a row per patch, whatever seq_len.
 ])
-def test_the_positional_limit_is_the_model_configs_and_validation_reads_it(model, max_positions):
+def test_the_positional_limit_is_the_model_configs_and_validation_reads_it(
+    model, max_positions, trained_positions):
   c = override(config_lib.base_config(), {f'model.{k}': v for k, v in model.items()})
-  assert config_lib.ModelConfig.of(c.model).max_positions == max_positions
+  m = config_lib.ModelConfig.of(c.model)
+  assert (m.max_positions, m.trained_positions) == (max_positions, trained_positions)
   c.seq_len = (max_positions or 4096) + 1
-  if max_positions is None:
+  if trained_positions is None:
     config_lib.validate_run(c)
   else:
     with pytest.raises(config_lib.ConfigError, match=rf'positional table \(config.model.max_len='

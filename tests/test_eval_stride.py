@@ -1,5 +1,7 @@
-"""Sliding-window (strided) perplexity of a token stream's causal LM: config.eval_stride."""
+"""Sliding-window (strided) perplexity of a token stream's causal LM (config.eval_stride),
+and evals at a longer context than the run trained at."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from transformer_jax import config as config_lib
 from transformer_jax import evaluation
 from transformer_jax import trainer
 from transformer_jax.data import batching
+from transformer_jax.models.transformer import build_model
 
 
 def test_a_stride_of_seq_len_is_the_non_overlapping_windows():
@@ -67,16 +70,28 @@ def test_smaller_strides_score_the_same_targets_lower(trained):
   assert losses[4] <= losses[16] <= losses[32]
 
 
-def test_eval_at_a_longer_context_than_training_is_recorded_with_it(tmp_path):
-  workdir = str(tmp_path / 'rotary')
-  config = override(load_config(), {**TINY, 'model.position': 'rotary', 'total_steps': 3,
-                                    'checkpoint_every': 3, 'eval_every': 3})
+@pytest.mark.parametrize('position', ['sinusoidal', 'rotary'])
+def test_eval_at_a_longer_context_than_training_is_recorded_with_it(tmp_path, position):
+  workdir = str(tmp_path / position)
+  config = override(load_config(), {**TINY, 'model.position': position, 'model.max_len': 32,
+                                    'total_steps': 3, 'checkpoint_every': 3, 'eval_every': 3})
   trainer.train(config, workdir)
-  longer = override(config, {'seq_len': 128})
+  longer = override(config, {'seq_len': 128})  # 4 times the sinusoidal table's rows.
   result = evaluation.evaluate_checkpoint(longer, workdir)
   assert np.isfinite(result['loss'])
   assert result['eval_overrides'] == {'seq_len': 128}
   assert result['loss'] != evaluation.evaluate_checkpoint(config, workdir)['loss']
+
+
+def test_the_sinusoids_past_the_table_leave_the_positions_within_it_unchanged():
+  config = override(load_config(), {**TINY, 'model.max_len': 32})
+  model = build_model(config.model)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 96), 4, config.model.vocab_size)
+  params = model.init(jax.random.PRNGKey(1), tokens[:, :32])['params']
+  within = model.apply({'params': params}, tokens[:, :32])
+  longer = model.apply({'params': params}, tokens)  # a causal decoder: the first 32 see the same.
+  np.testing.assert_allclose(longer[:, :32], within, rtol=1e-5, atol=1e-5)
+  assert np.isfinite(longer).all()
 
 
 def test_eval_past_a_learned_positional_table_is_refused(tmp_path):

@@ -103,12 +103,13 @@ def test_bad_model_config_names_the_field(overrides, field):
 def test_sequence_longer_than_positional_table():
   c = config_lib.base_config()
   c.model.variant = 'decoder'  # the default data task is lm.
-  c.model.max_len = 128
+  c.model.update(position='learned', max_len=128)
   c.seq_len = 256
   with pytest.raises(config_lib.ConfigError, match='config.seq_len=256 is longer'):
     config_lib.validate(c)
-  c.model.position = 'rotary'  # no table to run off.
-  config_lib.validate(c)
+  for position in ('sinusoidal', 'rotary'):  # a formula's table grows; no table to run off.
+    c.model.position = position
+    config_lib.validate(c)
 
 
 def run_main(*args):

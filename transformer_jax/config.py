@@ -19,8 +19,8 @@ fields must (`MODEL_FIELDS`).
 
 The model section also exists as a frozen, typed `ModelConfig` (hashable, so
 modules and decoding can take it as a static argument of `jax.jit`), with the
-derived sizes (`d_ff`, `head_dim`, layer counts) and the model's rules
-(`max_positions`, `max_beam`, `generates`, `fills_masks`, `classifies`) as properties, read by
+derived sizes (`d_ff`, `head_dim`, layer counts) and the model's rules (`max_positions`,
+`trained_positions`, `max_beam`, `generates`, `fills_masks`, `classifies`) as properties, read by
 validation, decoding and generation alike. What a dataset is (its tasks, image
 shape, evaluators) is catalog.py's; validation reads it.
 """
@@ -139,7 +139,9 @@ def model_config() -> config_dict.ConfigDict:
       # sinusoidal (paper) | learned | rotary (self-attention) | none | sinusoidal_2d (image
       # patches only: half the dimensions encode the patch's row, half its column).
       position='sinusoidal',
-      max_len=512,  # size of the positional table / longest sequence (text; images: see below).
+      # rows of the positional table: a learned one's longest sequence; sinusoids grow past it
+      # in a full pass (a longer eval), not in cached decoding (text; images: see below).
+      max_len=512,
       norm='post',  # post (paper): LN(x + Sublayer(x)) | pre: x + Sublayer(LN(x))
       # every norm of the model: layernorm (paper) | rmsnorm (Zhang & Sennrich 2019: no
       # centring, no bias).
@@ -557,13 +559,22 @@ class ModelConfig:
 
   @property
   def max_positions(self) -> Optional[int]:
-    """Longest token sequence the model reads: the max_len rows of a positional
-    table (sinusoidal, learned: paper section 3.5); None where nothing limits it
-    (rotary and none have no table; an image model's table has a row per patch,
-    num_positions, whatever the sequence length says)."""
+    """Longest token sequence the model decodes: the max_len rows of a positional
+    table (sinusoidal, learned: paper section 3.5), which a cached decoder, fed one
+    token at a time, reads; None where nothing limits it (rotary and none have no
+    table; an image model's table has a row per patch, num_positions, whatever the
+    sequence length says)."""
     if self.patch_size or self.position not in ('sinusoidal', 'learned'):
       return None
     return self.max_len
+
+  @property
+  def trained_positions(self) -> Optional[int]:
+    """Longest sequence a full pass (training, eval) reads: a learned table's max_len
+    rows, fixed once trained. None for the paper's sinusoids, a formula computed to
+    the length of the sequence (layers.PositionalEncoding), so a run may be evaluated
+    at a longer context than it trained at; None wherever max_positions is."""
+    return self.max_positions if self.position == 'learned' else None
 
   @property
   def max_beam(self) -> int:
@@ -764,12 +775,12 @@ def validate_run(c):
          f'config.sample_temperature={c.sample_temperature} must be >= 0 (0 = greedy).')
   _check(c.fsdp == 1 or c.parallelism == 'mesh',
          f'config.fsdp={c.fsdp} shards parameters only with config.parallelism=mesh; set it.')
-  limit = ModelConfig.of(c.model).max_positions
+  limit = ModelConfig.of(c.model).trained_positions
   _check(limit is None or c.seq_len <= limit,
-         f'config.seq_len={c.seq_len} is longer than the {c.model.position} positional table '
+         f'config.seq_len={c.seq_len} is longer than the learned positional table '
          f'(config.model.max_len={c.model.max_len} rows); lower seq_len, or raise max_len for a '
-         'new run (a trained run\'s table is fixed: --mode=eval may lengthen seq_len only for '
-         'positions without a table, rotary or none).')
+         'new run (a trained table is fixed: --mode=eval may lengthen seq_len only for '
+         'positions that are not learned: sinusoidal, rotary or none).')
   _check(c.eval_stride <= c.seq_len,
          f'config.eval_stride={c.eval_stride} must be at most config.seq_len={c.seq_len} '
          '(0 = non-overlapping windows).')

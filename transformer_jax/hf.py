@@ -32,7 +32,8 @@ against the weights' shapes; the export writes the same names back.
 sets them); a run whose config differs in one of them is refused in one line that
 lists the overrides to add. Only `transformers`' file layout is read here: the
 libraries `safetensors` (and `torch`, for .bin weights) are imported when used, so
-the core install does not need them (`pip install transformer_jax[hf]`).
+the core install does not need them (`pip install transformer_jax[hf]`). Reading
+weights (bytes read of all) and exporting (its phases) show progress bars (progress.py).
 """
 
 import dataclasses
@@ -48,6 +49,7 @@ from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import hub
 from transformer_jax import params as params_lib
+from transformer_jax import progress
 from transformer_jax import restore
 from transformer_jax import run_log
 from transformer_jax.data import tokenizers
@@ -292,25 +294,41 @@ def read_weights(path: str) -> dict:
   single = os.path.join(path, 'model.safetensors')
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.isfile(single) or os.path.isfile(index):
-    read = _require('safetensors.numpy').load_file
+    safe_open = _require('safetensors').safe_open
     if os.path.isfile(single):
       files = [single]
     else:
       with open(index, encoding='utf-8') as f:
         files = sorted({os.path.join(path, v) for v in json.load(f)['weight_map'].values()})
+
+    def read(file, shown):  # tensor by tensor, so that the bar moves.
+      tensors = {}
+      with safe_open(file, framework='np') as f:
+        for name in f.keys():
+          tensors[name] = f.get_tensor(name)
+          shown.update(tensors[name].nbytes)
+      return tensors
   else:
     torch = _require('torch')
     files = [os.path.join(path, 'pytorch_model.bin')]
-    read = lambda file: {k: v.float().numpy() for k, v in
-                         torch.load(file, map_location='cpu', weights_only=True).items()}
+
+    def read(file, shown):
+      del shown  # one load: the bar moves by the file when it is read.
+      return {k: v.float().numpy() for k, v in
+              torch.load(file, map_location='cpu', weights_only=True).items()}
   out = {}
-  for file in files:
-    try:
-      out.update(read(file))
-    except Exception as e:  # pylint: disable=broad-except  # safetensors', torch's, pickle's.
-      raise ConfigError(f'config.init_from={PREFIX}{spec}: {file} cannot be read '
-                        f'({type(e).__name__}: {" ".join(str(e).split())[:120]}); is it '
-                        'complete? Save or download it again.') from None
+  size = sum(os.path.getsize(file) for file in files if os.path.isfile(file))
+  with progress.bar(total=size, unit='B', unit_scale=True, unit_divisor=1024,
+                    desc=f'reading {spec}', leave=False) as shown:
+    for file in files:
+      start = shown.n
+      try:
+        out.update(read(file, shown))
+      except Exception as e:  # pylint: disable=broad-except  # safetensors', torch's, pickle's.
+        raise ConfigError(f'config.init_from={PREFIX}{spec}: {file} cannot be read '
+                          f'({type(e).__name__}: {" ".join(str(e).split())[:120]}); is it '
+                          'complete? Save or download it again.') from None
+      shown.update(os.path.getsize(file) - (shown.n - start))  # the rest: its header.
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
@@ -690,22 +708,25 @@ def export(model, params: dict, directory: str, step: Optional[int] = None,
     ConfigError: the model has no transformers class (`to_transformers`).
     run_log.WriteFailed: `directory` cannot be written (one line, with the fix).
   """
-  tensors = to_transformers(params, model)
-  save_file = _require('safetensors.numpy').save_file
-  m = config_lib.ModelConfig.of(model)
-  meta = hf_config(m, eos_id=2 if tokenizer is None else tokenizer.eos_id)
-  meta['transformer_jax_step'] = step
-  try:
-    os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
-    with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
-      json.dump(meta, f, indent=1)
-    if tokenizer is not None and tokenizer.name == 'hf':
-      tokenizer.save_pretrained(directory)
-    elif tokenizer is not None:
-      tokenizer.save(os.path.join(directory, tokenizers.RUN_DIRECTORY))
-  except (OSError, _require('safetensors').SafetensorError) as e:
-    raise run_log.write_failed(directory, e, other='--output') from None
+  with progress.waiting(f'exporting to {directory}: converting', leave=False) as shown:
+    tensors = to_transformers(params, model)
+    save_file = _require('safetensors.numpy').save_file
+    m = config_lib.ModelConfig.of(model)
+    meta = hf_config(m, eos_id=2 if tokenizer is None else tokenizer.eos_id)
+    meta['transformer_jax_step'] = step
+    try:
+      os.makedirs(directory, exist_ok=True)
+      shown.set_description_str(f'exporting to {directory}: writing model.safetensors')
+      save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+      with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
+        json.dump(meta, f, indent=1)
+      shown.set_description_str(f'exporting to {directory}: writing the tokenizer')
+      if tokenizer is not None and tokenizer.name == 'hf':
+        tokenizer.save_pretrained(directory)
+      elif tokenizer is not None:
+        tokenizer.save(os.path.join(directory, tokenizers.RUN_DIRECTORY))
+    except (OSError, _require('safetensors').SafetensorError) as e:
+      raise run_log.write_failed(directory, e, other='--output') from None
   return meta['model_type']
 
 
@@ -720,7 +741,8 @@ def export_checkpoint(config, workdir: str, directory: str) -> str:
     FileNotFoundError: the workdir holds no checkpoint (or not that step).
     ConfigError: the model has no transformers class (`to_transformers`).
   """
-  run = restore.open_run(config, workdir, own_config=True)  # the run's own model config.
+  with progress.waiting(f'reading {workdir}', leave=False):
+    run = restore.open_run(config, workdir, own_config=True)  # the run's own model config.
   model, tokenizer = run.config.model, run.tokenizer
   kind = export(model, run.params, directory, run.step, tokenizer)
   how = f'transformers.{hf_config(model)["architectures"][0]}.from_pretrained loads it'

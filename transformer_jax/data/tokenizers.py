@@ -38,6 +38,7 @@ from absl import logging
 import numpy as np
 
 from transformer_jax import hub
+from transformer_jax import progress
 from transformer_jax.data import DataError
 
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
@@ -354,28 +355,33 @@ def train_sentencepiece(lines: Iterable[str], model_path: str, vocab_size: int,
   """Trains a SentencePiece model on `lines` and writes `model_path`.model.
 
   At most `max_chars` characters are used (the Flax WMT example does the
-  same): enough for a stable vocabulary, and training stays within a minute.
-  The file is written to a temporary name and renamed, so a concurrent reader
-  never sees half a model.
+  same): enough for a stable vocabulary, and training stays within a minute,
+  shown by a bar (characters read, then the time training). The file is written
+  to a temporary name and renamed, so a concurrent reader never sees half a model.
   """
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  what = f'SentencePiece {model_type} vocabulary of {vocab_size}'
 
-  def limited():
+  def limited(shown):
     used = 0
     for line in lines:
       if not line.strip():
         continue
       if used + len(line) > max_chars:
-        return
+        break
       used += len(line)
+      shown.update(len(line))
       yield line
+    shown.set_description_str(f'{what}: training on')
 
   directory = os.path.dirname(model_path) or '.'
   os.makedirs(directory, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=directory) as tmp:
+  with tempfile.TemporaryDirectory(dir=directory) as tmp, progress.waiting(
+      f'{what}: reading', bar_format='{desc} {n_fmt} characters [{elapsed}]', unit_scale=True,
+      leave=False) as shown:
     prefix = os.path.join(tmp, 'spm')
     spm.SentencePieceTrainer.train(
-        sentence_iterator=limited(), model_prefix=prefix, vocab_size=vocab_size,
+        sentence_iterator=limited(shown), model_prefix=prefix, vocab_size=vocab_size,
         model_type=model_type, character_coverage=1.0,
         normalization_rule_name='identity', remove_extra_whitespaces=False,
         split_by_whitespace=True, max_sentence_length=1 << 16,

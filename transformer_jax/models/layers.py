@@ -187,6 +187,8 @@ class PositionalEncoding(nn.Module):
   The table has `cfg.num_positions` rows: max_len for text; for image patches
   one per token, the [CLS] vector's first (ViT's E_pos in R^{(N+1) x D},
   Dosovitskiy et al. 2020, eq. 1), where 'sinusoidal_2d' gives [CLS] a zero row.
+  The paper's sinusoids are a formula, not trained: their table grows to a longer
+  sequence l (an eval at a longer context than training), its first rows unchanged.
   """
   cfg: config_lib.ModelConfig
 
@@ -194,7 +196,7 @@ class PositionalEncoding(nn.Module):
   def __call__(self, x, positions):  # x [b, l, d], positions [b, l]
     cfg = self.cfg
     if cfg.position == 'sinusoidal':
-      table = jnp.asarray(sinusoidal_table(cfg.num_positions, cfg.d_model))
+      table = jnp.asarray(sinusoidal_table(max(cfg.num_positions, x.shape[1]), cfg.d_model))
     elif cfg.position == 'sinusoidal_2d':
       table = sinusoidal_table_2d(cfg.image_size // cfg.patch_size, cfg.d_model)
       table = jnp.asarray(np.pad(table, ((cfg.image_length - cfg.num_patches, 0), (0, 0))))
