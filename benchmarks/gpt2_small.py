@@ -32,7 +32,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

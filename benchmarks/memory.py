@@ -46,15 +46,6 @@ from transformer_jax import train as train_lib
 from transformer_jax.configs import shakespeare_char
 from transformer_jax.models.transformer import build_model
 
-flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's files (cli_runs.py).")
-flags.DEFINE_list('parts', ['rss', 'context', 'remat'], 'Which tables: rss, context, remat.')
-flags.DEFINE_list('rss_shapes', ['4x4x128', '6x6x384', 'gpt2_small'],
-                  f'Table 1 shapes, from {", ".join(cli_runs.SHAPES)}.')
-flags.DEFINE_float('budget_gib', 16.0, 'Table 2: the memory budget in GiB.')
-flags.DEFINE_list('fit_lengths', ['1024', '2048', '4096'], 'Table 2: contexts compiled for the fit.')
-flags.DEFINE_string('remat_shape', '6x6x384', 'Table 3: the shape (cli_runs.SHAPES).')
-flags.DEFINE_integer('remat_steps', 3, 'Table 3: timed steps per remat mode.')
-flags.DEFINE_string('output', 'benchmarks/results/memory.json', 'JSON results.')
 FLAGS = flags.FLAGS
 
 MIB = 2**20
@@ -203,4 +194,15 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not on import, so gpt2_small.py can import the compiled-step helpers.
+  flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's files (cli_runs.py).")
+  flags.DEFINE_list('parts', ['rss', 'context', 'remat'], 'Which tables: rss, context, remat.')
+  flags.DEFINE_list('rss_shapes', ['4x4x128', '6x6x384', 'gpt2_small'],
+                    f'Table 1 shapes, from {", ".join(cli_runs.SHAPES)}.')
+  flags.DEFINE_float('budget_gib', 16.0, 'Table 2: the memory budget in GiB.')
+  flags.DEFINE_list('fit_lengths', ['1024', '2048', '4096'],
+                    'Table 2: contexts compiled for the fit.')
+  flags.DEFINE_string('remat_shape', '6x6x384', 'Table 3: the shape (cli_runs.SHAPES).')
+  flags.DEFINE_integer('remat_steps', 3, 'Table 3: timed steps per remat mode.')
+  flags.DEFINE_string('output', 'benchmarks/results/memory.json', 'JSON results.')
   app.run(main)
