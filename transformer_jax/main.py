@@ -226,6 +226,10 @@ def main(argv):
     from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
     print(json.dumps(accounting.describe(config.model, config.seq_len)))
     return
+  if config.compilation_cache_dir:  # before anything compiles; every program is kept.
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
     logging.set_verbosity(logging.WARNING)
   from transformer_jax import parallel  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,129 @@
+"""Training speed through the two CLIs: ours against nanoGPT's own `train.py`.
+
+Each contender runs as a researcher runs it, a fresh process per run: nanoGPT's
+`train.py` (its README's CPU command: float32 eager PyTorch, `--compile=False`,
+a line every iteration, one eval batch at iter 0 only) and
+`python -m transformer_jax.main --config=shakespeare_char:nanogpt` (nanoGPT's recipe,
+the same shape and batch, a train record every `--log_every` steps, one eval
+batch at the end). Tokens/s in steady state, from each one's own log:
+
+- nanoGPT: batch * ctx / (its printed `time X ms`), the median over iterations
+  after the first `--skip_iters` (iter 0 holds its eval and PyTorch's warm-up);
+- ours: the `tokens_per_sec` of each train record in metrics.jsonl (the first
+  step, which compiles, is never timed), the median over records after the first.
+
+Rounds are interleaved (A B, B A, A B, ...) so load from other work hits both
+alike; reported: the median over rounds of each run's median, the range of
+those, and the ratio of medians. The load average is recorded before each run.
+
+  python benchmarks/cli_vs_nanogpt.py --nanogpt_dir=/tmp/nanogpt   # about 5 minutes on 2 cores
+
+nanoGPT's files and data: see benchmarks/cli_runs.py.
+"""
+
+import os
+
+# PyTorch's OpenMP workers spin while idle; on a shared machine that starves them
+# (train_throughput.py measured 2.8 s instead of 0.15 s a step), so both children
+# wait passively unless the caller set a policy.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import dataclasses
+import shutil
+import statistics
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import cli_runs
+from benchmarks import common
+
+flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's train.py, model.py, "
+                    'configurator.py, config/ and data/shakespeare_char/ (cli_runs.py).')
+flags.DEFINE_list('shapes', ['4x4x128', '6x6x384'], f'From {", ".join(cli_runs.SHAPES)}.')
+flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (one run of each contender per round).')
+flags.DEFINE_list('steps', ['60', '12'], 'Steps (iterations) per run, one per shape.')
+flags.DEFINE_list('log_every', ['10', '3'], 'Our train-record interval, one per shape.')
+flags.DEFINE_integer('skip_iters', 5, "nanoGPT's first iterations left untimed.")
+flags.DEFINE_string('output', 'benchmarks/results/cli_vs_nanogpt.json', 'JSON results.')
+FLAGS = flags.FLAGS
+
+
+def _ours(shape, steps, log_every) -> dict:
+  workdir = tempfile.mkdtemp(prefix='ours_')
+  try:
+    load = cli_runs.load()
+    result = cli_runs.run(cli_runs.ours_command(shape, workdir, steps, log_every),
+                          cwd=cli_runs.REPO)
+    rates = cli_runs.ours_tokens_per_sec(workdir)[1:]
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  if not rates:
+    raise ValueError(f'--steps={steps} with --log_every={log_every} leaves no timed record; '
+                     'give at least 2 records\' worth of steps.')
+  return {'tokens_per_sec': statistics.median(rates), 'records': rates, 'load': load,
+          'wall_s': result.seconds}
+
+
+def _nanogpt(shape, steps) -> dict:
+  work = cli_runs.nanogpt_workspace(FLAGS.nanogpt_dir, shape)
+  try:
+    load = cli_runs.load()
+    result = cli_runs.run(cli_runs.nanogpt_command(shape, steps), cwd=work)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  ms = cli_runs.nanogpt_iter_ms(result)[FLAGS.skip_iters:]
+  if not ms:
+    raise ValueError(f'--steps={steps} leaves no iteration after --skip_iters='
+                     f'{FLAGS.skip_iters}.')
+  return {'tokens_per_sec': shape.tokens_per_step / (statistics.median(ms) / 1000),
+          'iter_ms': ms, 'load': load, 'wall_s': result.seconds}
+
+
+def _summary(runs) -> dict:
+  rates = [r['tokens_per_sec'] for r in runs]
+  return {'median': statistics.median(rates), 'min': min(rates), 'max': max(rates),
+          'runs': runs}
+
+
+def main(argv):
+  del argv
+  if not len(FLAGS.steps) == len(FLAGS.log_every) == len(FLAGS.shapes):
+    sys.exit('--steps and --log_every need one value per --shapes entry.')
+  env = common.environment(with_torch=True)
+  env['omp_wait_policy'] = os.environ['OMP_WAIT_POLICY']
+  common.print_environment(env)
+  rows = []
+  print('| shape (layers x heads x d_model, ctx, batch) | ours tok/s | nanoGPT tok/s | '
+        'ours / nanoGPT | load before (1 min) |')
+  print('|---|---|---|---|---|')
+  for name, steps, log_every in zip(FLAGS.shapes, FLAGS.steps, FLAGS.log_every):
+    shape = cli_runs.SHAPES[name]
+    ours, nanogpt = [], []
+    for i in range(FLAGS.rounds):
+      order = [('ours', ours), ('nanogpt', nanogpt)][::1 if i % 2 == 0 else -1]
+      for who, runs in order:
+        runs.append(_ours(shape, int(steps), int(log_every)) if who == 'ours' else
+                    _nanogpt(shape, int(steps)))
+        print(f'  {name} round {i + 1} {who}: {runs[-1]["tokens_per_sec"]:,.0f} tok/s '
+              f'(load {runs[-1]["load"]})', flush=True)
+    row = {'shape': name, **dataclasses.asdict(shape), 'steps': int(steps),
+           'log_every': int(log_every), 'ours': _summary(ours), 'nanogpt': _summary(nanogpt)}
+    row['ratio'] = row['ours']['median'] / row['nanogpt']['median']
+    rows.append(row)
+    loads = sorted(float(r['load'].split()[0]) for r in ours + nanogpt)
+    print(f"| {shape.layers}x{shape.heads}x{shape.d_model}, {shape.ctx}, {shape.batch} | "
+          f"{row['ours']['median']:,.0f} ({row['ours']['min']:,.0f}-{row['ours']['max']:,.0f}) | "
+          f"{row['nanogpt']['median']:,.0f} ({row['nanogpt']['min']:,.0f}-"
+          f"{row['nanogpt']['max']:,.0f}) | {row['ratio']:.2f} | {loads[0]:.1f}-{loads[-1]:.1f} |",
+          flush=True)
+  common.write_json({'environment': env, 'rows': rows}, FLAGS.output)
+
+
+if __name__ == '__main__':
+  app.run(main)
