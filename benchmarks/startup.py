@@ -11,9 +11,9 @@ says its first step is done:
 - nanoGPT: its first `iter 0:` line (printed after `loss.item()`; iter 0 also
   holds its eval of one batch of each split, which our first step does not).
 
-Ours is timed twice more with JAX's persistent compilation cache
-(`--config.compilation_cache_dir`): a first start, which fills the empty cache,
-and a second one that reads it.
+Ours is timed with JAX's persistent compilation cache off
+(`--config.compilation_cache_dir=`), then with it on in an empty directory: a
+first start, which fills the cache, and a second one that reads it.
 
   python benchmarks/startup.py --nanogpt_dir=/tmp/nanogpt   # about 4 minutes on 2 cores
 
@@ -49,7 +49,7 @@ NANOGPT_FIRST_STEP = r'^iter 0:'
 
 def _ours(shape, cache_dir: str = '') -> dict:
   workdir = tempfile.mkdtemp(prefix='ours_')
-  extra = (f'--config.compilation_cache_dir={cache_dir}',) if cache_dir else ()
+  extra = (f'--config.compilation_cache_dir={cache_dir}',)  # '' = off.
   try:
     load = cli_runs.load()
     result = cli_runs.run(cli_runs.ours_command(shape, workdir, 10, 1, extra),

@@ -344,10 +344,11 @@ def base_config() -> config_dict.ConfigDict:
       async_checkpointing=resumable(True),  # write checkpoints in the background.
       # per-device peak FLOP/s for MFU; 0 = a known accelerator's, or measured on CPU.
       peak_flops=resumable(0.0),
-      # JAX's persistent compilation cache: compiled programs are written to this directory
-      # and read back by later starts of the same shapes, which then skip XLA's compile
-      # ('' = off). Changes no result (benchmarks/startup.py measures what it saves).
-      compilation_cache_dir=resumable(''),
+      # JAX's persistent compilation cache: a later start that compiles the same program
+      # (shapes, config, flags, jax version) loads it from here instead of compiling again.
+      # Changes no result (benchmarks/startup.py measures what it saves). '' = off;
+      # JAX_COMPILATION_CACHE_DIR, where set, wins.
+      compilation_cache_dir=resumable('~/.cache/transformer_jax/jax_cache'),
       num_samples=resumable(0),  # decoder LM: texts sampled and printed after training.
       sample_length=resumable(200),  # tokens per sample (and per --mode=decode output).
       sample_prompt=resumable(''),  # text each sample starts from ('' = a newline).

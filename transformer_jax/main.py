@@ -209,6 +209,28 @@ def _label_output():
     sys.stdout, sys.stderr = _Labelled(sys.stdout, label), _Labelled(sys.stderr, label)
 
 
+def _use_compilation_cache(config):
+  """Points JAX's persistent compilation cache at config.compilation_cache_dir
+  before anything compiles, unless the field is '' or
+  JAX_COMPILATION_CACHE_DIR already names one. A directory that cannot be
+  written leaves the cache off, said in one line: the run does not need it."""
+  path = os.path.expanduser(config.compilation_cache_dir)
+  if not path or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    print(f'Compilation cache off: cannot write {path} ({e.strerror or e}); set '
+          '--config.compilation_cache_dir to a writable directory, or to \'\' for off.',
+          file=sys.stderr, flush=True)
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # every program kept.
+
+
 def _printable(text: str) -> str:
   """An output as one line: newlines inside it become the two characters \\n."""
   return text.replace('\\', '\\\\').replace('\n', '\\n')
@@ -226,10 +248,7 @@ def main(argv):
     from transformer_jax.models import accounting  # pylint: disable=g-import-not-at-top
     print(json.dumps(accounting.describe(config.model, config.seq_len)))
     return
-  if config.compilation_cache_dir:  # before anything compiles; every program is kept.
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  _use_compilation_cache(config)
   if not flags.FLAGS['verbosity'].present:  # keep Orbax's INFO logs out of the progress.
     logging.set_verbosity(logging.WARNING)
   from transformer_jax import parallel  # pylint: disable=g-import-not-at-top
