@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -102,6 +103,43 @@ def test_a_run_that_cannot_be_launched_does_not_stop_the_grid(tmp_path):
   assert status['returncode'] is None and status['last_line'].startswith(
       f'could not launch in {blocker}/seed=0: ')
   assert sweep.outcome(status).startswith('FAILED: could not launch')
+
+
+# A stand-in for a training process: saves and exits 143 on SIGTERM (as main does),
+# counting the SIGTERMs it gets in its log.
+_TRAINS_UNTIL_SIGTERM = textwrap.dedent('''
+    import signal, sys, time
+    def stop(*_):
+      print('SIGTERM', flush=True)
+      time.sleep(0.5)  # a second SIGTERM while it saves would be counted here.
+      sys.exit(143)
+    signal.signal(signal.SIGTERM, stop)
+    print('training', flush=True)
+    time.sleep(600)
+''')
+
+
+@pytest.mark.parametrize('early', [True, False])
+def test_a_stop_request_reaches_the_run_as_one_sigterm(tmp_path, early):
+  """The file route of a stop (search.Stopper's early stop; a signal to a Ray
+  sweep, whose cancel of a running task is best effort): one SIGTERM, and only
+  an early stop counts the run as stopped early."""
+  run_dir = str(tmp_path / 'run')
+  done = {}
+  thread = threading.Thread(target=lambda: done.update(
+      run_process.launch(['-c', _TRAINS_UNTIL_SIGTERM], run_dir)))
+  thread.start()
+  log = os.path.join(run_dir, 'log.txt')
+  deadline = time.time() + 300
+  while not (os.path.exists(log) and 'training' in open(log).read()):
+    assert time.time() < deadline and thread.is_alive(), 'hang guard'
+    time.sleep(0.05)
+  run_process.request_stop(run_dir, 'a reason', early=early)
+  thread.join(timeout=300)
+  assert done['returncode'] == 143 and done['signal'] == signal.SIGTERM, done
+  assert done.get('early_stopped') == ('a reason' if early else None)
+  assert open(log).read().splitlines().count('SIGTERM') == 1
+  assert sweep.stopped_early(done) == early
 
 
 # The crash grid's run that fails once it starts: its training file is not there.

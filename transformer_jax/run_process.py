@@ -17,8 +17,8 @@ from typing import Callable, Optional, Sequence
 from transformer_jax import run_log
 
 STATUS_FILE = 'sweep_status.json'
-# A request to stop the run early (early_stopping.Stopper writes it, with why):
-# the launch passes it on to the training process as SIGTERM.
+# A request to stop the run (`request_stop` writes it): the launch passes it on
+# to the training process as SIGTERM, on whichever node the run trains.
 STOP_FILE = 'stop_request.json'
 
 
@@ -30,12 +30,22 @@ def _last_line(path: str, start: int) -> str:
   return lines[-1] if lines else '(no output)'
 
 
-def _stop_reason(path: str) -> str:
+def request_stop(run_dir: str, why: str, early: bool):
+  """Asks the launch training in `run_dir` to stop the run (it saves, then
+  exits). `early`: a scheduler's decision (search.Stopper), so the run counts as
+  finished, `why` its status's `early_stopped`; else a signal to the sweep,
+  which the run resumes from on a relaunch."""
+  run_log.write_atomically(os.path.join(run_dir, STOP_FILE),
+                           json.dumps({'why': why, 'early': early}))
+
+
+def _stop_request(path: str) -> dict:
   try:
     with open(path) as f:
-      return str(json.load(f).get('why', 'stopped early'))
-  except (OSError, ValueError, AttributeError):
-    return 'stopped early'
+      request = json.load(f)
+  except (OSError, ValueError):
+    request = None
+  return request if isinstance(request, dict) else {}
 
 
 def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
@@ -52,8 +62,9 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   `on_start` sees the process (the local executor passes it the sweep's
   signals). A KeyboardInterrupt while it trains (the Ray executor cancelling
   the run's task) is passed on as SIGTERM: the run saves, then exits; the
-  status then has `signal` set. So is a stop request (STOP_FILE) appearing in
-  `run_dir`; the status then also has `early_stopped`, the request's reason.
+  status then has `signal` set. So is a stop request (`request_stop`) appearing
+  in `run_dir`; an early one's reason becomes the status's `early_stopped`. The
+  run gets one SIGTERM, whichever comes first.
   """
   cmd = [sys.executable, *args]
   start = time.time()
@@ -80,14 +91,18 @@ def launch(args: Sequence[str], run_dir: str, where: Optional[dict] = None,
   while True:
     try:  # polled, not wait()ed: Ray's cancel raises between bytecodes only.
       while process.poll() is None:
-        if 'early_stopped' not in status and os.path.exists(stop_path):
-          status.update(early_stopped=_stop_reason(stop_path), signal=signal.SIGTERM)
+        if status['signal'] is None and os.path.exists(stop_path):
+          request = _stop_request(stop_path)
+          if request.get('early', True):
+            status['early_stopped'] = str(request.get('why', 'stopped early'))
+          status['signal'] = signal.SIGTERM
           process.send_signal(signal.SIGTERM)
         time.sleep(0.1)
       break
     except KeyboardInterrupt:
-      status['signal'] = signal.SIGTERM
-      process.send_signal(signal.SIGTERM)
+      if status['signal'] is None:
+        status['signal'] = signal.SIGTERM
+        process.send_signal(signal.SIGTERM)
   status.update(returncode=process.returncode, seconds=time.time() - start)
   if process.returncode != 0:
     status['last_line'] = _last_line(log_path, offset)

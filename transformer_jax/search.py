@@ -201,7 +201,6 @@ class Stopper:
                  f'{record[self.asha.metric]:.4g} not in the best 1/{self.asha.reduction_factor:g} '
                  'at that rung)')
           self.stopped[name] = why
-          request = os.path.join(run_dir, run_process.STOP_FILE)
-          run_log.write_atomically(request, json.dumps({'why': why}))
+          run_process.request_stop(run_dir, why, early=True)
           break
       self._seen[name] = len(evals)

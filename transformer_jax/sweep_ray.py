@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import ray
 
@@ -135,9 +135,17 @@ class RayExecutor:
     del signum
     self.signals += 1
 
-  def _cancel(self, refs):
-    """First signal: cancel every task (a running one saves); again: kill them."""
-    for ref in refs:
+  def _cancel(self, pending: Dict[Any, str]):
+    """First signal: cancel every task {ref: run_dir} (a running one saves);
+    again: kill them. Ray's cancel of a running task is best effort, so the
+    first also leaves a stop request in each run's directory, which the launch
+    polls for (`run_process.request_stop`)."""
+    for ref, run_dir in pending.items():
+      if self._acted == 1:
+        try:
+          run_process.request_stop(run_dir, 'stopped by a signal to the sweep', early=False)
+        except OSError:  # a run not launched yet, its directory not made: the cancel is enough.
+          pass
       ray.cancel(ref, force=self._acted > 1)
 
   def run(self, launches: Sequence[Tuple[int, List[str], str]]) -> Iterator[Tuple[int, dict]]:
@@ -148,11 +156,14 @@ class RayExecutor:
     self.start()
     workdir = os.path.dirname(os.path.dirname(launches[0][2]))
     train = _train.options(**task_options(self.resources, self.max_retries))
-    pending = {train.remote(args, run_dir, workdir): index for index, args, run_dir in launches}
+    pending, run_dirs = {}, {}
+    for index, args, run_dir in launches:
+      ref = train.remote(args, run_dir, workdir)
+      pending[ref], run_dirs[ref] = index, run_dir
     while pending:
       if self._acted < self.signals:
         self._acted = self.signals
-        self._cancel(list(pending))
+        self._cancel({ref: run_dirs[ref] for ref in pending})
       ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
       for ref in ready:
         index = pending.pop(ref)
