@@ -51,7 +51,7 @@ def gpt2_small_config(length: int):
   """config.model of GPT-2 small's layout with `length` positions."""
   config = shakespeare_char.get_config('nanogpt').model
   config.update(num_layers=12, num_heads=12, d_model=768, vocab_size=50257, max_len=length,
-                use_bias=True, activation='gelu_tanh')
+                use_bias=True, norm_bias=True, activation='gelu_tanh')  # GPT-2 has every bias.
   return config
 
 
