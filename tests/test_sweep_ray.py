@@ -5,6 +5,7 @@ resumed exactly, and a sweep stopped by Ctrl-C and relaunched losing nothing."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,9 +198,11 @@ def test_asha_stops_the_runs_that_fall_behind_and_the_report_lists_every_point(
   for lr in early:
     run_dir = os.path.join(workdir, 'runs', f'learning_rate={lr}')
     status = _status(run_dir)
-    assert status['early_stopped'].startswith('stopped early by ASHA at step ')
-    assert status['returncode'] == 128 + signal.SIGTERM  # it saved, then exited.
-    assert _losses(run_dir)[-1][0] < 200
+    decided = re.match(r'stopped early by ASHA at step (\d+) ', status['early_stopped'])
+    assert decided and int(decided.group(1)) < 200, status  # at a rung, before the end ...
+    assert status['returncode'] == 128 + signal.SIGTERM  # ... then it saved and exited
+    assert _losses(run_dir)[-1][0] >= int(decided.group(1))  # (how far it got by then is
+    # the machine's pace: a run on a loaded machine may reach its last step first).
     assert status['early_stopped'] in out
   assert 'stopped early)' in open(os.path.join(workdir, 'results.md')).read()
   # A relaunch counts a run stopped early as finished: nothing trains again.
