@@ -54,7 +54,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -269,11 +268,7 @@ class Checkpointer:
       # Orbax cleans up partial saves in a background thread; finish it here, so a
       # process that stops at once (a data error) does not exit under it.
       self.manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
-      try:
-        with tempfile.TemporaryFile(dir=self.directory):
-          pass
-      except OSError as e:
-        raise run_log.write_failed(self.directory, e) from None
+      run_log.check_writable(self.directory)
     self.config = config_json(config)
     self._last_step = self.manager.latest_step()
     self._failure: Optional[run_log.WriteFailed] = None
@@ -564,7 +559,7 @@ class Checkpointer:
       return
     destination = self._move(step, DAMAGED_DIR)
     if jax.process_index() == 0:
-        print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; '
+      print(f'Checkpoint step {step} is damaged ({reason}); moved it to {destination}; '
             f'resuming from step {fallback}.', flush=True)
 
   def set_aside_after(self, step: Optional[int]) -> list:

@@ -35,7 +35,6 @@ anything is compiled.
 import json
 import os
 import sys
-import tempfile
 from typing import Optional
 
 from absl import app
@@ -172,15 +171,14 @@ def _check_workdir(workdir: str):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     _fail(f'--workdir={workdir} is a file, not a directory; give a directory for the run.')
   from transformer_jax import trainer  # pylint: disable=g-import-not-at-top
+  from transformer_jax import run_log  # pylint: disable=g-import-not-at-top
   made = trainer.missing_root(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
-    trainer.unmake(workdir, made)  # empty directories only: another process may use them.
-  except OSError as e:
+    run_log.check_writable(workdir)
+  except run_log.WriteFailed as e:
     _fail(f'--workdir={workdir} is not writable ({e.strerror}); give a directory you can '
           'write to.')
+  trainer.unmake(workdir, made)  # empty directories only: another process may use them.
 
 
 class _Labelled:
@@ -217,12 +215,11 @@ def _use_compilation_cache(config):
   path = os.path.expanduser(config.compilation_cache_dir)
   if not path or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return
+  from transformer_jax import run_log  # pylint: disable=g-import-not-at-top  # imports jax.
   try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    print(f'Compilation cache off: cannot write {path} ({e.strerror or e}); set '
+    run_log.check_writable(path)
+  except run_log.WriteFailed as e:
+    print(f'Compilation cache off: cannot write {path} ({e.strerror}); set '
           '--config.compilation_cache_dir to a writable directory, or to \'\' for off.',
           file=sys.stderr, flush=True)
     return

@@ -44,6 +44,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from typing import Optional
@@ -137,6 +138,21 @@ def write_failed(path: str, error: BaseException, other: str = '') -> WriteFaile
   fix = _FIXES.get(number, 'check that it can be written') + (f' or give another {other}'
                                                              if other else '')
   return WriteFailed(f'Could not write {path} ({cause}); {fix}.', number, cause, path)
+
+
+def check_writable(directory: str):
+  """Makes `directory` if it is missing and writes (then removes) a file there,
+  so a run learns at its start, not at its first save, that it cannot write.
+
+  Raises:
+    WriteFailed: it cannot (the OS's cause in `strerror`).
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise write_failed(directory, e) from None
 
 
 def write_atomically(path: str, text: str):
