@@ -48,6 +48,16 @@ SHAPES = {
     '4x4x128': Shape(4, 4, 128, 64, 12),  # the default experiment, nanoGPT's CPU recipe.
     '6x6x384': Shape(6, 6, 384, 256, 12),  # nanoGPT's Shakespeare-char model, batch 12.
     'gpt2_small': Shape(12, 12, 768, 1024, 1, 50257),
+    # GPT-2 small at a GPU's batch, both at nanoGPT's padded vocabulary (50304 rows).
+    'gpt2_small_gpu': Shape(12, 12, 768, 1024, 16, 50304),
+}
+
+# What each CLI adds on an NVIDIA GPU, as a GPU user runs it: bfloat16 compute over
+# float32 parameters; nanoGPT compiles its model (torch.compile) and we run cuDNN's
+# flash attention.
+GPU_FLAGS = {
+    'ours': ('--config.model.dtype=bfloat16', '--config.model.attention_impl=cudnn'),
+    'nanogpt': ('--device=cuda', '--compile=True', '--dtype=bfloat16'),
 }
 
 
@@ -68,16 +78,29 @@ def ours_command(shape: Shape, workdir: str, steps: int, log_every: int,
   return args + list(extra)
 
 
-def nanogpt_command(shape: Shape, iters: int) -> List[str]:
+def run_config(shape: Shape, remat: str = 'none'):
+  """The run config ours_command trains at `shape` (nanoGPT's recipe, no dropout)."""
+  from transformer_jax.configs import shakespeare_char  # pylint: disable=g-import-not-at-top
+  config = shakespeare_char.get_config('nanogpt')
+  config.model.update(num_layers=shape.layers, num_heads=shape.heads, d_model=shape.d_model,
+                      max_len=shape.ctx, dropout_rate=0.0, remat=remat)
+  if shape.vocab:
+    config.model.vocab_size = shape.vocab
+  config.update(seq_len=shape.ctx, batch_size=shape.batch)
+  return config
+
+
+def nanogpt_command(shape: Shape, iters: int, extra: Tuple[str, ...] = ()) -> List[str]:
   """nanoGPT's README CPU command over config/train_shakespeare_char.py at `shape`:
-  float32 eager PyTorch, an eval of one batch at iter 0 only, a line every iter.
+  float32 eager PyTorch, an eval of one batch at iter 0 only, a line every iter;
+  `extra` flags come last and win (GPU_FLAGS['nanogpt'] on a GPU).
   `iters` + 1 iterations run (nanoGPT stops after iter `max_iters`)."""
   return [sys.executable, 'train.py', 'config/train_shakespeare_char.py', '--device=cpu',
           '--compile=False', '--eval_iters=1', f'--eval_interval={iters + 1000}',
           '--log_interval=1', f'--block_size={shape.ctx}', f'--batch_size={shape.batch}',
           f'--n_layer={shape.layers}', f'--n_head={shape.heads}', f'--n_embd={shape.d_model}',
           f'--max_iters={iters}', f'--lr_decay_iters={iters}', '--dropout=0.0',
-          '--always_save_checkpoint=False', '--out_dir=out']
+          '--always_save_checkpoint=False', '--out_dir=out', *extra]
 
 
 def nanogpt_workspace(nanogpt_dir: str, shape: Shape) -> str:

@@ -17,6 +17,13 @@ alike; reported: the median over rounds of each run's median, the range of
 those, and the ratio of medians. The load average is recorded before each run.
 
   python benchmarks/cli_vs_nanogpt.py --nanogpt_dir=/tmp/nanogpt   # about 5 minutes on 2 cores
+  python benchmarks/cli_vs_nanogpt.py --device=cuda --shapes=gpt2_small_gpu --steps=30 \
+      --log_every=10 --rounds=1    # one NVIDIA GPU: both in bfloat16, nanoGPT compiled
+
+On a GPU (`--device=cuda`) each CLI runs as a GPU user runs it (cli_runs.GPU_FLAGS):
+nanoGPT's `train.py` with `--compile=True --dtype=bfloat16`, ours in bfloat16 with
+cuDNN's flash attention; MFU divides models/accounting.py's FLOPs per token (the same
+count for both) by `--roof_tflops` (benchmarks/peak.py's measured bf16 matmul rate).
 
 nanoGPT's files and data: see benchmarks/cli_runs.py.
 """
@@ -42,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import cli_runs
 from benchmarks import common
+from transformer_jax.models import accounting
 
 flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's train.py, model.py, "
                     'configurator.py, config/ and data/shakespeare_char/ (cli_runs.py).')
@@ -50,6 +58,9 @@ flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (one run of each contender
 flags.DEFINE_list('steps', ['60', '12'], 'Steps (iterations) per run, one per shape.')
 flags.DEFINE_list('log_every', ['10', '3'], 'Our train-record interval, one per shape.')
 flags.DEFINE_integer('skip_iters', 5, "nanoGPT's first iterations left untimed.")
+flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'], 'Where both CLIs train.')
+flags.DEFINE_float('roof_tflops', 0.0, 'Measured matmul roof (peak.py) for the MFU column; '
+                   '0 = no MFU.')
 flags.DEFINE_string('output', 'benchmarks/results/cli_vs_nanogpt.json', 'JSON results.')
 FLAGS = flags.FLAGS
 
@@ -58,7 +69,8 @@ def _ours(shape, steps, log_every) -> dict:
   workdir = tempfile.mkdtemp(prefix='ours_')
   try:
     load = cli_runs.load()
-    result = cli_runs.run(cli_runs.ours_command(shape, workdir, steps, log_every),
+    extra = cli_runs.GPU_FLAGS['ours'] if FLAGS.device == 'cuda' else ()
+    result = cli_runs.run(cli_runs.ours_command(shape, workdir, steps, log_every, extra),
                           cwd=cli_runs.REPO)
     rates = cli_runs.ours_tokens_per_sec(workdir)[1:]
   finally:
@@ -74,7 +86,8 @@ def _nanogpt(shape, steps) -> dict:
   work = cli_runs.nanogpt_workspace(FLAGS.nanogpt_dir, shape)
   try:
     load = cli_runs.load()
-    result = cli_runs.run(cli_runs.nanogpt_command(shape, steps), cwd=work)
+    extra = cli_runs.GPU_FLAGS['nanogpt'] if FLAGS.device == 'cuda' else ()
+    result = cli_runs.run(cli_runs.nanogpt_command(shape, steps, extra), cwd=work)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   ms = cli_runs.nanogpt_iter_ms(result)[FLAGS.skip_iters:]
@@ -95,9 +108,6 @@ def main(argv):
   del argv
   if not len(FLAGS.steps) == len(FLAGS.log_every) == len(FLAGS.shapes):
     sys.exit('--steps and --log_every need one value per --shapes entry.')
-  env = common.environment(with_torch=True)
-  env['omp_wait_policy'] = os.environ['OMP_WAIT_POLICY']
-  common.print_environment(env)
   rows = []
   print('| shape (layers x heads x d_model, ctx, batch) | ours tok/s | nanoGPT tok/s | '
         'ours / nanoGPT | load before (1 min) |')
@@ -115,6 +125,14 @@ def main(argv):
     row = {'shape': name, **dataclasses.asdict(shape), 'steps': int(steps),
            'log_every': int(log_every), 'ours': _summary(ours), 'nanogpt': _summary(nanogpt)}
     row['ratio'] = row['ours']['median'] / row['nanogpt']['median']
+    if FLAGS.roof_tflops:
+      row['flops_per_token'] = accounting.flops_per_token(cli_runs.run_config(shape).model,
+                                                          shape.ctx)
+      for who in ('ours', 'nanogpt'):
+        row[who]['mfu'] = row['flops_per_token'] * row[who]['median'] / (
+            FLAGS.roof_tflops * 1e12)
+      print(f"  {name} MFU of {FLAGS.roof_tflops:.0f} TFLOP/s: ours {row['ours']['mfu']:.1%}, "
+            f"nanoGPT {row['nanogpt']['mfu']:.1%}", flush=True)
     rows.append(row)
     loads = sorted(float(r['load'].split()[0]) for r in ours + nanogpt)
     print(f"| {shape.layers}x{shape.heads}x{shape.d_model}, {shape.ctx}, {shape.batch} | "
@@ -122,6 +140,10 @@ def main(argv):
           f"{row['nanogpt']['median']:,.0f} ({row['nanogpt']['min']:,.0f}-"
           f"{row['nanogpt']['max']:,.0f}) | {row['ratio']:.2f} | {loads[0]:.1f}-{loads[-1]:.1f} |",
           flush=True)
+  # Only now: JAX in this process would hold GPU memory that the runs need.
+  env = common.environment(with_torch=True)
+  env['omp_wait_policy'] = os.environ['OMP_WAIT_POLICY']
+  common.print_environment(env)
   common.write_json({'environment': env, 'rows': rows}, FLAGS.output)
 
 

@@ -43,24 +43,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import cli_runs
 from benchmarks import common
 from transformer_jax import train as train_lib
-from transformer_jax.configs import shakespeare_char
 from transformer_jax.models.transformer import build_model
 
 FLAGS = flags.FLAGS
 
 MIB = 2**20
 GIB = 2**30
-
-
-def run_config(shape: cli_runs.Shape, remat: str = 'none'):
-  """The run config ours_command trains at `shape` (nanoGPT's recipe, no dropout)."""
-  config = shakespeare_char.get_config('nanogpt')
-  config.model.update(num_layers=shape.layers, num_heads=shape.heads, d_model=shape.d_model,
-                      max_len=shape.ctx, dropout_rate=0.0, remat=remat)
-  if shape.vocab:
-    config.model.vocab_size = shape.vocab
-  config.update(seq_len=shape.ctx, batch_size=shape.batch)
-  return config
 
 
 def _batch(config) -> dict:
@@ -93,7 +81,7 @@ def state_shapes(config):
 
 
 def step_bytes(shape: cli_runs.Shape, remat: str = 'none') -> int:
-  config = run_config(shape, remat)
+  config = cli_runs.run_config(shape, remat)
   return compiled_bytes(compiled_step(config, state_shapes(config))[1])
 
 
@@ -144,7 +132,7 @@ def remat_rows() -> list:
   shape = cli_runs.SHAPES[FLAGS.remat_shape]
   rows = []
   for remat in ('none', 'full', 'dots'):
-    config = run_config(shape, remat)
+    config = cli_runs.run_config(shape, remat)
     state, rng = train_lib.create_state(config, build_model(config.model))
     step, compiled = compiled_step(config, state)
     batch = _batch(config)

@@ -108,6 +108,40 @@ def test_cudnn_falls_back_to_xla_off_gpu_and_says_why(caplog, monkeypatch):
   assert 'attention_impl=cudnn: no GPU' in caplog.text
 
 
+@pytest.mark.parametrize('packed', [False, True])
+@pytest.mark.parametrize('weights', [False, True])
+def test_cudnn_rows_without_a_mask_tensor_see_what_the_masked_rows_see(packed, weights):
+  """Under cuDNN the Decoder gives unpacked (right-padded) rows no [b, 1, l, l]
+  mask, only causality: every real token's logits are those of the masked XLA
+  path, on a GPU (cuDNN's causal kernel) and off one (the causal mask built in
+  MultiHeadAttention), with or without the attention weights asked for."""
+  rng = np.random.default_rng(6)
+  tokens = rng.integers(1, VOCAB, (3, 12)).astype(np.int32)
+  lengths = np.array([12, 7, 3])
+  tokens[np.arange(12)[None, :] >= lengths[:, None]] = 0  # right padding.
+  kwargs = {}
+  if packed:  # row 0 holds two examples, 5 + 7 tokens.
+    segment_ids = (tokens > 0).astype(np.int32)
+    segment_ids[0, 5:] = 2
+    positions = np.where(np.arange(12) < 5, np.arange(12), np.arange(12) - 5)[None]
+    kwargs = dict(segment_ids=jnp.asarray(segment_ids),
+                  positions=jnp.asarray(np.broadcast_to(positions, tokens.shape)))
+  dtype = 'bfloat16' if jax.default_backend() == 'gpu' else 'float32'
+  xla = _decoder(dropout_rate=0.0, dtype=dtype)
+  params = xla.init(jax.random.key(7), tokens)
+  mutable = ['intermediates'] if weights else False
+  run = lambda model: model.apply(params, jnp.asarray(tokens), mutable=mutable, **kwargs)
+  expected = run(xla)
+  got = run(_decoder(dropout_rate=0.0, dtype=dtype, attention_impl='cudnn'))
+  if weights:
+    expected, got = expected[0], got[0]
+  real = tokens > 0
+  tolerance = 2e-2 if dtype == 'bfloat16' else 1e-6
+  np.testing.assert_allclose(np.asarray(got, np.float32)[real],
+                             np.asarray(expected, np.float32)[real], rtol=tolerance,
+                             atol=tolerance)
+
+
 def test_unknown_attention_impl_and_remat_are_refused():
   for field, value in (('attention_impl', 'flash'), ('remat', 'some')):
     m = config_lib.model_config()

@@ -315,8 +315,8 @@ class MultiHeadAttention(nn.Module):
         key, value, mask = self._update_cache(key, value, mask)
       key, value = repeat_kv(key, cfg.num_heads), repeat_kv(value, cfg.num_heads)
       if dropout is not None or self.is_mutable_collection('intermediates'):
-        out, weights = scaled_dot_product_attention(query, key, value, mask, dropout,
-                                                    cfg.attn_logit_softcap)
+        out, weights = scaled_dot_product_attention(
+            query, key, value, self._causal(mask, query, key), dropout, cfg.attn_logit_softcap)
         self.sow('intermediates', 'attention_weights', weights)
       else:
         out = self._attend(query, key, value, mask, decode)
@@ -405,7 +405,15 @@ class MultiHeadAttention(nn.Module):
         except (ValueError, NotImplementedError, RuntimeError) as e:
           reason = f'{type(e).__name__}: {e}'
       _log_once(f'config.model.attention_impl=cudnn: {reason}; using XLA attention.')
-    return self._softmax(query, key, value, mask)
+    return self._softmax(query, key, value, self._causal(mask, query, key))
+
+  def _causal(self, mask, query, key):
+    """`mask`, or where a causal layer got none (the Decoder's unpacked rows under
+    cuDNN), the causal mask [1, 1, l, s] that cuDNN's `is_causal` applies."""
+    if mask is not None or not self.causal:
+      return mask
+    l, s = query.shape[1], key.shape[1]
+    return (jnp.arange(l)[:, None] >= jnp.arange(s)[None, :])[None, None]
 
   def _softmax(self, query, key, value, mask):
     """Softmax attention [b, l, h, k] without the weights: the hand-written backward

@@ -228,9 +228,16 @@ class Decoder(nn.Module):
       segment_ids = jnp.ones_like(tokens)
       self_mask = None  # the cache builds its own causal mask.
     else:
+      packed = segment_ids is not None
+      if not packed and not self.cross_attention:  # decoder-only: no token is padding.
+        segment_ids = jnp.ones_like(tokens)  # (see the module doc)
       segment_ids, positions = default_segments(tokens, cfg.pad_id, segment_ids, positions)
+      # Unpacked rows are right-padded, so causality alone keeps every real query
+      # off the padding. cuDNN then gets no mask tensor: it would take one as a
+      # bias [b, 1, l, l] and compute that bias's gradient too (MultiHeadAttention
+      # builds the causal mask for XLA).
       self_mask = attention_mask(segment_ids, segment_ids, causal=True) if (
-          cfg.attention == 'full') else None
+          cfg.attention == 'full' and (packed or cfg.attention_impl != 'cudnn')) else None
     cross_mask = None
     if self.cross_attention:
       cross_mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
@@ -299,8 +306,6 @@ class DecoderOnly(nn.Module):
 
   def __call__(self, inputs, segment_ids=None, positions=None, deterministic: bool = True,
                decode: bool = False):
-    if segment_ids is None and not decode:  # see the module doc: no token is padding.
-      segment_ids = jnp.ones_like(inputs)
     x = self.decoder(inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
     return self.project(x)
 
