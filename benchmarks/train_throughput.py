@@ -82,6 +82,8 @@ flags.DEFINE_list('peers', ['gpt_eager', 'gpt_compile', 'eager', 'compile'],
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0 = the faster of 1 and all '
                      'cores, probed per workload).')
 flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).')
+flags.DEFINE_string('profile_dir', '', 'If set, a jax.profiler trace of 3 of our steps per '
+                    'workload after the timing (TensorBoard\'s Profile tab reads it).')
 flags.DEFINE_string('output', 'benchmarks/results/train_throughput.json', 'JSON results file.')
 FLAGS = flags.FLAGS
 
@@ -458,6 +460,11 @@ def run_workload(name: str, roof: float, on_cpu: bool, torch_device) -> dict:
       print(f'{name}: torch peer {peer!r} does not run here: {type(e).__name__}: {e}', flush=True)
   contenders[0].step()  # compiles.
   times = interleaved_seconds(contenders, FLAGS.rounds, FLAGS.steps_per_round, FLAGS.warmup)
+  if FLAGS.profile_dir:
+    with jax.profiler.trace(os.path.join(FLAGS.profile_dir, name)):
+      for _ in range(3):
+        contenders[0].step()
+      contenders[0].sync()
   tokens = config.batch_size * config.seq_len
   flops = accounting.flops_per_token(config.model, config.seq_len)
   row = {'workload': name, 'variant': config.model.variant, 'layers': config.model.num_layers,
