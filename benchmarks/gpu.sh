@@ -15,6 +15,9 @@
 # NANOGPT_DIR holds nanoGPT's train.py, model.py, configurator.py, config/ and
 # data/shakespeare_char/ (benchmarks/cli_runs.py). Each step has a time limit, so
 # one that hangs or fails leaves the others their time; logs go to RESULTS_DIR.
+# Needs this package's dependencies and torch; an image without ml-collections and
+# grain (the lent H100's had neither) gets them as wheels: ml-collections, grain,
+# array-record, portpicker. Measured rows: benchmarks/README.md, "GPU: GPT-2 small".
 set -u
 NANOGPT=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR RESULTS_DIR [EXTRA]}
 RESULTS=${2:?usage: bash benchmarks/gpu.sh NANOGPT_DIR RESULTS_DIR [EXTRA]}
