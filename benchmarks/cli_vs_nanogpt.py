@@ -12,8 +12,8 @@ batch at the end). Tokens/s in steady state, from each one's own log:
 - ours: the `tokens_per_sec` of each train record in metrics.jsonl (the first
   step, which compiles, is never timed), the median over records after the first.
 
-Rounds are interleaved (A B, B A, A B, ...) so load from other work hits both
-alike; reported: the median over rounds of each run's median, the range of
+Rounds are interleaved (A B, B A, A B, ...; with a third contender A B C, B C A,
+C A B) so load from other work hits all alike; reported: the median over rounds of each run's median, the range of
 those, and the ratio of medians. The load average is recorded before each run.
 
   python benchmarks/cli_vs_nanogpt.py --nanogpt_dir=/tmp/nanogpt   # about 5 minutes on 2 cores
@@ -61,17 +61,20 @@ flags.DEFINE_integer('skip_iters', 5, "nanoGPT's first iterations left untimed."
 flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'], 'Where both CLIs train.')
 flags.DEFINE_float('roof_tflops', 0.0, 'Measured matmul roof (peak.py) for the MFU column; '
                    '0 = no MFU.')
+flags.DEFINE_integer('cpu_devices', 0, 'With N > 1, a third contender: ours with '
+                     'JAX_NUM_CPU_DEVICES=N, data-parallel (pmap) over N devices of this CPU.')
 flags.DEFINE_string('output', 'benchmarks/results/cli_vs_nanogpt.json', 'JSON results.')
 FLAGS = flags.FLAGS
 
 
-def _ours(shape, steps, log_every) -> dict:
+def _ours(shape, steps, log_every, cpu_devices: int = 0) -> dict:
   workdir = tempfile.mkdtemp(prefix='ours_')
   try:
     load = cli_runs.load()
     extra = cli_runs.GPU_FLAGS['ours'] if FLAGS.device == 'cuda' else ()
+    env = {'JAX_NUM_CPU_DEVICES': str(cpu_devices)} if cpu_devices else None
     result = cli_runs.run(cli_runs.ours_command(shape, workdir, steps, log_every, extra),
-                          cwd=cli_runs.REPO)
+                          cwd=cli_runs.REPO, env=env)
     rates = cli_runs.ours_tokens_per_sec(workdir)[1:]
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
@@ -108,38 +111,50 @@ def main(argv):
   del argv
   if not len(FLAGS.steps) == len(FLAGS.log_every) == len(FLAGS.shapes):
     sys.exit('--steps and --log_every need one value per --shapes entry.')
+  devices = f'ours_{FLAGS.cpu_devices}_cpu_devices'
+  names = ['ours', 'nanogpt'] + ([devices] if FLAGS.cpu_devices > 1 else [])
   rows = []
-  print('| shape (layers x heads x d_model, ctx, batch) | ours tok/s | nanoGPT tok/s | '
-        'ours / nanoGPT | load before (1 min) |')
-  print('|---|---|---|---|---|')
+  header = ['shape (layers x heads x d_model, ctx, batch)', 'ours tok/s', 'nanoGPT tok/s',
+            'ours / nanoGPT']
+  if FLAGS.cpu_devices > 1:
+    header += [f'ours, {FLAGS.cpu_devices} CPU devices, tok/s', 'it / nanoGPT']
+  print('| ' + ' | '.join(header + ['load before (1 min)']) + ' |')
+  print('|' + '---|' * (len(header) + 1))
   for name, steps, log_every in zip(FLAGS.shapes, FLAGS.steps, FLAGS.log_every):
-    shape = cli_runs.SHAPES[name]
-    ours, nanogpt = [], []
-    for i in range(FLAGS.rounds):
-      order = [('ours', ours), ('nanogpt', nanogpt)][::1 if i % 2 == 0 else -1]
-      for who, runs in order:
-        runs.append(_ours(shape, int(steps), int(log_every)) if who == 'ours' else
-                    _nanogpt(shape, int(steps)))
-        print(f'  {name} round {i + 1} {who}: {runs[-1]["tokens_per_sec"]:,.0f} tok/s '
-              f'(load {runs[-1]["load"]})', flush=True)
-    row = {'shape': name, **dataclasses.asdict(shape), 'steps': int(steps),
-           'log_every': int(log_every), 'ours': _summary(ours), 'nanogpt': _summary(nanogpt)}
+    shape, steps, log_every = cli_runs.SHAPES[name], int(steps), int(log_every)
+    runs = {who: [] for who in names}
+    for i in range(FLAGS.rounds):  # each round in another order: A B C, B C A, C A B, ...
+      for who in names[i % len(names):] + names[:i % len(names)]:
+        if who == 'nanogpt':
+          runs[who].append(_nanogpt(shape, steps))
+        else:
+          runs[who].append(_ours(shape, steps, log_every,
+                                 FLAGS.cpu_devices if who == devices else 0))
+        print(f'  {name} round {i + 1} {who}: {runs[who][-1]["tokens_per_sec"]:,.0f} tok/s '
+              f'(load {runs[who][-1]["load"]})', flush=True)
+    row = {'shape': name, **dataclasses.asdict(shape), 'steps': steps, 'log_every': log_every,
+           **{who: _summary(r) for who, r in runs.items()}}
     row['ratio'] = row['ours']['median'] / row['nanogpt']['median']
+    if FLAGS.cpu_devices > 1:
+      row['cpu_devices'] = FLAGS.cpu_devices
+      row['ratio_' + devices] = row[devices]['median'] / row['nanogpt']['median']
     if FLAGS.roof_tflops:
       row['flops_per_token'] = accounting.flops_per_token(cli_runs.run_config(shape).model,
                                                           shape.ctx)
-      for who in ('ours', 'nanogpt'):
+      for who in names:
         row[who]['mfu'] = row['flops_per_token'] * row[who]['median'] / (
             FLAGS.roof_tflops * 1e12)
-      print(f"  {name} MFU of {FLAGS.roof_tflops:.0f} TFLOP/s: ours {row['ours']['mfu']:.1%}, "
-            f"nanoGPT {row['nanogpt']['mfu']:.1%}", flush=True)
+      print(f"  {name} MFU of {FLAGS.roof_tflops:.0f} TFLOP/s: " +
+            ', '.join(f"{who} {row[who]['mfu']:.1%}" for who in names), flush=True)
     rows.append(row)
-    loads = sorted(float(r['load'].split()[0]) for r in ours + nanogpt)
-    print(f"| {shape.layers}x{shape.heads}x{shape.d_model}, {shape.ctx}, {shape.batch} | "
-          f"{row['ours']['median']:,.0f} ({row['ours']['min']:,.0f}-{row['ours']['max']:,.0f}) | "
-          f"{row['nanogpt']['median']:,.0f} ({row['nanogpt']['min']:,.0f}-"
-          f"{row['nanogpt']['max']:,.0f}) | {row['ratio']:.2f} | {loads[0]:.1f}-{loads[-1]:.1f} |",
-          flush=True)
+    rate = lambda who: (f"{row[who]['median']:,.0f} ({row[who]['min']:,.0f}-"
+                        f"{row[who]['max']:,.0f})")
+    cells = [f'{shape.layers}x{shape.heads}x{shape.d_model}, {shape.ctx}, {shape.batch}',
+             rate('ours'), rate('nanogpt'), f"{row['ratio']:.2f}"]
+    if FLAGS.cpu_devices > 1:
+      cells += [rate(devices), f"{row['ratio_' + devices]:.2f}"]
+    loads = sorted(float(r['load'].split()[0]) for who in names for r in runs[who])
+    print('| ' + ' | '.join(cells + [f'{loads[0]:.1f}-{loads[-1]:.1f}']) + ' |', flush=True)
   # Only now: JAX in this process would hold GPU memory that the runs need.
   env = common.environment(with_torch=True)
   env['omp_wait_policy'] = os.environ['OMP_WAIT_POLICY']

@@ -195,3 +195,19 @@ def test_describe_runs_without_a_config():
   done = _main('--mode=describe')
   assert done.returncode == 0, done.stderr
   assert '"variant": "decoder"' in done.stdout.strip().splitlines()[-1]
+
+
+def test_cpu_devices_of_one_host_share_its_measured_roof():
+  """JAX_NUM_CPU_DEVICES=2 splits one set of cores into 2 devices: MFU divides by the
+  host's one measured roof, not by it twice (which halved the MFU a run printed)."""
+  code = ('import jax; from conftest import load_config; from transformer_jax import metrics; '
+          'roof = metrics.measured_matmul_flops(); '
+          'peak = metrics.peak_flops(load_config()); '
+          'print(jax.local_device_count(), '
+          'metrics.mfu(1e6, 1e5, peak, jax.device_count()) * roof / (1e6 * 1e5))')
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES='2', JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join([os.path.join(REPOSITORY, 'tests'), REPOSITORY]))
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=300, check=True).stdout.split()
+  assert out[0] == '2'
+  np.testing.assert_allclose(float(out[1]), 1.0, rtol=1e-12)

@@ -40,12 +40,13 @@ def summarize(sums: dict, task: str) -> dict:
 
 def peak_flops(config) -> Optional[float]:
   """Per-device peak FLOP/s: the config's; a known accelerator's bf16 peak; on CPU
-  the measured float32 matmul roof (a datasheet number would flatter or shame it)."""
+  the measured float32 matmul roof (a datasheet number would flatter or shame it),
+  shared by this host's CPU devices (JAX_NUM_CPU_DEVICES splits one set of cores)."""
   if config.peak_flops > 0:
     return float(config.peak_flops)
   device = jax.devices()[0]
   if device.platform == 'cpu':
-    return measured_matmul_flops()
+    return measured_matmul_flops() / jax.local_device_count()
   if config.model.dtype != 'bfloat16':
     return None
   for name, flops in PEAK_BF16_FLOPS.items():
