@@ -29,6 +29,11 @@ def brief_config():
   return override(load_config('shakespeare_mlm:quick'), BRIEF)
 
 
+# The tests sharing the module's trained model run on one xdist worker (CI's
+# --dist loadgroup), so the model is trained once, not once per worker.
+SHARED_MODEL = pytest.mark.xdist_group('fill_mask_model')
+
+
 @pytest.fixture(scope='module')
 def mlm_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('mlm'))
@@ -36,6 +41,7 @@ def mlm_workdir(tmp_path_factory):
   return workdir
 
 
+@SHARED_MODEL
 def test_fills_of_held_out_text_beat_the_unigram_guess(mlm_workdir):
   """One character masked per held-out line (the validation split): the model's
   likeliest fill is right more often than the training text's commonest character."""
@@ -61,6 +67,7 @@ def test_fills_of_held_out_text_beat_the_unigram_guess(mlm_workdir):
   assert model_accuracy > unigram_accuracy, (model_accuracy, unigram_accuracy)
 
 
+@SHARED_MODEL
 def test_decode_mode_prints_each_line_with_its_fills(mlm_workdir, tmp_path):
   """The decode contract: one output line per input line, in order, an empty line
   and a line without [MASK] included (printed as they are); a fill that is a
@@ -94,6 +101,7 @@ def test_a_mark_is_one_mask_id_and_the_text_around_it_is_encoded_as_an_input():
                                  '[MASK]') == 'th[e 0.900] c[a 0.500|u 0.250]t'
 
 
+@SHARED_MODEL
 def test_a_line_longer_than_the_context_and_a_classifier_are_refused_in_one_line(mlm_workdir):
   config = brief_config()
   with pytest.raises(DataError, match=r'^input 1 has 65 tokens, more than the 64 the model was '

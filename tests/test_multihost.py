@@ -83,6 +83,11 @@ def _train(workdir) -> list:
   return [(r['step'], r['loss'], r['grad_norm']) for r in run_log.read_jsonl(workdir, 'train')]
 
 
+# The tests reading `runs` run on one xdist worker (CI's --dist loadgroup), so its four
+# trainings happen once, not once per worker.
+SHARED_RUNS = pytest.mark.xdist_group('multihost_runs')
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """{(strategy, 'one' | 'two'): workdir} for 10 steps (checkpoints at 5 and 10)."""
@@ -96,6 +101,7 @@ def runs(tmp_path_factory):
   return out
 
 
+@SHARED_RUNS
 @pytest.mark.parametrize('strategy', ['pmap', 'mesh'])
 def test_two_processes_train_as_one_process_of_as_many_devices(runs, strategy):
   one, two = _train(runs[strategy, 'one']), _train(runs[strategy, 'two'])
@@ -120,6 +126,7 @@ def _state(workdir, step):
   return checkpointer.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
 
 
+@SHARED_RUNS
 def test_two_processes_resume_exactly(runs, tmp_path):
   """From the straight run's step-5 checkpoint, both processes restarted: steps 6-10
   and the final state bitwise those of the run that never stopped."""
