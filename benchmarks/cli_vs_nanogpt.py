@@ -111,6 +111,11 @@ def main(argv):
   del argv
   if not len(FLAGS.steps) == len(FLAGS.log_every) == len(FLAGS.shapes):
     sys.exit('--steps and --log_every need one value per --shapes entry.')
+  if FLAGS.device == 'cuda':
+    import torch  # pylint: disable=g-import-not-at-top
+    if not torch.cuda.is_available():
+      sys.exit('--device=cuda needs an NVIDIA GPU that PyTorch sees, and this machine has '
+               'none; leave --device out to compare the CLIs on the CPU.')
   devices = f'ours_{FLAGS.cpu_devices}_cpu_devices'
   names = ['ours', 'nanogpt'] + ([devices] if FLAGS.cpu_devices > 1 else [])
   rows = []

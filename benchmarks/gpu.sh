@@ -37,7 +37,12 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under a limit, output to 
   echo "== $name: exit $rc after $((SECONDS - START)) s"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+if ! nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+    2>/dev/null; then
+  echo "benchmarks/gpu.sh needs an NVIDIA GPU and nvidia-smi finds none; on a CPU run" \
+    "benchmarks/cli_vs_nanogpt.py and benchmarks/train_throughput.py instead." >&2
+  exit 2
+fi
 
 # JAX and PyTorch share the GPU in this process: half its memory for each.
 XLA_PYTHON_CLIENT_MEM_FRACTION=.45 step train_throughput 240 \
