@@ -103,10 +103,9 @@ def nanogpt_command(shape: Shape, iters: int, extra: Tuple[str, ...] = ()) -> Li
           '--always_save_checkpoint=False', '--out_dir=out', *extra]
 
 
-def nanogpt_workspace(nanogpt_dir: str, shape: Shape) -> str:
-  """A scratch directory of links to nanoGPT's files. For a shape with its own vocabulary
-  the data directory leaves out meta.pkl, so nanoGPT's GPT gets its default 50304 rows
-  (GPT-2's 50257 padded up, as nanoGPT does)."""
+def check_nanogpt_dir(nanogpt_dir: str):
+  """Exits with one line unless `nanogpt_dir` holds what nanogpt_workspace links (scripts
+  call it first, so a wrong path costs no run of ours)."""
   nanogpt_dir = os.path.abspath(nanogpt_dir)
   missing = [p for p in ('train.py', 'model.py', 'configurator.py',
                          'config/train_shakespeare_char.py', 'data/shakespeare_char/train.bin',
@@ -115,6 +114,14 @@ def nanogpt_workspace(nanogpt_dir: str, shape: Shape) -> str:
   if missing:
     sys.exit(f'--nanogpt_dir={nanogpt_dir} lacks {", ".join(missing)}; see the docstring of '
              'benchmarks/cli_runs.py for how to get nanoGPT and prepare its data.')
+
+
+def nanogpt_workspace(nanogpt_dir: str, shape: Shape) -> str:
+  """A scratch directory of links to nanoGPT's files. For a shape with its own vocabulary
+  the data directory leaves out meta.pkl, so nanoGPT's GPT gets its default 50304 rows
+  (GPT-2's 50257 padded up, as nanoGPT does)."""
+  check_nanogpt_dir(nanogpt_dir)
+  nanogpt_dir = os.path.abspath(nanogpt_dir)
   work = tempfile.mkdtemp(prefix='nanogpt_')
   for name in ('train.py', 'model.py', 'configurator.py', 'config'):
     os.symlink(os.path.join(nanogpt_dir, name), os.path.join(work, name))

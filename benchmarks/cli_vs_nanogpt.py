@@ -17,8 +17,9 @@ C A B) so load from other work hits all alike; reported: the median over rounds 
 those, and the ratio of medians. The load average is recorded before each run.
 
   python benchmarks/cli_vs_nanogpt.py --nanogpt_dir=/tmp/nanogpt   # about 5 minutes on 2 cores
-  python benchmarks/cli_vs_nanogpt.py --device=cuda --shapes=gpt2_small_gpu --steps=30 \
-      --log_every=10 --rounds=1    # one NVIDIA GPU: both in bfloat16, nanoGPT compiled
+  python benchmarks/cli_vs_nanogpt.py --cpu_devices=2   # and ours over 2 CPU devices
+  # One NVIDIA GPU, both in bfloat16, nanoGPT compiled:
+  python benchmarks/cli_vs_nanogpt.py --device=cuda --shapes=gpt2_small_gpu --steps=30 --log_every=10
 
 On a GPU (`--device=cuda`) each CLI runs as a GPU user runs it (cli_runs.GPU_FLAGS):
 nanoGPT's `train.py` with `--compile=True --dtype=bfloat16`, ours in bfloat16 with
@@ -62,7 +63,8 @@ flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'], 'Where both CLIs train.')
 flags.DEFINE_float('roof_tflops', 0.0, 'Measured matmul roof (peak.py) for the MFU column; '
                    '0 = no MFU.')
 flags.DEFINE_integer('cpu_devices', 0, 'With N > 1, a third contender: ours with '
-                     'JAX_NUM_CPU_DEVICES=N, data-parallel (pmap) over N devices of this CPU.')
+                     'JAX_NUM_CPU_DEVICES=N, data-parallel (pmap) over N devices of this CPU; '
+                     'N must divide each shape\'s batch (12 for the CPU shapes).')
 flags.DEFINE_string('output', 'benchmarks/results/cli_vs_nanogpt.json', 'JSON results.')
 FLAGS = flags.FLAGS
 
@@ -116,6 +118,13 @@ def main(argv):
     if not torch.cuda.is_available():
       sys.exit('--device=cuda needs an NVIDIA GPU that PyTorch sees, and this machine has '
                'none; leave --device out to compare the CLIs on the CPU.')
+  cli_runs.check_nanogpt_dir(FLAGS.nanogpt_dir)
+  for name in FLAGS.shapes:
+    if name not in cli_runs.SHAPES:
+      sys.exit(f'--shapes: unknown shape {name!r}; use {", ".join(cli_runs.SHAPES)}.')
+    if FLAGS.cpu_devices > 1 and cli_runs.SHAPES[name].batch % FLAGS.cpu_devices:
+      sys.exit(f'--cpu_devices={FLAGS.cpu_devices} does not divide {name}\'s batch of '
+               f'{cli_runs.SHAPES[name].batch}; give a divisor of it.')
   devices = f'ours_{FLAGS.cpu_devices}_cpu_devices'
   names = ['ours', 'nanogpt'] + ([devices] if FLAGS.cpu_devices > 1 else [])
   rows = []

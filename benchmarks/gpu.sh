@@ -24,7 +24,6 @@ RESULTS=${2:?usage: bash benchmarks/gpu.sh NANOGPT_DIR RESULTS_DIR [EXTRA]}
 EXTRA=${3:-0}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-mkdir -p "$RESULTS"
 START=$SECONDS
 
 step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under a limit, output to NAME.log.
@@ -43,6 +42,12 @@ if ! nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --for
     "benchmarks/cli_vs_nanogpt.py and benchmarks/train_throughput.py instead." >&2
   exit 2
 fi
+if [ ! -f "$NANOGPT/train.py" ] || [ ! -f "$NANOGPT/data/shakespeare_char/train.bin" ]; then
+  echo "benchmarks/gpu.sh: $NANOGPT lacks nanoGPT's train.py or data/shakespeare_char/;" \
+    "see the docstring of benchmarks/cli_runs.py for how to get them." >&2
+  exit 2
+fi
+mkdir -p "$RESULTS"
 
 # JAX and PyTorch share the GPU in this process: half its memory for each.
 XLA_PYTHON_CLIENT_MEM_FRACTION=.45 step train_throughput 240 \
