@@ -412,8 +412,7 @@ class MultiHeadAttention(nn.Module):
     cuDNN), the causal mask [1, 1, l, s] that cuDNN's `is_causal` applies."""
     if mask is not None or not self.causal:
       return mask
-    l, s = query.shape[1], key.shape[1]
-    return (jnp.arange(l)[:, None] >= jnp.arange(s)[None, :])[None, None]
+    return causal_mask(query.shape[1], key.shape[1])[None, None]
 
   def _softmax(self, query, key, value, mask):
     """Softmax attention [b, l, h, k] without the weights: the hand-written backward
@@ -517,6 +516,11 @@ class AddNorm(nn.Module):
     return norm(x + drop(sublayer(x)))
 
 
+def causal_mask(l: int, s: int):
+  """Boolean [l, s]: query t sees keys 0..t (the decoder's masking, paper section 3.2.3)."""
+  return jnp.arange(l)[:, None] >= jnp.arange(s)[None, :]
+
+
 def attention_mask(segment_q, segment_kv, causal: bool):
   """Boolean [b, 1, l, s] mask: same segment, not padding (segment 0), causal if asked.
 
@@ -525,6 +529,5 @@ def attention_mask(segment_q, segment_kv, causal: bool):
   """
   mask = (segment_q[:, :, None] == segment_kv[:, None, :]) & (segment_kv[:, None, :] > 0)
   if causal:
-    l, s = segment_q.shape[1], segment_kv.shape[1]
-    mask = mask & (jnp.arange(l)[:, None] >= jnp.arange(s)[None, :])
+    mask = mask & causal_mask(segment_q.shape[1], segment_kv.shape[1])
   return mask[:, None]
