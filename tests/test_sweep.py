@@ -131,7 +131,9 @@ def test_a_stop_request_reaches_the_run_as_one_sigterm(tmp_path, early):
   thread.start()
   log = os.path.join(run_dir, 'log.txt')
   deadline = time.time() + 300
-  while not (os.path.exists(log) and 'training' in open(log).read()):
+  # The child's own line, not the launch header's echo of its command (which
+  # holds the word too): only then is its SIGTERM handler in place.
+  while not (os.path.exists(log) and 'training' in open(log).read().splitlines()):
     assert time.time() < deadline and thread.is_alive(), 'hang guard'
     time.sleep(0.05)
   run_process.request_stop(run_dir, 'a reason', early=early)
