@@ -43,7 +43,6 @@ import statistics
 import sys
 import tempfile
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,18 +53,21 @@ from transformer_jax.models import accounting
 
 flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's train.py, model.py, "
                     'configurator.py, config/ and data/shakespeare_char/ (cli_runs.py).')
-flags.DEFINE_list('shapes', ['4x4x128', '6x6x384'], f'From {", ".join(cli_runs.SHAPES)}.')
-flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (one run of each contender per round).')
-flags.DEFINE_list('steps', ['60', '12'], 'Steps (iterations) per run, one per shape.')
-flags.DEFINE_list('log_every', ['10', '3'], 'Our train-record interval, one per shape.')
-flags.DEFINE_integer('skip_iters', 5, "nanoGPT's first iterations left untimed.")
+common.define_choice_list('shapes', ['4x4x128', '6x6x384'], cli_runs.SHAPES, 'Shapes.')
+flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (one run of each contender per round).',
+                     lower_bound=1)
+common.define_int_list('steps', ['60', '12'], 'Steps (iterations) per run, one per shape.')
+common.define_int_list('log_every', ['10', '3'], 'Our train-record interval, one per shape.')
+flags.DEFINE_integer('skip_iters', 5, "nanoGPT's first iterations left untimed.", lower_bound=0)
 flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'], 'Where both CLIs train.')
 flags.DEFINE_float('roof_tflops', 0.0, 'Measured matmul roof (peak.py) for the MFU column; '
-                   '0 = no MFU.')
+                   '0 = no MFU.', lower_bound=0.0)
 flags.DEFINE_integer('cpu_devices', 0, 'With N > 1, a third contender: ours with '
                      'JAX_NUM_CPU_DEVICES=N, data-parallel (pmap) over N devices of this CPU; '
-                     'N must divide each shape\'s batch (12 for the CPU shapes).')
+                     'N must divide each shape\'s batch (12 for the CPU shapes). 0 = none.',
+                     lower_bound=0)
 flags.DEFINE_string('output', 'benchmarks/results/cli_vs_nanogpt.json', 'JSON results.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 
@@ -113,6 +115,17 @@ def main(argv):
   del argv
   if not len(FLAGS.steps) == len(FLAGS.log_every) == len(FLAGS.shapes):
     sys.exit('--steps and --log_every need one value per --shapes entry.')
+  for steps, log_every in zip(FLAGS.steps, FLAGS.log_every):
+    if int(steps) < 2 * int(log_every):  # the first record holds the compile: untimed.
+      sys.exit(f'--steps={steps} with --log_every={log_every} leaves no timed record of '
+               'ours; give at least 2 x --log_every steps.')
+    if int(steps) <= FLAGS.skip_iters:
+      sys.exit(f'--steps={steps} leaves no nanoGPT iteration after --skip_iters='
+               f'{FLAGS.skip_iters}; give more steps or skip fewer.')
+  if FLAGS.cpu_devices == 1 or (FLAGS.cpu_devices and FLAGS.device == 'cuda'):
+    sys.exit(f'--cpu_devices={FLAGS.cpu_devices}: the third contender splits the CPU into 2 '
+             'or more devices, on --device=cpu only; give 0 for none.')
+  common.require('torch')  # nanoGPT's.
   if FLAGS.device == 'cuda':
     import torch  # pylint: disable=g-import-not-at-top
     if not torch.cuda.is_available():
@@ -120,8 +133,6 @@ def main(argv):
                'none; leave --device out to compare the CLIs on the CPU.')
   cli_runs.check_nanogpt_dir(FLAGS.nanogpt_dir)
   for name in FLAGS.shapes:
-    if name not in cli_runs.SHAPES:
-      sys.exit(f'--shapes: unknown shape {name!r}; use {", ".join(cli_runs.SHAPES)}.')
     if FLAGS.cpu_devices > 1 and cli_runs.SHAPES[name].batch % FLAGS.cpu_devices:
       sys.exit(f'--cpu_devices={FLAGS.cpu_devices} does not divide {name}\'s batch of '
                f'{cli_runs.SHAPES[name].batch}; give a divisor of it.')
@@ -158,7 +169,7 @@ def main(argv):
       for who in names:
         row[who]['mfu'] = row['flops_per_token'] * row[who]['median'] / (
             FLAGS.roof_tflops * 1e12)
-      print(f"  {name} MFU of {FLAGS.roof_tflops:.0f} TFLOP/s: " +
+      print(f"  {name} MFU of {FLAGS.roof_tflops:.3g} TFLOP/s: " +
             ', '.join(f"{who} {row[who]['mfu']:.1%}" for who in names), flush=True)
     rows.append(row)
     rate = lambda who: (f"{row[who]['median']:,.0f} ({row[who]['min']:,.0f}-"
@@ -177,4 +188,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

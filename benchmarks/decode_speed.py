@@ -65,9 +65,9 @@ def define_model_flags():
   """The flags that pick the model's shape (both benchmarks)."""
   flags.DEFINE_enum('workload', 'shakespeare_char', list(WORKLOADS), 'Model shape.')
   for name in SHAPE_FLAGS:
-    flags.DEFINE_integer(name, 0, f"config.model.{name} (0 = the workload's).")
+    flags.DEFINE_integer(name, 0, f"config.model.{name} (0 = the workload's).", lower_bound=0)
   flags.DEFINE_integer('max_len', 0, 'config.model.max_len, the positional table (0 = the '
-                       'longest sequence the run needs).')
+                       'longest sequence the run needs).', lower_bound=0)
 
 
 def experiment_config(longest: int):
@@ -182,11 +182,14 @@ def main(argv):
 if __name__ == '__main__':
   # Defined here, not on import, so seq_scaling.py can import the shape flags.
   define_model_flags()
-  flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes to decode.')
-  flags.DEFINE_integer('prompt_len', 8, 'Prompt tokens per row.')
-  flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per row.')
-  flags.DEFINE_integer('repeats', 3, 'Timed decodes per path after compiling; the median counts.')
+  common.define_int_list('batch_sizes', ['1', '32'], 'Batch sizes to decode.')
+  flags.DEFINE_integer('prompt_len', 8, 'Prompt tokens per row.', lower_bound=1)
+  flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per row.', lower_bound=1)
+  flags.DEFINE_integer('repeats', 3, 'Timed decodes per path after compiling; the median counts.',
+                       lower_bound=1)
   flags.DEFINE_float('tie_tolerance', 1e-3, 'Largest logit gap, relative to the largest '
-                     '|logit|, at which cached and uncached greedy tokens may differ.')
+                     '|logit|, at which cached and uncached greedy tokens may differ.',
+                     lower_bound=0.0)
   flags.DEFINE_string('output', 'benchmarks/results/decode_speed.json', 'JSON results file.')
-  app.run(main)
+  common.check_output()
+  common.run(main)

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -38,12 +37,15 @@ from transformer_jax import hf
 from transformer_jax.configs import shakespeare_char
 from transformer_jax.models.transformer import build_model
 
-flags.DEFINE_list('batch_sizes', ['1', '32'], 'Batch sizes.')
-flags.DEFINE_integer('prompt_len', 8, 'Prompt tokens per row.')
-flags.DEFINE_integer('new_tokens', 32, 'Tokens generated per row.')
+common.define_int_list('batch_sizes', ['1', '32'], 'Batch sizes.')
+flags.DEFINE_integer('prompt_len', 8, 'Prompt tokens per row.', lower_bound=1)
+flags.DEFINE_integer('new_tokens', 32, 'Tokens generated per row.', lower_bound=1)
 flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (the sampled rows).')
-flags.DEFINE_integer('repeats', 3, 'Timed calls after the first; the median counts.')
+common.require_above_zero('temperature')
+flags.DEFINE_integer('repeats', 3, 'Timed calls after the first; the median counts.',
+                     lower_bound=1)
 flags.DEFINE_string('output', 'benchmarks/results/decode_vs_hf.json', 'JSON results.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 
@@ -68,6 +70,7 @@ def _median_seconds(fn):
 
 def main(argv):
   del argv
+  common.require('torch', 'transformers')
   import torch
   import transformers
   env = common.environment(with_torch=True)
@@ -121,4 +124,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -25,7 +25,6 @@ import statistics
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 
@@ -37,6 +36,7 @@ from transformer_jax import config as config_lib
 from transformer_jax.models import accounting
 
 flags.DEFINE_float('ema_decay', 0.999, 'config.ema_decay of the contender with an EMA.')
+flags.register_validator('ema_decay', lambda d: 0 < d < 1, 'must lie strictly between 0 and 1.')
 flags.FLAGS.set_default('workloads', ['nanogpt_cpu', 'gpt_6x384'])
 flags.FLAGS.set_default('output', 'benchmarks/results/ema_cost.json')
 FLAGS = flags.FLAGS
@@ -121,4 +121,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

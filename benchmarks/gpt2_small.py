@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 
@@ -44,13 +43,16 @@ from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
 flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "The directory holding nanoGPT's model.py.")
-flags.DEFINE_integer('batch', 0, 'Batch size; 0 = the largest power of two in --memory_gib.')
+flags.DEFINE_integer('batch', 0, 'Batch size; 0 = the largest power of two in --memory_gib.',
+                     lower_bound=0)
 flags.DEFINE_float('memory_gib', 8.0, 'Memory for the compiled step when --batch=0.')
-flags.DEFINE_integer('max_batch', 64, 'The largest batch tried when --batch=0.')
-flags.DEFINE_integer('rounds', 2, 'Interleaved rounds.')
-flags.DEFINE_integer('steps_per_round', 1, 'Steps of each contender per round.')
-flags.DEFINE_integer('warmup', 1, 'Untimed steps of each after ours compiles.')
+common.require_above_zero('memory_gib')
+flags.DEFINE_integer('max_batch', 64, 'The largest batch tried when --batch=0.', lower_bound=1)
+flags.DEFINE_integer('rounds', 2, 'Interleaved rounds.', lower_bound=1)
+flags.DEFINE_integer('steps_per_round', 1, 'Steps of each contender per round.', lower_bound=1)
+flags.DEFINE_integer('warmup', 1, 'Untimed steps of each after ours compiles.', lower_bound=0)
 flags.DEFINE_string('output', 'benchmarks/results/gpt2_small.json', 'JSON results.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 
@@ -65,7 +67,7 @@ def largest_batch(shape) -> int:
 class Ours:
 
   def __init__(self, shape):
-    config = memory.run_config(shape)
+    config = cli_runs.run_config(shape)
     self.state, self.rng = train_lib.create_state(config, build_model(config.model))
     self.step_fn, _ = memory.compiled_step(config, self.state)
     self.batch = memory._batch(config)  # pylint: disable=protected-access
@@ -101,6 +103,8 @@ class NanoGPT:
 
 def main(argv):
   del argv
+  common.require('torch')  # nanoGPT's.
+  cli_runs.check_nanogpt_dir(FLAGS.nanogpt_dir)
   env = common.environment(with_torch=True)
   common.print_environment(env)
   roof = peak_lib.measure()
@@ -119,7 +123,7 @@ def main(argv):
         start = time.perf_counter()
         contenders[name].step()
         seconds[name].append(time.perf_counter() - start)
-  flops_per_token = accounting.flops_per_token(memory.run_config(shape).model, shape.ctx)
+  flops_per_token = accounting.flops_per_token(cli_runs.run_config(shape).model, shape.ctx)
   rows = []
   print('| contender | batch | step s (median, range) | tok/s | MFU | load |')
   print('|---|---|---|---|---|---|')
@@ -137,4 +141,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

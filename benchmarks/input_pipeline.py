@@ -11,9 +11,10 @@ for at least 10x.
       --config.data.packing=True --batches=500 --step_batches=0
 """
 
+import os
+import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -21,14 +22,18 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from transformer_jax import configs
 from transformer_jax.data import datasets
 from transformer_jax.models import transformer
 
 config_flags.DEFINE_config_file('config', configs.config_file('shakespeare_char'),
                                 'Experiment config.')
-flags.DEFINE_integer('batches', 2000, 'Train batches drawn from the pipeline.')
-flags.DEFINE_integer('step_batches', 50, 'Train steps timed (0 = skip the step).')
+flags.DEFINE_integer('batches', 2000, 'Train batches drawn from the pipeline.', lower_bound=1)
+flags.DEFINE_integer('step_batches', 50, 'Train steps timed (0 = skip the step).', lower_bound=0)
 flags.DEFINE_string('workdir', None, 'Where a SentencePiece model is cached.')
 FLAGS = flags.FLAGS
 
@@ -108,4 +113,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -155,6 +154,9 @@ def remat_rows() -> list:
 
 def main(argv):
   del argv
+  if 'rss' in FLAGS.parts:
+    common.require('torch')  # nanoGPT's.
+    cli_runs.check_nanogpt_dir(FLAGS.nanogpt_dir)
   env = common.environment(with_torch='rss' in FLAGS.parts)
   common.print_environment(env)
   result = {'environment': env}
@@ -184,13 +186,17 @@ def main(argv):
 if __name__ == '__main__':
   # Defined here, not on import, so gpt2_small.py can import the compiled-step helpers.
   flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's files (cli_runs.py).")
-  flags.DEFINE_list('parts', ['rss', 'context', 'remat'], 'Which tables: rss, context, remat.')
-  flags.DEFINE_list('rss_shapes', ['4x4x128', '6x6x384', 'gpt2_small'],
-                    f'Table 1 shapes, from {", ".join(cli_runs.SHAPES)}.')
+  common.define_choice_list('parts', ['rss', 'context', 'remat'], ['rss', 'context', 'remat'],
+                            'Which tables.')
+  common.define_choice_list('rss_shapes', ['4x4x128', '6x6x384', 'gpt2_small'], cli_runs.SHAPES,
+                            'Table 1 shapes.')
   flags.DEFINE_float('budget_gib', 16.0, 'Table 2: the memory budget in GiB.')
-  flags.DEFINE_list('fit_lengths', ['1024', '2048', '4096'],
-                    'Table 2: contexts compiled for the fit.')
-  flags.DEFINE_string('remat_shape', '6x6x384', 'Table 3: the shape (cli_runs.SHAPES).')
-  flags.DEFINE_integer('remat_steps', 3, 'Table 3: timed steps per remat mode.')
+  common.require_above_zero('budget_gib')
+  common.define_int_list('fit_lengths', ['1024', '2048', '4096'],
+                         'Table 2: contexts compiled for the fit a + bL + cL^2 (3 or more).',
+                         min_length=3)
+  flags.DEFINE_enum('remat_shape', '6x6x384', list(cli_runs.SHAPES), 'Table 3: the shape.')
+  flags.DEFINE_integer('remat_steps', 3, 'Table 3: timed steps per remat mode.', lower_bound=1)
   flags.DEFINE_string('output', 'benchmarks/results/memory.json', 'JSON results.')
-  app.run(main)
+  common.check_output()
+  common.run(main)

@@ -9,14 +9,18 @@ flattered by a slow baseline.
   python benchmarks/peak.py --size=8192        # GPU: bf16 (the default dtype there)
 """
 
-import json
+import os
+import sys
 import time
 from typing import Optional
 
-from absl import app
 from absl import flags
 import jax
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from transformer_jax import metrics
 
 FLAGS = flags.FLAGS
@@ -77,14 +81,16 @@ def main(argv):
     line += f", PyTorch {result['torch_flops'] / 1e9:.1f} GFLOP/s"
   print(line + f"; roof {result['roof_flops'] / 1e9:.1f} GFLOP/s")
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(result, f, indent=1)
+    common.write_json(result, FLAGS.output)
 
 
 if __name__ == '__main__':
   # Defined here, not on import, so train_throughput.py can import measure().
-  flags.DEFINE_integer('size', 0, 'Matrix side; 0 = 2048 on CPU, 8192 on GPU.')
-  flags.DEFINE_integer('repeats', 10, 'Timed matmuls; the best one counts.')
-  flags.DEFINE_string('dtype', '', "'' = float32 on CPU, bfloat16 on GPU.")
+  flags.DEFINE_integer('size', 0, 'Matrix side; 0 = 2048 on CPU, 8192 on GPU.', lower_bound=0)
+  flags.DEFINE_integer('repeats', 10, 'Timed matmuls; the best one counts.', lower_bound=1)
+  # float64 is left out: JAX computes it in float32 unless jax_enable_x64 is set.
+  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16', 'float16'],
+                    "'' = float32 on CPU, bfloat16 on GPU.")
   flags.DEFINE_string('output', '', 'Optional JSON file for the result.')
-  app.run(main)
+  common.check_output()
+  common.run(main)

@@ -64,28 +64,37 @@ from transformer_jax.models import accounting
 from transformer_jax.models.transformer import build_model
 
 decode_speed.define_model_flags()
-flags.DEFINE_list('lengths', [], 'Sequence lengths, ascending ([] = 256..16384 on CPU, '
-                  '512..32768 on an accelerator).')
-flags.DEFINE_list('attention', list(config_lib.ATTENTIONS), 'config.model.attention kinds.')
-flags.DEFINE_integer('attention_window', 128, 'config.model.attention_window (local).')
-flags.DEFINE_integer('num_random_features', 128, 'config.model.num_random_features (linear).')
-flags.DEFINE_integer('num_kv_heads', 0, 'config.model.num_kv_heads (0 = num_heads).')
-flags.DEFINE_list('decode_lengths', ['256', '1024', '4096', '16384'],
-                  'Generated lengths for the decoding rows ([] = none).')
-flags.DEFINE_integer('batch_size', 1, 'Rows per step at every length.')
-flags.DEFINE_integer('tokens_per_batch', 0, 'If set, rows = tokens_per_batch / length instead.')
+common.define_int_list('lengths', [], 'Sequence lengths, ascending ([] = 256..16384 on CPU, '
+                       '512..32768 on an accelerator).', min_length=0)
+common.define_choice_list('attention', list(config_lib.ATTENTIONS), config_lib.ATTENTIONS,
+                          'config.model.attention kinds.')
+flags.DEFINE_integer('attention_window', 128, 'config.model.attention_window (local).',
+                     lower_bound=1)
+flags.DEFINE_integer('num_random_features', 128, 'config.model.num_random_features (linear).',
+                     lower_bound=1)
+flags.DEFINE_integer('num_kv_heads', 0, 'config.model.num_kv_heads (0 = num_heads).',
+                     lower_bound=0)
+common.define_int_list('decode_lengths', ['256', '1024', '4096', '16384'],
+                       'Generated lengths for the decoding rows ([] = none).', min_length=0)
+flags.DEFINE_integer('batch_size', 1, 'Rows per step at every length.', lower_bound=1)
+flags.DEFINE_integer('tokens_per_batch', 0, 'If set, rows = tokens_per_batch / length instead.',
+                     lower_bound=0)
 flags.DEFINE_enum('remat', 'none', config_lib.REMATS, 'config.model.remat.')
 flags.DEFINE_string('dtype', '', "config.model.dtype; '' = float32 on CPU, bfloat16 elsewhere.")
 flags.DEFINE_enum('attention_impl', 'xla', config_lib.ATTENTION_IMPLS,
                   'config.model.attention_impl.')
-flags.DEFINE_integer('steps', 3, 'Timed steps per length; the median counts.')
+flags.DEFINE_integer('steps', 3, 'Timed steps per length; the median counts.', lower_bound=1)
 flags.DEFINE_float('memory_limit_gb', 8.0, 'A kind stops before a step whose compiled bytes '
                    'exceed this.')
 flags.DEFINE_float('time_limit', 30.0, 'A kind stops after a length whose step took longer.')
 flags.DEFINE_integer('slope_from', 2048, 'The slopes fit the lengths from this one on.')
-flags.DEFINE_integer('warmup', 1, 'Untimed steps per length after the compiling one.')
-flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).')
+flags.DEFINE_integer('warmup', 1, 'Untimed steps per length after the compiling one.',
+                     lower_bound=0)
+flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).',
+                     lower_bound=0)
 flags.DEFINE_string('output', 'benchmarks/results/seq_scaling.json', 'JSON results file.')
+common.require_above_zero('memory_limit_gb', 'time_limit')
+common.check_output()
 FLAGS = flags.FLAGS
 
 CPU_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -302,4 +311,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -30,7 +30,6 @@ import shutil
 import sys
 import tempfile
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,8 +38,9 @@ from benchmarks import cli_runs
 from benchmarks import common
 
 flags.DEFINE_string('nanogpt_dir', '/tmp/nanogpt', "nanoGPT's files (cli_runs.py).")
-flags.DEFINE_list('shapes', ['4x4x128', 'gpt2_small'], f'From {", ".join(cli_runs.SHAPES)}.')
+common.define_choice_list('shapes', ['4x4x128', 'gpt2_small'], cli_runs.SHAPES, 'Shapes.')
 flags.DEFINE_string('output', 'benchmarks/results/startup.json', 'JSON results.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 OURS_FIRST_STEP = r'train step\s+1/'
@@ -79,6 +79,8 @@ def _seconds(result, pattern: str, load: str) -> dict:
 
 def main(argv):
   del argv
+  common.require('torch')  # nanoGPT's.
+  cli_runs.check_nanogpt_dir(FLAGS.nanogpt_dir)
   env = common.environment(with_torch=True)
   common.print_environment(env)
   rows = []
@@ -103,4 +105,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -32,7 +32,6 @@ import textwrap
 import threading
 import time
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,8 +39,9 @@ from benchmarks import common
 from transformer_jax import sweep
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('steps', 300, 'Training steps per run.')
+flags.DEFINE_integer('steps', 300, 'Training steps per run.', lower_bound=1)
 flags.DEFINE_string('output', 'benchmarks/results/sweep_executors.json', 'JSON results file.')
+common.check_output()
 
 CONFIG = '''
 from transformer_jax.configs import shakespeare_char
@@ -142,4 +142,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -53,12 +52,13 @@ from transformer_jax.models import accounting
 
 config_flags.DEFINE_config_file('config', configs.config_file('shakespeare_char'),
                                 'Experiment config (the default experiment unless given).')
-flags.DEFINE_integer('rounds', 5, 'Interleaved rounds; the median counts.')
+flags.DEFINE_integer('rounds', 5, 'Interleaved rounds; the median counts.', lower_bound=1)
 flags.DEFINE_integer('steps_per_round', 200, 'Steps of the loop and of the bare step per round '
-                     '(a multiple of config.log_every keeps the records whole).')
-flags.DEFINE_integer('warmup', 5, 'Untimed bare steps after compiling.')
+                     '(a multiple of config.log_every keeps the records whole).', lower_bound=1)
+flags.DEFINE_integer('warmup', 5, 'Untimed bare steps after compiling.', lower_bound=0)
 flags.DEFINE_bool('quiet', True, "Hide the loop's own progress lines.")
 flags.DEFINE_string('output', 'benchmarks/results/train_loop.json', 'JSON results file.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 
@@ -182,4 +182,4 @@ def markdown_row(row: dict) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

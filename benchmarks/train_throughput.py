@@ -45,7 +45,6 @@ import statistics
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -61,30 +60,38 @@ from transformer_jax.models import accounting
 from transformer_jax.models import layers
 from transformer_jax.models.transformer import build_model
 
-flags.DEFINE_list('workloads', ['nanogpt_cpu', 'gpt_6x384', 'seq2seq_base'],
-                  f'Workloads to run, from: {", ".join(sorted(("nanogpt_cpu", "gpt_6x384", "seq2seq_base", "gpt2_small")))}.')
-flags.DEFINE_integer('batch_size', 0, 'Override every workload\'s batch size (0 = its own).')
+WORKLOADS = ('nanogpt_cpu', 'gpt_6x384', 'gpt2_small', 'seq2seq_base')  # workload_config's.
+common.define_choice_list('workloads', ['nanogpt_cpu', 'gpt_6x384', 'seq2seq_base'], WORKLOADS,
+                          'Workloads to run.')
+flags.DEFINE_integer('batch_size', 0, 'Override every workload\'s batch size (0 = its own).',
+                     lower_bound=0)
 flags.DEFINE_string('dtype', '', "Model compute dtype; '' = float32 on CPU, bfloat16 on GPU.")
 flags.DEFINE_string('attention_impl', '', "'' = the config's default (xla); cudnn = flash "
                     'attention on an NVIDIA GPU.')
 flags.DEFINE_string('parallelism', '', "'' = the config's default strategy; pmap | mesh.")
-flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median counts.')
-flags.DEFINE_integer('steps_per_round', 0, 'Steps of each contender per round (0 = about 2 s).')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps of each contender after compiling.')
+flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median counts.',
+                     lower_bound=1)
+flags.DEFINE_integer('steps_per_round', 0, 'Steps of each contender per round (0 = about 2 s).',
+                     lower_bound=0)
+flags.DEFINE_integer('warmup', 2, 'Untimed steps of each contender after compiling.',
+                     lower_bound=0)
 PEERS = {  # name: (config, batch, device) -> contender.
     'eager': lambda config, batch, device: TorchPeer(config, batch, False, device),
     'compile': lambda config, batch, device: TorchPeer(config, batch, True, device),
     'gpt_eager': lambda config, batch, device: GPTPeer(config, batch, False, device),
     'gpt_compile': lambda config, batch, device: GPTPeer(config, batch, True, device)}
-flags.DEFINE_list('peers', ['gpt_eager', 'gpt_compile', 'eager', 'compile'],
-                  'PyTorch peers: gpt_eager, gpt_compile (the minimal GPT, decoders only), '
-                  'eager, compile (nn.TransformerEncoder / nn.Transformer); none: [].')
+common.define_choice_list('peers', ['gpt_eager', 'gpt_compile', 'eager', 'compile'], PEERS,
+                          'PyTorch peers: gpt_eager, gpt_compile (the minimal GPT, decoders '
+                          'only), eager, compile (nn.TransformerEncoder / nn.Transformer); '
+                          'none: --peers=.', allow_empty=True)
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0 = the faster of 1 and all '
-                     'cores, probed per workload).')
-flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).')
+                     'cores, probed per workload).', lower_bound=0)
+flags.DEFINE_integer('peak_size', 0, 'Matrix side for the roof (0 = peak.py default).',
+                     lower_bound=0)
 flags.DEFINE_string('profile_dir', '', 'If set, a jax.profiler trace of 3 of our steps per '
                     'workload after the timing (TensorBoard\'s Profile tab reads it).')
 flags.DEFINE_string('output', 'benchmarks/results/train_throughput.json', 'JSON results file.')
+common.check_output()
 FLAGS = flags.FLAGS
 
 
@@ -117,7 +124,7 @@ def workload_config(name: str, on_cpu: bool):
     return _lm(12, 12, 768, 1024, 2 if on_cpu else 16, 50304, 0.0)
   if name == 'seq2seq_base':  # a short synthetic batch: 32 source and 32 target tokens.
     return _seq2seq(32, 8 if on_cpu else 128)
-  raise app.UsageError(f'--workloads: unknown workload {name!r}.')
+  raise ValueError(f'unknown workload {name!r}; use {", ".join(WORKLOADS)}.')
 
 
 def synthetic_batch(config, seed: int = 0) -> dict:
@@ -445,8 +452,6 @@ def run_workload(name: str, roof: float, on_cpu: bool, torch_device) -> dict:
   contenders = [Ours(config, batch)]
   torch_threads = {}
   for peer in FLAGS.peers if torch_device else []:
-    if peer not in PEERS:
-      raise app.UsageError(f'--peers: unknown peer {peer!r}; use {", ".join(PEERS)}.')
     if peer.startswith('gpt') and config.model.variant != 'decoder':
       continue  # the minimal GPT is a decoder-only LM.
     try:
@@ -525,4 +530,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

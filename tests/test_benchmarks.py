@@ -2,6 +2,7 @@
 sizes, as a user runs them: the JSON they write, the cached and uncached greedy
 tokens agreeing, and the sequence lengths' rows."""
 
+import glob
 import json
 import os
 import subprocess
@@ -205,3 +206,103 @@ def test_step_candidates(tmp_path):
   assert row['baseline'] == 'jit' and c['jit']['speedup'] == 1.0
   assert c['jit']['final_loss'] == c['pmap']['final_loss']
   assert all(v['tokens_per_sec'] > 0 for v in c.values())
+
+
+# ---------------------------------------------------------------------------
+# A flag value that cannot work stops a benchmark before its first run, in one line.
+
+
+def _benchmark_flags():
+  """Flags of each kind the benchmarks define through benchmarks/common.py."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  common.define_int_list('steps', ['60'], 'Steps.', flag_values=values)
+  common.define_choice_list('shapes', ['a'], ['a', 'b'], 'Shapes.', flag_values=values)
+  flags.DEFINE_float('temperature', 0.8, 'Temperature.', flag_values=values)
+  common.require_above_zero('temperature', flag_values=values)
+  flags.DEFINE_string('output', 'results.json', 'Results.', flag_values=values)
+  common.check_output(flag_values=values)
+  return values
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--steps=abc', "flag --steps=['abc']: 'abc' is not an integer."),
+    ('--steps=12,0', 'flag --steps=[\'12\', \'0\']: 0 is below 1; each value must be at least 1.'),
+    ('--steps=', 'flag --steps=[]: give at least 1 comma-separated integer(s).'),
+    ('--shapes=a,c', "flag --shapes=['a', 'c']: unknown 'c'; give one or more of a, b."),
+    ('--shapes=', 'flag --shapes=[]: empty; give one or more of a, b.'),
+    ('--temperature=0', 'flag --temperature=0.0: must be above 0.'),
+    ('--output={file}/x.json', '{file} is not a writable directory; give a path where the '
+     'results can be written.'),
+    ('--output={tmp}', 'is a directory; give a file path.'),
+])
+def test_a_benchmark_flag_that_cannot_work_is_refused_when_parsed(arg, message, tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'file').write_text('')
+  paths = {'file': str(tmp_path / 'file'), 'tmp': str(tmp_path)}
+  with pytest.raises(flags.IllegalFlagValueError) as raised:
+    _benchmark_flags()(['benchmark', arg.format(**paths)])
+  assert message.format(**paths) in str(raised.value)
+
+
+def test_benchmark_flags_that_can_work_are_taken(tmp_path):
+  values = _benchmark_flags()
+  output = tmp_path / 'new' / 'folder' / 'results.json'  # write_json makes the folders.
+  values(['benchmark', '--steps=1,24', '--shapes=b,a', '--temperature=0.1', f'--output={output}'])
+  assert (values.steps, values.shapes, values.output) == (['1', '24'], ['b', 'a'], str(output))
+
+
+@pytest.mark.parametrize('args, line', [
+    (['cli_vs_nanogpt.py', '--shapes=4x4x128', '--steps=8', '--log_every=8'],
+     "--steps=8 with --log_every=8 leaves no timed record of ours; give at least 2 x "
+     "--log_every steps."),
+    (['train_throughput.py', '--workloads=nanogpt_cpu', '--dtype=float8', '--peers=',
+      '--peak_size=64', '--output='],
+     "Config error: config.model.dtype='float8' is unknown"),
+])
+def test_a_benchmark_stops_with_one_line_before_its_runs(args, line):
+  """The checks after parsing: of flags together, and of the config they build."""
+  proc = subprocess.run([sys.executable, os.path.join('benchmarks', args[0]), *args[1:]],
+                        cwd=REPOSITORY, capture_output=True, text=True, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr and '| ' not in proc.stdout  # no run, no table row.
+
+
+def test_every_module_attribute_a_script_uses_exists():
+  """Was: gpt2_small.py called memory.run_config after it moved to cli_runs, and failed
+  on every run. Each `module.name` of ours (benchmarks.*, transformer_jax.*) that a
+  script the suite does not run (benchmarks/, experiments/) uses must name something
+  the module has."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  missing = []
+  scripts = (glob.glob(os.path.join(REPOSITORY, 'benchmarks', '*.py')) +
+             glob.glob(os.path.join(REPOSITORY, 'experiments', '**', '*.py'), recursive=True))
+  assert len(scripts) > 15
+  for path in sorted(scripts):
+    tree = ast.parse(open(path).read())
+    modules = {}  # the name bound in the script -> the module's dotted name.
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[0] in (
+          'benchmarks', 'transformer_jax'):
+        for alias in node.names:
+          dotted = f'{node.module}.{alias.name}'
+          if _is_module(dotted):
+            modules[alias.asname or alias.name] = dotted
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in modules
+          and not hasattr(importlib.import_module(modules[node.value.id]), node.attr)):
+        missing.append(f'{os.path.basename(path)}:{node.lineno} '
+                       f'{node.value.id}.{node.attr}')
+  assert not missing, missing
+
+
+def _is_module(dotted: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec(dotted) is not None
+  except ModuleNotFoundError:
+    return False
