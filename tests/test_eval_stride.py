@@ -58,7 +58,11 @@ def trained(tmp_path_factory):
   return config, workdir
 
 
-def test_smaller_strides_score_the_same_targets_lower(trained):
+def test_a_stride_below_seq_len_scores_the_targets_in_other_windows(trained):
+  """Which windows each target is scored in: the rows' tests above. Here, that the eval
+  reads them. Whether more context lowers the loss is the model's business, not the
+  code's: this 150-step model scored 2.9663 at stride 32, 2.9688 at 16 and 2.9739 at 4
+  on one CPU, lower to higher on another, so no order is asserted."""
   config, workdir = trained
   losses = {}
   for stride in (0, 32, 16, 4):
@@ -67,7 +71,7 @@ def test_smaller_strides_score_the_same_targets_lower(trained):
     losses[stride] = result['loss']
     assert result.get('eval_stride') == (stride if 0 < stride < 32 else None)
   assert losses[32] == losses[0]  # the same windows.
-  assert losses[4] <= losses[16] <= losses[32]
+  assert len({losses[32], losses[16], losses[4]}) == 3  # other windows, another measure.
 
 
 @pytest.mark.parametrize('position', ['sinusoidal', 'rotary'])

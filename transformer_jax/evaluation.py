@@ -67,7 +67,8 @@ def eval_measure(config, datasets, overrides: Optional[dict] = None, weights: st
   evals measured differently are never compared as one series: the eval split,
   where the dataset has a choice of them, config.eval_steps where it caps the
   batches (a partial eval), config.eval_stride where the windows overlap (a
-  sliding-window eval: more context per target, a lower loss), the `overrides` of a finished run's config it
+  sliding-window eval: more context per target, for a model that uses it a lower
+  loss), the `overrides` of a finished run's config it
   was measured with (restore.FinishedRun.overrides: e.g. other eval files), and
   the `weights` when they are not the parameters of the step recorded
   (restore.FinishedRun.weights: the EMA, an average of checkpoints).
