@@ -42,11 +42,9 @@ if ! nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --for
     "benchmarks/cli_vs_nanogpt.py and benchmarks/train_throughput.py instead." >&2
   exit 2
 fi
-if [ ! -f "$NANOGPT/train.py" ] || [ ! -f "$NANOGPT/data/shakespeare_char/train.bin" ]; then
-  echo "benchmarks/gpu.sh: $NANOGPT lacks nanoGPT's train.py or data/shakespeare_char/;" \
-    "see the docstring of benchmarks/cli_runs.py for how to get them." >&2
-  exit 2
-fi
+# cli_runs' own check of the nanoGPT directory (one line, exit 1 when it lacks a file).
+"$PYTHON" -c 'import sys; from benchmarks import cli_runs; cli_runs.check_nanogpt_dir(sys.argv[1])' \
+  "$NANOGPT" || exit 2
 mkdir -p "$RESULTS"
 
 # JAX and PyTorch share the GPU in this process: half its memory for each.
